@@ -1,0 +1,31 @@
+//! Application events: the Socket.IO socket and the client → server events
+//! of SPEC §2–§4, on top of the shard runtime.
+//!
+//! - [`session`]: one Socket.IO socket — CONNECT (with auth), packet
+//!   dispatch, acks and errors, clean-up on disconnect.
+//! - [`events`]: the handlers of `authenticate`, `join-room`, `leave-room`,
+//!   `private-message`, `custom-event` and `ping`.
+//! - [`validate`], [`auth`], [`errors`]: payload rules, identities, error codes.
+
+pub mod auth;
+pub mod errors;
+mod events;
+pub mod session;
+pub mod validate;
+
+use std::time::SystemTime;
+
+use crate::protocol::socketio;
+use crate::protocol::wsframe::OutFrame;
+
+/// An ISO-8601 UTC timestamp with milliseconds, as every event carries.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The `user-online` / `user-offline` event, for the shard runtime to
+/// broadcast when a user's first socket arrives or last one leaves.
+pub fn presence_frame(namespace: &str, user: &str, online: bool) -> OutFrame {
+    let event = if online { "user-online" } else { "user-offline" };
+    socketio::event_frame(namespace, event, &serde_json::json!({ "userId": user, "timestamp": timestamp() }))
+}

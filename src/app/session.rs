@@ -1,0 +1,322 @@
+//! One Socket.IO socket over an Engine.IO session: the CONNECT handshake
+//! (namespace, auth, connection limit), packet dispatch, acks, and the
+//! clean-up that tells everyone else when the socket goes away.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::auth::Authenticator;
+use super::errors::RequestError;
+use super::timestamp;
+use crate::protocol::socketio::{self, Packet, PacketType};
+use crate::shard::{Conn, Delivery, Shard, SocketId, Target};
+use crate::transport::websocket::{self, EngineHandler, Traffic};
+use crate::transport::CloseReason;
+
+/// Serves one upgraded WebSocket connection until it ends.
+pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, already_read: Bytes) {
+    let config = shard.config();
+    let settings = websocket::Settings {
+        ping_interval: config.ping_interval(),
+        ping_timeout: config.ping_timeout(),
+        connect_timeout: config.connect_timeout(),
+        max_payload: config.max_payload_bytes as usize,
+    };
+    let session = SocketSession::new(shard.clone(), auth);
+    let engine_sid = SocketId::generate(shard.index).to_string();
+    let traffic = Traffic::default();
+    let reason = websocket::run(
+        stream,
+        already_read,
+        &engine_sid,
+        &[],
+        &settings,
+        &session.conn.outbox,
+        &traffic,
+        &session,
+    )
+    .await;
+    match &reason {
+        CloseReason::ProtocolError(detail) => {
+            tracing::info!(socket = %session.conn.id, reason = reason.label(), %detail, "connection closed")
+        }
+        _ => tracing::debug!(socket = %session.conn.id, reason = reason.label(), "connection closed"),
+    }
+    session.close();
+}
+
+/// Per-socket state beyond the shard's [`Conn`].
+pub struct SocketSession {
+    pub(super) shard: Rc<Shard>,
+    pub(super) auth: Arc<Authenticator>,
+    pub(super) conn: Rc<Conn>,
+    established: Cell<bool>,
+    /// Binary frames still expected after a BINARY_EVENT / BINARY_ACK header.
+    pending_attachments: Cell<usize>,
+    rate: Option<RateLimiter>,
+}
+
+impl EngineHandler for SocketSession {
+    async fn on_message(&self, text: &str) -> Result<(), CloseReason> {
+        if self.pending_attachments.get() > 0 {
+            return Err(protocol_error("expected a binary attachment"));
+        }
+        let packet = socketio::decode(text).map_err(|e| protocol_error(&e.to_string()))?;
+        let namespace = &self.shard.config().websocket_namespace;
+        if packet.namespace != namespace {
+            if packet.kind == PacketType::Connect {
+                self.conn.send(socketio::connect_error_frame(packet.namespace, "Invalid namespace"));
+                return Ok(());
+            }
+            // Packets for a namespace that does not exist have no one to reach.
+            return Ok(());
+        }
+        match packet.kind {
+            PacketType::Connect if self.established.get() => Err(protocol_error("CONNECT on a connected socket")),
+            PacketType::Connect => {
+                self.connect(packet.data).await;
+                Ok(())
+            }
+            PacketType::Disconnect => Err(CloseReason::ClientClose),
+            _ if !self.established.get() => Err(protocol_error("packet before CONNECT")),
+            PacketType::Event => self.on_event(&packet).await,
+            // We never ask clients for acks, so there is nothing to match them with.
+            PacketType::Ack => Ok(()),
+            PacketType::BinaryEvent => {
+                self.pending_attachments.set(packet.attachments);
+                let name = socketio::parse_event(packet.data).map(|(name, _)| name).unwrap_or_default();
+                let error = RequestError::Validation("binary payloads are not supported; send JSON".into());
+                self.reply(&name, packet.ack_id, Err(error));
+                Ok(())
+            }
+            PacketType::BinaryAck => {
+                self.pending_attachments.set(packet.attachments);
+                Ok(())
+            }
+            PacketType::ConnectError => Err(protocol_error("CONNECT_ERROR is a server packet")),
+        }
+    }
+
+    async fn on_binary(&self, _data: Bytes) -> Result<(), CloseReason> {
+        match self.pending_attachments.get() {
+            0 => Err(protocol_error("binary frame without a binary packet")),
+            n => {
+                self.pending_attachments.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn is_established(&self) -> bool {
+        self.established.get()
+    }
+}
+
+fn protocol_error(detail: &str) -> CloseReason {
+    CloseReason::ProtocolError(detail.to_string())
+}
+
+#[derive(Deserialize, Default)]
+struct ConnectAuth<'a> {
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, rename = "userId")]
+    user_id: Option<&'a RawValue>,
+}
+
+impl SocketSession {
+    fn new(shard: Rc<Shard>, auth: Arc<Authenticator>) -> SocketSession {
+        let config = shard.config();
+        let conn = Rc::new(Conn::new(SocketId::generate(shard.index), config.outbox_limit as usize, "websocket"));
+        let rate = config.rate_limit_per_sec.map(|per_sec| {
+            RateLimiter::new(per_sec as f64, config.rate_limit_burst.unwrap_or(per_sec) as f64)
+        });
+        SocketSession {
+            shard,
+            auth,
+            conn,
+            established: Cell::new(false),
+            pending_attachments: Cell::new(0),
+            rate,
+        }
+    }
+
+    pub(super) fn namespace(&self) -> &str {
+        &self.shard.config().websocket_namespace
+    }
+
+    /// Sends an event to this socket only.
+    pub(super) fn emit(&self, event: &str, data: &impl Serialize) {
+        self.conn.send(socketio::event_frame(self.namespace(), event, data));
+    }
+
+    /// Answers a request: the ack when the client asked for one, and on
+    /// failure without an ack, an `error` event.
+    pub(super) fn reply(&self, event: &str, ack_id: Option<u64>, result: Result<serde_json::Value, RequestError>) {
+        match (ack_id, result) {
+            (Some(id), Ok(body)) => {
+                self.conn.send(socketio::ack_frame(self.namespace(), id, &body));
+            }
+            (Some(id), Err(error)) => {
+                self.conn.send(socketio::ack_frame(self.namespace(), id, &error.ack_body()));
+            }
+            (None, Ok(_)) => {}
+            (None, Err(error)) => self.emit("error", &error.event_body(event)),
+        }
+    }
+
+    async fn connect(&self, data: &str) {
+        let namespace = self.namespace().to_string();
+        let user = match self.identify_at_connect(data) {
+            Ok(user) => user,
+            Err(error) => {
+                tracing::debug!(code = error.code(), %error, "CONNECT refused");
+                let message = format!("{}: {}", error.code(), error);
+                self.conn.send(socketio::connect_error_frame(&namespace, &message));
+                return;
+            }
+        };
+        if !self.shard.reserve_connection() {
+            let error = RequestError::LimitExceeded("the server is at MAX_CONNECTIONS".into());
+            let message = format!("{}: {}", error.code(), error);
+            self.conn.send(socketio::connect_error_frame(&namespace, &message));
+            return;
+        }
+        // Registered before the CONNECT reply goes out, so that an event the
+        // client sends the moment it sees the reply finds the socket in place.
+        self.shard.add_conn(self.conn.clone());
+        self.established.set(true);
+        self.conn.send(socketio::connect_frame(&namespace, &self.conn.id_text));
+        self.emit("connected", &serde_json::json!({ "socketId": &*self.conn.id_text, "timestamp": timestamp() }));
+        if let Some(user) = user {
+            self.bind_user(Arc::from(user)).await;
+        }
+    }
+
+    /// The user named by the CONNECT auth payload, if any.
+    fn identify_at_connect(&self, data: &str) -> Result<Option<String>, RequestError> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let raw: &RawValue = serde_json::from_str(data)
+            .map_err(|_| RequestError::Validation("the CONNECT auth payload is not valid JSON".into()))?;
+        let fields: ConnectAuth = super::validate::object(Some(raw))?;
+        let token = fields.token.map(|t| super::validate::string("token", Some(t))).transpose()?;
+        let user_id = fields.user_id.map(|u| super::validate::string("userId", Some(u))).transpose()?;
+        if token.is_none() && user_id.is_none() {
+            return Ok(None);
+        }
+        self.auth.identify(token.as_deref(), user_id.as_deref()).map(Some)
+    }
+
+    /// Binds this socket to `user` and says so to the client.
+    pub(super) async fn bind_user(&self, user: Arc<str>) {
+        self.shard.attach_user(&self.conn, user.clone()).await;
+        self.emit(
+            "authenticated",
+            &serde_json::json!({ "userId": &*user, "socketId": &*self.conn.id_text, "timestamp": timestamp() }),
+        );
+    }
+
+    async fn on_event(&self, packet: &Packet<'_>) -> Result<(), CloseReason> {
+        let (name, args) = socketio::parse_event(packet.data).map_err(|e| protocol_error(&e.to_string()))?;
+        self.conn.last_activity.set(SystemTime::now());
+        if let Some(rate) = &self.rate {
+            if !rate.allow() {
+                self.reply(&name, packet.ack_id, Err(RequestError::RateLimited));
+                return Ok(());
+            }
+        }
+        let payload = args.first().copied();
+        let result = match name.as_str() {
+            "authenticate" => self.authenticate(payload).await,
+            "join-room" => self.join_room(payload).await,
+            "leave-room" => self.leave_room(payload),
+            "private-message" => self.private_message(payload).await,
+            "custom-event" => self.custom_event(payload),
+            "ping" => Ok(self.ping()),
+            _ => Err(RequestError::UnknownEvent(truncate(&name, 128))),
+        };
+        self.reply(&name, packet.ack_id, result);
+        Ok(())
+    }
+
+    /// Takes the socket out of every table and tells the others.
+    fn close(&self) {
+        if !self.established.replace(false) {
+            return;
+        }
+        // `user-left` first, while the socket is still a member (hence `except`),
+        // so that room members hear of the leave before any `user-offline`.
+        if let Some(user) = self.conn.user() {
+            let rooms = self.conn.rooms.borrow().clone();
+            for room in rooms {
+                self.announce_room_change("user-left", &room, &user);
+            }
+        }
+        self.shard.remove_conn(&self.conn);
+        self.shard.release_connection();
+    }
+
+    /// `user-joined` / `user-left` to the other members of `room`.
+    pub(super) fn announce_room_change(&self, event: &str, room: &Arc<str>, user: &str) {
+        let frame = socketio::event_frame(
+            self.namespace(),
+            event,
+            &serde_json::json!({
+                "roomName": &**room,
+                "userId": user,
+                "socketId": &*self.conn.id_text,
+                "timestamp": timestamp(),
+            }),
+        );
+        let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
+        delivery.except = Some(self.conn.id);
+        self.shard.deliver(delivery);
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A token bucket: `rate` events per second, bursts of up to `burst`.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: Cell<f64>,
+    refilled: Cell<Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate: f64, burst: f64) -> RateLimiter {
+        RateLimiter { rate, burst, tokens: Cell::new(burst), refilled: Cell::new(Instant::now()) }
+    }
+
+    fn allow(&self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled.get()).as_secs_f64();
+        let tokens = (self.tokens.get() + elapsed * self.rate).min(self.burst);
+        self.refilled.set(now);
+        if tokens >= 1.0 {
+            self.tokens.set(tokens - 1.0);
+            true
+        } else {
+            self.tokens.set(tokens);
+            false
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The `shardcast` binary: configuration, logging, start, and shutdown on
+//! SIGTERM / SIGINT.
+
+use std::io::IsTerminal;
+
+use mimalloc::MiMalloc;
+use shardcast::config::LogFormat;
+use shardcast::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+// Many small, short-lived allocations on many threads: mimalloc keeps them
+// thread-local and cheap.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() {
+    let config = Config::from_env_and_args();
+    init_logging(&config);
+
+    let shards = config.shard_count();
+    let development = config.jwt_secret.is_none();
+    let transports = config.websocket_transports;
+    let server = match Server::start(config.clone()) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    if development {
+        tracing::warn!(
+            "DEVELOPMENT MODE: JWT_SECRET is not set, so any client can claim any userId. \
+             Set JWT_SECRET before exposing this server."
+        );
+    }
+    tracing::info!(
+        addr = %server.local_addr,
+        shards,
+        namespace = %config.websocket_namespace,
+        websocket = transports.websocket,
+        polling = transports.polling,
+        auth = if development { "development (trusted userId)" } else { "jwt (HS256)" },
+        max_payload_bytes = config.max_payload_bytes,
+        ping_interval_ms = config.ping_interval_ms,
+        ping_timeout_ms = config.ping_timeout_ms,
+        "shardcast started"
+    );
+    // Tests and scripts read the port from this line (PORT=0 picks a free one).
+    println!("shardcast listening on http://{}", server.local_addr);
+
+    wait_for_signal();
+    tracing::info!("shutting down: closing connections");
+    server.shutdown();
+    tracing::info!("stopped");
+}
+
+fn init_logging(config: &Config) {
+    let default = if config.is_development() { "debug" } else { "info" };
+    let filter = config
+        .rust_log
+        .as_deref()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn wait_for_signal() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded runtime can always be built");
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler can be installed");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    });
+}

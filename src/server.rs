@@ -1,0 +1,268 @@
+//! The process: one listener and one thread per shard, HTTP routing on each
+//! accepted connection, and orderly shutdown.
+//!
+//! Every shard binds the same port with `SO_REUSEPORT`, so the kernel hashes
+//! incoming connections across shards and a connection is served start to
+//! finish by the thread that accepted it — no hand-off between threads.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app;
+use crate::app::auth::Authenticator;
+use crate::config::Config;
+use crate::protocol::engineio::HandshakeError;
+use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
+
+/// How long shutdown waits for connections to close before leaving anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A started broker.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot start a shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Server {
+    /// Binds the port and starts every shard thread.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let addr = config.listen_addr().map_err(StartError::Config)?;
+        let shard_count = config.shard_count();
+        let namespace = config.websocket_namespace.clone();
+        let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
+        let presence: Option<crate::shard::PresenceEncoder> = config
+            .presence_enabled()
+            .then(|| Box::new(move |user: &str, online| app::presence_frame(&namespace, user, online)) as _);
+        let (router, inboxes) = Router::new(shard_count);
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            router,
+            presence,
+            connections: AtomicUsize::new(0),
+        });
+
+        let first = bind_reuseport(addr)?;
+        let local_addr = first.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let mut listeners = vec![first];
+        for _ in 1..shard_count {
+            listeners.push(bind_reuseport(local_addr)?);
+        }
+
+        let mut threads = Vec::with_capacity(shard_count);
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let shared = shared.clone();
+            let auth = auth.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || run_shard(index, shared, auth, listener, inbox))
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        Ok(Server { local_addr, shared, threads })
+    }
+
+    /// Stops accepting, closes every client cleanly and waits for the shard
+    /// threads (bounded by the shutdown grace period).
+    pub fn shutdown(self) {
+        for shard in 0..self.shared.router.shard_count() {
+            self.shared.router.send(shard, ShardMsg::Shutdown);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|source| StartError::Bind { addr, source })
+}
+
+fn run_shard(
+    index: usize,
+    shared: Arc<Shared>,
+    auth: Arc<Authenticator>,
+    listener: std::net::TcpListener,
+    inbox: ShardInbox,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded runtime can always be built");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let shard = Rc::new(Shard::new(index, shared));
+        let listener = TcpListener::from_std(listener).expect("listener is non-blocking");
+        tokio::task::spawn_local(inbox.run(shard.clone()));
+        let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), auth, listener));
+        while !shard.is_shutting_down() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acceptor.abort();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while shard.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+async fn accept_loop(shard: Rc<Shard>, auth: Arc<Authenticator>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small frames must leave at once; Nagle would add up to 40 ms.
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(serve_http(shard.clone(), auth.clone(), stream, peer));
+    }
+}
+
+async fn serve_http(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, peer: SocketAddr) {
+    let service = hyper::service::service_fn(move |request| {
+        let response = route(&shard, &auth, peer, request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn route(shard: &Rc<Shard>, auth: &Arc<Authenticator>, _peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+    match request.uri().path() {
+        "/socket.io/" | "/socket.io" => engine_handshake(shard, auth, request),
+        "/health" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/ready" if shard.is_shutting_down() => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into())
+        }
+        "/ready" => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found","code":"NOT_FOUND"}"#.into()),
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn engine_error(error: HandshakeError) -> HttpResponse {
+    let status = if error == HandshakeError::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+    json_response(status, error.to_json())
+}
+
+/// A query parameter's value (values we read are plain tokens; no decoding needed).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+fn origin_allowed(config: &Config, request: &Request<Incoming>) -> bool {
+    let Some(allowed) = config.allowed_origins() else { return true };
+    match request.headers().get(ORIGIN) {
+        // Native and mobile clients send no Origin at all.
+        None => true,
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+            allowed.iter().any(|a| a == "*" || a == origin)
+        }
+    }
+}
+
+fn engine_handshake(shard: &Rc<Shard>, auth: &Arc<Authenticator>, mut request: Request<Incoming>) -> HttpResponse {
+    let config = shard.config();
+    let query = request.uri().query().unwrap_or("");
+    if query_param(query, "EIO") != Some("4") {
+        return engine_error(HandshakeError::UnsupportedProtocolVersion);
+    }
+    match query_param(query, "transport") {
+        Some("websocket") if config.websocket_transports.websocket => {}
+        _ => return engine_error(HandshakeError::UnknownTransport),
+    }
+    if query_param(query, "sid").is_some() {
+        // Upgrades from long-polling need a polling session, and there is none.
+        return engine_error(HandshakeError::UnknownSid);
+    }
+    if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return engine_error(HandshakeError::BadRequest);
+    }
+    if !origin_allowed(config, &request) {
+        return engine_error(HandshakeError::Forbidden);
+    }
+    if shard.is_shutting_down() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":3,"message":"Server shutting down"}"#.into());
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(pair) => pair,
+        Err(_) => return engine_error(HandshakeError::BadRequest),
+    };
+    let shard = shard.clone();
+    let auth = auth.clone();
+    tokio::task::spawn_local(async move {
+        let upgraded = match upgrade.await {
+            Ok(websocket) => websocket.into_inner().into_inner(),
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        // Take the TCP stream back from hyper, with whatever it read past the handshake.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        app::session::serve_websocket(shard, auth, parts.io.into_inner(), parts.read_buf).await;
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}

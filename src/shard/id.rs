@@ -1,0 +1,80 @@
+//! Socket ids that name their shard.
+//!
+//! An id is 128 bits: the owning shard's index in the top 16 bits, 112
+//! random bits below (from the OS, so ids cannot be guessed). Any thread can
+//! route to a socket from its id alone, without a global table. On the wire
+//! an id is 22 characters of URL-safe base64.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(u128);
+
+const SHARD_SHIFT: u32 = 112;
+
+impl SocketId {
+    pub fn generate(shard: usize) -> SocketId {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        let random = u128::from_be_bytes(bytes) & ((1u128 << SHARD_SHIFT) - 1);
+        SocketId(((shard as u128) << SHARD_SHIFT) | random)
+    }
+
+    pub fn shard(self) -> usize {
+        (self.0 >> SHARD_SHIFT) as usize
+    }
+
+    /// Parses the wire form; `None` for anything that is not an id.
+    pub fn parse(text: &str) -> Option<SocketId> {
+        if text.len() != 22 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        let n = URL_SAFE_NO_PAD.decode_slice(text, &mut bytes).ok()?;
+        (n == 16).then(|| SocketId(u128::from_be_bytes(bytes)))
+    }
+}
+
+impl fmt::Display for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; 22];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.0.to_be_bytes(), &mut out)
+            .expect("16 bytes encode to 22 characters");
+        f.write_str(std::str::from_utf8(&out[..n]).expect("base64 is ASCII"))
+    }
+}
+
+impl fmt::Debug for SocketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SocketId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names_its_shard() {
+        for shard in [0, 1, 7, 255, 65535] {
+            let id = SocketId::generate(shard);
+            let text = id.to_string();
+            assert_eq!(text.len(), 22);
+            assert_eq!(SocketId::parse(&text), Some(id));
+            assert_eq!(id.shard(), shard);
+        }
+        assert_ne!(SocketId::generate(0), SocketId::generate(0));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_id() {
+        assert_eq!(SocketId::parse(""), None);
+        assert_eq!(SocketId::parse("short"), None);
+        assert_eq!(SocketId::parse("!!!!!!!!!!!!!!!!!!!!!!"), None);
+        assert_eq!(SocketId::parse("AAAAAAAAAAAAAAAAAAAAAAAA"), None);
+    }
+}

@@ -1,0 +1,524 @@
+//! The shard runtime: per-core tables of connections, rooms and users, and
+//! the messages shards exchange.
+//!
+//! Each shard is one thread with its own single-threaded tokio runtime. It
+//! owns, with no lock:
+//! - its connections ([`Conn`]), by [`SocketId`];
+//! - its *local* room and user tables: which of its own connections are in a
+//!   room, which belong to a user — used to deliver;
+//! - the *home* records of the rooms and users whose name hashes to it
+//!   ([`Router::home_of`]): global member counts, per-shard presence counts,
+//!   creation time — used to answer `memberCount`, `USER_OFFLINE` and
+//!   presence for the whole process.
+//!
+//! Rule that keeps the tables consistent: a shard mutates its local tables
+//! and sends the matching message to the home shard in the same synchronous
+//! step, before awaiting anything. Messages between two shards are FIFO, so
+//! a home sees a connection's joins, leaves and detaches in order.
+
+pub mod id;
+mod router;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::protocol::wsframe::OutFrame;
+use crate::transport::outbox::{Outbox, Pushed};
+use crate::transport::CloseReason;
+
+pub use id::SocketId;
+pub use router::{Router, ShardInbox};
+
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// Builds the `user-online` (true) / `user-offline` (false) event for a user.
+/// Supplied by the application layer; `None` turns presence events off.
+pub type PresenceEncoder = Box<dyn Fn(&str, bool) -> OutFrame + Send + Sync>;
+
+/// What every shard shares, read-only after start-up (plus counters touched
+/// only on connect and disconnect).
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub presence: Option<PresenceEncoder>,
+    /// Socket.IO-connected sockets in the process, for `MAX_CONNECTIONS`.
+    pub connections: AtomicUsize,
+}
+
+/// One Socket.IO socket, owned by the shard its id names.
+pub struct Conn {
+    pub id: SocketId,
+    /// `id` in its wire form, kept because most events quote it.
+    pub id_text: Box<str>,
+    pub outbox: Outbox,
+    pub user: RefCell<Option<Arc<str>>>,
+    pub rooms: RefCell<Vec<Arc<str>>>,
+    pub transport: &'static str,
+    pub connected_at: SystemTime,
+    pub last_activity: Cell<SystemTime>,
+}
+
+impl Conn {
+    pub fn new(id: SocketId, outbox_limit: usize, transport: &'static str) -> Conn {
+        let now = SystemTime::now();
+        Conn {
+            id,
+            id_text: id.to_string().into_boxed_str(),
+            outbox: Outbox::new(outbox_limit),
+            user: RefCell::new(None),
+            rooms: RefCell::new(Vec::new()),
+            transport,
+            connected_at: now,
+            last_activity: Cell::new(now),
+        }
+    }
+
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.user.borrow().clone()
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms.borrow().iter().any(|r| &**r == room)
+    }
+
+    pub fn send(&self, frame: OutFrame) -> Pushed {
+        self.outbox.push(frame)
+    }
+}
+
+/// Who a delivery is for.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Every connected socket.
+    All,
+    /// Every socket bound to a user.
+    Authenticated,
+    Room(Arc<str>),
+    User(Arc<str>),
+    Socket(SocketId),
+}
+
+/// One encoded event on its way to the sockets of a [`Target`].
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub target: Target,
+    pub frame: OutFrame,
+    /// A socket that must not receive it (the sender of a relay).
+    pub except: Option<SocketId>,
+    /// Users whose sockets must not receive it.
+    pub exclude_users: Option<Arc<[Arc<str>]>>,
+}
+
+impl Delivery {
+    pub fn new(target: Target, frame: OutFrame) -> Delivery {
+        Delivery { target, frame, except: None, exclude_users: None }
+    }
+
+    fn wants(&self, conn: &Conn) -> bool {
+        if self.except == Some(conn.id) {
+            return false;
+        }
+        match &self.exclude_users {
+            Some(excluded) => match &*conn.user.borrow() {
+                Some(user) => !excluded.iter().any(|u| u == user),
+                None => true,
+            },
+            None => true,
+        }
+    }
+}
+
+/// Messages between shards.
+pub enum ShardMsg {
+    Deliver(Delivery),
+    /// To a room's home: a socket on `shard` joined.
+    RoomJoined { room: Arc<str>, user: Arc<str>, reply: Option<oneshot::Sender<u32>> },
+    /// To a room's home: a socket left (or went away).
+    RoomLeft { room: Arc<str>, user: Arc<str> },
+    /// To a room's home: how many sockets are in it?
+    RoomSize { room: Arc<str>, reply: oneshot::Sender<u32> },
+    /// To a user's home: a socket on `shard` is now this user's.
+    UserAttached { user: Arc<str>, shard: usize, reply: oneshot::Sender<()> },
+    /// To a user's home: one of the user's sockets on `shard` went away.
+    UserDetached { user: Arc<str>, shard: usize },
+    /// To a user's home: deliver to all the user's sockets; replies whether
+    /// the user had any.
+    SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
+    /// Close every connection and stop.
+    Shutdown,
+}
+
+struct LocalRoom {
+    members: Map<SocketId, Rc<Conn>>,
+}
+
+struct HomeRoom {
+    members: u32,
+    created_at: SystemTime,
+    last_activity: SystemTime,
+    /// Sockets per user in the room.
+    users: Map<Arc<str>, u32>,
+}
+
+#[derive(Default)]
+struct HomeUser {
+    /// Sockets per shard, for the shards that have any.
+    shards: Vec<(usize, u32)>,
+}
+
+impl HomeUser {
+    fn total(&self) -> u32 {
+        self.shards.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    conns: Map<SocketId, Rc<Conn>>,
+    rooms: Map<Arc<str>, LocalRoom>,
+    users: Map<Arc<str>, Vec<Rc<Conn>>>,
+    home_rooms: Map<Arc<str>, HomeRoom>,
+    home_users: Map<Arc<str>, HomeUser>,
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    tables: RefCell<Tables>,
+    shutting_down: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(index: usize, shared: Arc<Shared>) -> Shard {
+        Shard { index, shared, tables: RefCell::default(), shutting_down: Cell::new(false) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.tables.borrow().conns.len()
+    }
+
+    // ---- connections -------------------------------------------------------
+
+    /// Registers a socket that completed its Socket.IO CONNECT.
+    pub fn add_conn(&self, conn: Rc<Conn>) {
+        self.tables.borrow_mut().conns.insert(conn.id, conn);
+    }
+
+    /// Forgets a socket: leaves its rooms (telling their homes) and detaches
+    /// it from its user. Returns the rooms it was in, for `user-left`.
+    pub fn remove_conn(&self, conn: &Rc<Conn>) -> Vec<Arc<str>> {
+        if self.tables.borrow_mut().conns.remove(&conn.id).is_none() {
+            return Vec::new();
+        }
+        let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
+        let user = conn.user();
+        for room in &rooms {
+            self.leave_local(conn, room);
+            self.notify_room_left(room.clone(), user.clone());
+        }
+        if let Some(user) = user {
+            self.detach_user(conn, user);
+        }
+        rooms
+    }
+
+    pub fn conn(&self, id: SocketId) -> Option<Rc<Conn>> {
+        self.tables.borrow().conns.get(&id).cloned()
+    }
+
+    // ---- users -------------------------------------------------------------
+
+    /// Binds `conn` to `user` and waits until the user's home knows, so that
+    /// a private message sent right after the ack finds the user online.
+    pub async fn attach_user(&self, conn: &Rc<Conn>, user: Arc<str>) {
+        *conn.user.borrow_mut() = Some(user.clone());
+        self.tables.borrow_mut().users.entry(user.clone()).or_default().push(conn.clone());
+        let (tx, rx) = oneshot::channel();
+        self.to_home(&user, ShardMsg::UserAttached { user: user.clone(), shard: self.index, reply: tx });
+        let _ = rx.await;
+    }
+
+    fn detach_user(&self, conn: &Rc<Conn>, user: Arc<str>) {
+        {
+            let mut tables = self.tables.borrow_mut();
+            if let Some(list) = tables.users.get_mut(&user) {
+                list.retain(|c| c.id != conn.id);
+                if list.is_empty() {
+                    tables.users.remove(&user);
+                }
+            }
+        }
+        self.to_home(&user.clone(), ShardMsg::UserDetached { user, shard: self.index });
+    }
+
+    /// Delivers to every socket of `user`, wherever it is. `false` if the
+    /// user has no socket anywhere.
+    pub async fn send_to_user(&self, user: Arc<str>, frame: OutFrame) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.to_home(&user.clone(), ShardMsg::SendToUser { user, frame, reply: tx });
+        rx.await.unwrap_or(false)
+    }
+
+    // ---- rooms -------------------------------------------------------------
+
+    /// Adds `conn` to `room` (it must not be in it yet) and returns the
+    /// room's member count across all shards, this socket included.
+    pub async fn join_room(&self, conn: &Rc<Conn>, room: Arc<str>) -> u32 {
+        let user = conn.user().unwrap_or_else(|| Arc::from(""));
+        conn.rooms.borrow_mut().push(room.clone());
+        self.tables
+            .borrow_mut()
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| LocalRoom { members: Map::default() })
+            .members
+            .insert(conn.id, conn.clone());
+        let (tx, rx) = oneshot::channel();
+        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, reply: Some(tx) });
+        rx.await.unwrap_or(0)
+    }
+
+    /// Removes `conn` from `room`. `false` if it was not a member.
+    pub fn leave_room(&self, conn: &Rc<Conn>, room: &str) -> bool {
+        let position = conn.rooms.borrow().iter().position(|r| &**r == room);
+        let Some(position) = position else { return false };
+        let room = conn.rooms.borrow_mut().swap_remove(position);
+        self.leave_local(conn, &room);
+        self.notify_room_left(room, conn.user());
+        true
+    }
+
+    /// Sockets in `room` across all shards.
+    pub async fn room_size(&self, room: Arc<str>) -> u32 {
+        let (tx, rx) = oneshot::channel();
+        self.to_home(&room.clone(), ShardMsg::RoomSize { room, reply: tx });
+        rx.await.unwrap_or(0)
+    }
+
+    fn leave_local(&self, conn: &Conn, room: &str) {
+        let mut tables = self.tables.borrow_mut();
+        if let Some(local) = tables.rooms.get_mut(room) {
+            local.members.remove(&conn.id);
+            if local.members.is_empty() {
+                tables.rooms.remove(room);
+            }
+        }
+    }
+
+    fn notify_room_left(&self, room: Arc<str>, user: Option<Arc<str>>) {
+        let user = user.unwrap_or_else(|| Arc::from(""));
+        self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user });
+    }
+
+    // ---- delivery ----------------------------------------------------------
+
+    /// Sends a delivery to every shard that may hold a recipient (this one
+    /// directly, the others over their channels).
+    pub fn deliver(&self, delivery: Delivery) {
+        match &delivery.target {
+            Target::Socket(id) if id.shard() != self.index => {
+                self.shared.router.send(id.shard(), ShardMsg::Deliver(delivery));
+            }
+            Target::Socket(_) => {
+                self.deliver_local(&delivery);
+            }
+            _ => {
+                for shard in 0..self.shared.router.shard_count() {
+                    if shard != self.index {
+                        self.shared.router.send(shard, ShardMsg::Deliver(delivery.clone()));
+                    }
+                }
+                self.deliver_local(&delivery);
+            }
+        }
+    }
+
+    /// Pushes the frame to every matching socket of this shard; returns how many.
+    pub fn deliver_local(&self, delivery: &Delivery) -> usize {
+        let tables = self.tables.borrow();
+        let mut delivered = 0;
+        let mut push = |conn: &Rc<Conn>| {
+            if delivery.wants(conn) && conn.send(delivery.frame.clone()) == Pushed::Queued {
+                delivered += 1;
+            }
+        };
+        match &delivery.target {
+            Target::All => tables.conns.values().for_each(&mut push),
+            Target::Authenticated => {
+                tables.users.values().flatten().for_each(&mut push);
+            }
+            Target::Room(room) => {
+                if let Some(local) = tables.rooms.get(room) {
+                    local.members.values().for_each(&mut push);
+                }
+            }
+            Target::User(user) => {
+                if let Some(conns) = tables.users.get(user) {
+                    conns.iter().for_each(&mut push);
+                }
+            }
+            Target::Socket(id) => {
+                if let Some(conn) = tables.conns.get(id) {
+                    push(conn);
+                }
+            }
+        }
+        delivered
+    }
+
+    // ---- messages from other shards (and from this one, to itself) --------
+
+    fn to_home(&self, key: &str, msg: ShardMsg) {
+        let home = self.shared.router.home_of(key);
+        if home == self.index {
+            self.handle(msg);
+        } else {
+            self.shared.router.send(home, msg);
+        }
+    }
+
+    pub fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver(delivery) => {
+                self.deliver_local(&delivery);
+            }
+            ShardMsg::RoomJoined { room, user, reply } => {
+                let now = SystemTime::now();
+                let mut tables = self.tables.borrow_mut();
+                let home = tables.home_rooms.entry(room).or_insert_with(|| HomeRoom {
+                    members: 0,
+                    created_at: now,
+                    last_activity: now,
+                    users: Map::default(),
+                });
+                home.members += 1;
+                home.last_activity = now;
+                if !user.is_empty() {
+                    *home.users.entry(user).or_default() += 1;
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(home.members);
+                }
+            }
+            ShardMsg::RoomLeft { room, user } => {
+                let mut tables = self.tables.borrow_mut();
+                if let Some(home) = tables.home_rooms.get_mut(&room) {
+                    home.members = home.members.saturating_sub(1);
+                    home.last_activity = SystemTime::now();
+                    if let Some(n) = home.users.get_mut(&user) {
+                        *n -= 1;
+                        if *n == 0 {
+                            home.users.remove(&user);
+                        }
+                    }
+                    if home.members == 0 {
+                        tables.home_rooms.remove(&room);
+                    }
+                }
+            }
+            ShardMsg::RoomSize { room, reply } => {
+                let size = self.tables.borrow().home_rooms.get(&room).map_or(0, |r| r.members);
+                let _ = reply.send(size);
+            }
+            ShardMsg::UserAttached { user, shard, reply } => {
+                let first = {
+                    let mut tables = self.tables.borrow_mut();
+                    let home = tables.home_users.entry(user.clone()).or_default();
+                    let first = home.shards.is_empty();
+                    match home.shards.iter_mut().find(|(s, _)| *s == shard) {
+                        Some((_, n)) => *n += 1,
+                        None => home.shards.push((shard, 1)),
+                    }
+                    first
+                };
+                let _ = reply.send(());
+                if first {
+                    self.announce_presence(&user, true);
+                }
+            }
+            ShardMsg::UserDetached { user, shard } => {
+                let last = {
+                    let mut tables = self.tables.borrow_mut();
+                    let Some(home) = tables.home_users.get_mut(&user) else { return };
+                    if let Some(i) = home.shards.iter().position(|(s, _)| *s == shard) {
+                        home.shards[i].1 -= 1;
+                        if home.shards[i].1 == 0 {
+                            home.shards.swap_remove(i);
+                        }
+                    }
+                    let last = home.total() == 0;
+                    if last {
+                        tables.home_users.remove(&user);
+                    }
+                    last
+                };
+                if last {
+                    self.announce_presence(&user, false);
+                }
+            }
+            ShardMsg::SendToUser { user, frame, reply } => {
+                let shards: Vec<usize> = match self.tables.borrow().home_users.get(&user) {
+                    Some(home) => home.shards.iter().map(|(s, _)| *s).collect(),
+                    None => Vec::new(),
+                };
+                let _ = reply.send(!shards.is_empty());
+                let delivery = Delivery::new(Target::User(user), frame);
+                for shard in shards {
+                    if shard == self.index {
+                        self.deliver_local(&delivery);
+                    } else {
+                        self.shared.router.send(shard, ShardMsg::Deliver(delivery.clone()));
+                    }
+                }
+            }
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn announce_presence(&self, user: &str, online: bool) {
+        if let Some(encode) = &self.shared.presence {
+            self.deliver(Delivery::new(Target::Authenticated, encode(user, online)));
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        let conns: Vec<Rc<Conn>> = self.tables.borrow().conns.values().cloned().collect();
+        for conn in conns {
+            let close = CloseReason::ServerShutdown;
+            let frame = close.close_frame().map(|(code, text)| OutFrame::close(code, text));
+            conn.outbox.close_after(frame, close);
+        }
+    }
+
+    /// Adjusts the process-wide socket count; `false` if `MAX_CONNECTIONS`
+    /// would be exceeded (the count is then unchanged).
+    pub fn reserve_connection(&self) -> bool {
+        let max = self.shared.config.max_connections.unwrap_or(usize::MAX);
+        let previous = self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        if previous >= max {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn release_connection(&self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

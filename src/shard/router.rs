@@ -1,0 +1,85 @@
+//! Channels between shards.
+//!
+//! Every shard has one unbounded crossbeam channel and a `Notify` that wakes
+//! its inbox task. Unbounded because a shard must never block its own thread
+//! waiting for another shard (two shards doing so would deadlock); the queue
+//! depth is watched instead.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::Notify;
+
+use super::{Shard, ShardMsg};
+
+/// Handles to every shard's inbox; shared by all threads.
+pub struct Router {
+    links: Vec<(Sender<ShardMsg>, Arc<Notify>)>,
+    /// Fixed seeds: every thread must agree on a name's home shard.
+    hasher: ahash::RandomState,
+}
+
+/// The receiving end of one shard's inbox.
+pub struct ShardInbox {
+    rx: Receiver<ShardMsg>,
+    wake: Arc<Notify>,
+}
+
+/// Messages handled before the inbox task yields to connections.
+const INBOX_BATCH: usize = 256;
+
+impl Router {
+    pub fn new(shards: usize) -> (Router, Vec<ShardInbox>) {
+        let mut links = Vec::with_capacity(shards);
+        let mut inboxes = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let wake = Arc::new(Notify::new());
+            links.push((tx, wake.clone()));
+            inboxes.push(ShardInbox { rx, wake });
+        }
+        let hasher = ahash::RandomState::with_seeds(0x5ca1ab1e, 0xdecafbad, 0x0ddba11, 0xfeedface);
+        (Router { links, hasher }, inboxes)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn send(&self, shard: usize, msg: ShardMsg) {
+        let (tx, wake) = &self.links[shard];
+        // Sending fails only once the shard has stopped; the message has no one to reach.
+        if tx.send(msg).is_ok() {
+            wake.notify_one();
+        }
+    }
+
+    /// The shard that keeps the global record of a room or user name.
+    pub fn home_of(&self, name: &str) -> usize {
+        (self.hasher.hash_one(name) % self.links.len() as u64) as usize
+    }
+
+    /// Messages waiting in each shard's inbox.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.links.iter().map(|(tx, _)| tx.len()).collect()
+    }
+}
+
+impl ShardInbox {
+    /// Handles messages for `shard` until every sender is gone.
+    pub async fn run(self, shard: Rc<Shard>) {
+        loop {
+            let mut handled = 0;
+            while let Ok(msg) = self.rx.try_recv() {
+                shard.handle(msg);
+                handled += 1;
+                if handled == INBOX_BATCH {
+                    handled = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}

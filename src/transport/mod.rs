@@ -1,0 +1,59 @@
+//! Transports: moving Engine.IO packets between a socket and the layers above.
+//!
+//! - [`outbox`]: the bounded per-connection queue that every sender pushes
+//!   encoded frames into, and the writer drains.
+//! - [`websocket`]: one Engine.IO session over a WebSocket — reading and
+//!   decoding client frames, coalesced writes, the server heartbeat and the
+//!   connect timeout.
+//!
+//! Transports know Engine.IO; Socket.IO is the business of whoever
+//! implements [`websocket::EngineHandler`].
+
+pub mod outbox;
+pub mod websocket;
+
+/// Why a connection ended. Also the `reason` label of the closed-connections metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed: WebSocket close frame, Engine.IO close or Socket.IO DISCONNECT.
+    ClientClose,
+    /// The TCP connection ended or failed without a close handshake.
+    TransportError,
+    PingTimeout,
+    ConnectTimeout,
+    /// A malformed frame or packet, or a packet not allowed in this state.
+    ProtocolError(String),
+    PayloadTooLarge,
+    /// The outbound queue stayed full: the client does not read fast enough.
+    SlowConsumer,
+    ServerShutdown,
+}
+
+impl CloseReason {
+    /// A short, bounded label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::TransportError => "transport_error",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::PayloadTooLarge => "payload_too_large",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ServerShutdown => "server_shutdown",
+        }
+    }
+
+    /// The WebSocket close status and text sent to the client, if any.
+    pub fn close_frame(&self) -> Option<(u16, &str)> {
+        match self {
+            CloseReason::ClientClose => Some((1000, "")),
+            CloseReason::ProtocolError(detail) => Some((1002, detail.as_str())),
+            CloseReason::PayloadTooLarge => Some((1009, "message too big")),
+            CloseReason::ServerShutdown => Some((1001, "server shutting down")),
+            CloseReason::ConnectTimeout => Some((1008, "no Socket.IO CONNECT in time")),
+            CloseReason::SlowConsumer => Some((1008, "too slow to read")),
+            CloseReason::TransportError | CloseReason::PingTimeout => None,
+        }
+    }
+}
