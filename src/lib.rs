@@ -3,10 +3,14 @@
 //! Layers, each depending only on those before it:
 //! [`protocol`] (codecs, no I/O) → [`transport`] (WebSocket sessions) →
 //! [`shard`] (per-core tables and routing) → [`app`] (the events of SPEC §2)
-//! → [`server`] (listeners, HTTP routing, shutdown). [`config`] is plain data
-//! read by all. See ARCHITECTURE.md for the map and the life of a message.
+//! → [`broker`] (the server-side handle) → [`api`] (its HTTP face) →
+//! [`server`] (listeners, HTTP routing, shutdown). [`config`] and [`clock`]
+//! are leaves read by all. See ARCHITECTURE.md for the map and the life of a message.
 
+pub mod api;
 pub mod app;
+pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod protocol;
 pub mod server;
@@ -14,4 +18,5 @@ pub mod shard;
 pub mod transport;
 
 pub use config::Config;
+pub use broker::{BroadcastOptions, Broker};
 pub use server::Server;

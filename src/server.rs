@@ -21,8 +21,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::api;
 use crate::app;
 use crate::app::auth::Authenticator;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::protocol::engineio::HandshakeError;
 use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
@@ -83,6 +85,11 @@ impl Server {
             threads.push(thread);
         }
         Ok(Server { local_addr, shared, threads })
+    }
+
+    /// A handle for publishing and querying from Rust code.
+    pub fn broker(&self) -> Broker {
+        Broker::new(self.shared.clone())
     }
 
     /// Stops accepting, closes every client cleanly and waits for the shard
@@ -157,9 +164,10 @@ async fn accept_loop(shard: Rc<Shard>, auth: Arc<Authenticator>, listener: TcpLi
 }
 
 async fn serve_http(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, peer: SocketAddr) {
+    let broker = Broker::new(shard.shared.clone());
     let service = hyper::service::service_fn(move |request| {
-        let response = route(&shard, &auth, peer, request);
-        async move { Ok::<_, Infallible>(response) }
+        let (shard, auth, broker) = (shard.clone(), auth.clone(), broker.clone());
+        async move { Ok::<_, Infallible>(route(&shard, &auth, &broker, peer, request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -171,10 +179,20 @@ async fn serve_http(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStrea
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+use api::HttpResponse;
 
-fn route(shard: &Rc<Shard>, auth: &Arc<Authenticator>, _peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
-    match request.uri().path() {
+async fn route(
+    shard: &Rc<Shard>,
+    auth: &Arc<Authenticator>,
+    broker: &Broker,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
+    let path = request.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        return api::handle(broker, shard.config(), peer, request).await;
+    }
+    match path {
         "/socket.io/" | "/socket.io" => engine_handshake(shard, auth, request),
         "/health" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/ready" if shard.is_shutting_down() => {

@@ -13,15 +13,10 @@ mod events;
 pub mod session;
 pub mod validate;
 
-use std::time::SystemTime;
-
 use crate::protocol::socketio;
 use crate::protocol::wsframe::OutFrame;
 
-/// An ISO-8601 UTC timestamp with milliseconds, as every event carries.
-pub fn timestamp() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
+pub use crate::clock::now_iso8601 as timestamp;
 
 /// The `user-online` / `user-offline` event, for the shard runtime to
 /// broadcast when a user's first socket arrives or last one leaves.

@@ -154,14 +154,20 @@ fn header(kind: PacketType, namespace: &str, ack_id: Option<u64>, hint: usize) -
 
 /// `42["event",data]`: an event with one argument.
 pub fn event_frame(namespace: &str, event: &str, data: &impl Serialize) -> OutFrame {
+    try_event_frame(namespace, event, data).expect("serializing plain data cannot fail")
+}
+
+/// Like [`event_frame`], for data whose serialization may fail (maps with
+/// non-string keys and the like).
+pub fn try_event_frame(namespace: &str, event: &str, data: &impl Serialize) -> Result<OutFrame, serde_json::Error> {
     let mut builder = header(PacketType::Event, namespace, None, event.len() + 64);
     let buf = builder.buf();
     buf.push(b'[');
-    serde_json::to_writer(&mut *buf, event).expect("writing JSON to a Vec cannot fail");
+    serde_json::to_writer(&mut *buf, event)?;
     buf.push(b',');
-    serde_json::to_writer(&mut *buf, data).expect("serializing plain data cannot fail");
+    serde_json::to_writer(&mut *buf, data)?;
     buf.push(b']');
-    builder.finish(OpCode::Text)
+    Ok(builder.finish(OpCode::Text))
 }
 
 /// `42["event",<raw json>]`: relays a client's argument without re-encoding it.

@@ -151,8 +151,60 @@ pub enum ShardMsg {
     /// To a user's home: deliver to all the user's sockets; replies whether
     /// the user had any.
     SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
+    /// Like `Deliver`, replying with the number of sockets reached here.
+    DeliverCounted { delivery: Delivery, reply: oneshot::Sender<usize> },
+    /// A question about this shard's tables (see [`Query`]).
+    Query { query: Query, reply: oneshot::Sender<Answer> },
     /// Close every connection and stop.
     Shutdown,
+}
+
+/// Questions the server-side API asks every shard (or a name's home).
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// This shard's sockets, optionally only those of one user.
+    Connections { user: Option<Arc<str>> },
+    /// The rooms homed on this shard.
+    Rooms,
+    /// Counts: sockets on this shard, rooms and online users homed here.
+    Stats,
+    /// Asked of a user's home: does the user have any socket?
+    UserOnline { user: Arc<str> },
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Connections(Vec<ConnectionInfo>),
+    Rooms(Vec<RoomInfo>),
+    Stats(ShardStats),
+    UserOnline(bool),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub socket_id: String,
+    pub user_id: Option<String>,
+    pub rooms: Vec<String>,
+    pub transport: &'static str,
+    pub shard: usize,
+    pub connected_at: SystemTime,
+    pub last_activity: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub name: String,
+    pub member_count: u32,
+    pub users: Vec<String>,
+    pub created_at: SystemTime,
+    pub last_activity: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub connections: usize,
+    pub rooms: usize,
+    pub online_users: usize,
 }
 
 struct LocalRoom {
@@ -350,6 +402,12 @@ impl Shard {
 
     /// Pushes the frame to every matching socket of this shard; returns how many.
     pub fn deliver_local(&self, delivery: &Delivery) -> usize {
+        if let Target::Room(room) = &delivery.target {
+            // Every room delivery reaches every shard, the room's home included.
+            if let Some(home) = self.tables.borrow_mut().home_rooms.get_mut(room) {
+                home.last_activity = SystemTime::now();
+            }
+        }
         let tables = self.tables.borrow();
         let mut delivered = 0;
         let mut push = |conn: &Rc<Conn>| {
@@ -396,6 +454,12 @@ impl Shard {
         match msg {
             ShardMsg::Deliver(delivery) => {
                 self.deliver_local(&delivery);
+            }
+            ShardMsg::DeliverCounted { delivery, reply } => {
+                let _ = reply.send(self.deliver_local(&delivery));
+            }
+            ShardMsg::Query { query, reply } => {
+                let _ = reply.send(self.answer(query));
             }
             ShardMsg::RoomJoined { room, user, reply } => {
                 let now = SystemTime::now();
@@ -487,6 +551,46 @@ impl Shard {
                 }
             }
             ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn answer(&self, query: Query) -> Answer {
+        let tables = self.tables.borrow();
+        match query {
+            Query::Connections { user } => {
+                let describe = |conn: &Rc<Conn>| ConnectionInfo {
+                    socket_id: conn.id_text.to_string(),
+                    user_id: conn.user().map(|u| u.to_string()),
+                    rooms: conn.rooms.borrow().iter().map(|r| r.to_string()).collect(),
+                    transport: conn.transport,
+                    shard: self.index,
+                    connected_at: conn.connected_at,
+                    last_activity: conn.last_activity.get(),
+                };
+                Answer::Connections(match user {
+                    Some(user) => tables.users.get(&user).map_or(Vec::new(), |c| c.iter().map(describe).collect()),
+                    None => tables.conns.values().map(describe).collect(),
+                })
+            }
+            Query::Rooms => Answer::Rooms(
+                tables
+                    .home_rooms
+                    .iter()
+                    .map(|(name, room)| RoomInfo {
+                        name: name.to_string(),
+                        member_count: room.members,
+                        users: room.users.keys().map(|u| u.to_string()).collect(),
+                        created_at: room.created_at,
+                        last_activity: room.last_activity,
+                    })
+                    .collect(),
+            ),
+            Query::Stats => Answer::Stats(ShardStats {
+                connections: tables.conns.len(),
+                rooms: tables.home_rooms.len(),
+                online_users: tables.home_users.len(),
+            }),
+            Query::UserOnline { user } => Answer::UserOnline(tables.home_users.contains_key(&user)),
         }
     }
 

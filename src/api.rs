@@ -1,0 +1,442 @@
+//! The HTTP JSON API under `/api` (SPEC §5): the [`Broker`] operations for
+//! backends in any language.
+//!
+//! Access: with `API_KEY` set, every request needs `Authorization: Bearer
+//! <API_KEY>`; without it, only loopback clients are answered. Client
+//! mistakes get a 4xx with `{ "error", "code" }`, never a 5xx.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::broker::{BroadcastOptions, Broker, PublishError};
+use crate::clock::iso8601;
+use crate::config::Config;
+use crate::shard::{ConnectionInfo, RoomInfo};
+
+/// Largest request body accepted, in bytes (a batch can hold many events).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Most publishes in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// Every route: method and path template. The router and the OpenAPI
+/// document are both checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/broadcast"),
+    ("POST", "/api/rooms/{room}/broadcast"),
+    ("POST", "/api/users/{userId}/send"),
+    ("POST", "/api/sockets/{socketId}/send"),
+    ("POST", "/api/batch"),
+    ("GET", "/api/connections"),
+    ("GET", "/api/rooms"),
+    ("GET", "/api/stats"),
+    ("GET", "/api/users/{userId}"),
+];
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// An API failure: HTTP status, SPEC-style code, message.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", message)
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> ApiError {
+        ApiError::invalid(error.to_string())
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(error: ApiError) -> HttpResponse {
+    json_response(error.status, &json!({ "error": error.message, "code": error.code }))
+}
+
+/// A matched route, with its path parameters decoded.
+enum Route {
+    Broadcast,
+    RoomBroadcast(String),
+    UserSend(String),
+    SocketSend(String),
+    Batch,
+    Connections,
+    Rooms,
+    Stats,
+    User(String),
+}
+
+/// Finds the route for a path; `Err(allowed)` when the path exists with other methods.
+fn match_route(method: &Method, path: &str) -> Result<Option<Route>, &'static str> {
+    let segments: Vec<&str> = path.trim_start_matches("/api").trim_matches('/').split('/').collect();
+    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let (route, allowed) = match segments.as_slice() {
+        ["broadcast"] => (Route::Broadcast, "POST"),
+        ["rooms", room, "broadcast"] => (Route::RoomBroadcast(decode(room)), "POST"),
+        ["users", user, "send"] => (Route::UserSend(decode(user)), "POST"),
+        ["sockets", socket, "send"] => (Route::SocketSend(decode(socket)), "POST"),
+        ["batch"] => (Route::Batch, "POST"),
+        ["connections"] => (Route::Connections, "GET"),
+        ["rooms"] => (Route::Rooms, "GET"),
+        ["stats"] => (Route::Stats, "GET"),
+        ["users", user] => (Route::User(decode(user)), "GET"),
+        _ => return Ok(None),
+    };
+    if method.as_str() == allowed {
+        Ok(Some(route))
+    } else {
+        Err(allowed)
+    }
+}
+
+/// Answers one `/api` request.
+pub async fn handle(broker: &Broker, config: &Config, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+    if let Err(error) = authorize(config, peer, &request) {
+        return error_response(error);
+    }
+    let route = match match_route(request.method(), request.uri().path()) {
+        Ok(Some(route)) => route,
+        Ok(None) => {
+            return error_response(ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such API route"));
+        }
+        Err(allowed) => {
+            let mut response = error_response(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                format!("this route takes {allowed}"),
+            ));
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allowed));
+            return response;
+        }
+    };
+    let result = match route {
+        Route::Connections => Ok(connections_body(broker.active_connections().await)),
+        Route::Rooms => Ok(rooms_body(broker.active_rooms().await)),
+        Route::Stats => {
+            let stats = broker.stats().await;
+            Ok(json!({
+                "connections": stats.connections,
+                "rooms": stats.rooms,
+                "onlineUsers": stats.online_users,
+                "connectionsPerShard": stats.connections_per_shard,
+            }))
+        }
+        Route::User(user) => {
+            let connections = broker.user_connections(&user).await;
+            let online = broker.is_user_online(&user).await;
+            Ok(json!({
+                "userId": user,
+                "online": online,
+                "connections": connections.iter().map(connection_json).collect::<Vec<_>>(),
+            }))
+        }
+        publish => match read_body(request).await {
+            Ok(body) => run_publish_route(broker, publish, &body).await,
+            Err(error) => Err(error),
+        },
+    };
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(error) => error_response(error),
+    }
+}
+
+fn authorize(config: &Config, peer: SocketAddr, request: &Request<Incoming>) -> Result<(), ApiError> {
+    match &config.api_key {
+        Some(key) => {
+            let given = request
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing or wrong API key (Authorization: Bearer <API_KEY>)"))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "the API answers loopback clients only while API_KEY is unset",
+        )),
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about
+/// how much of the key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body over {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishIn<'a> {
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exclude: Option<&'a RawValue>,
+}
+
+/// One publish, from a route or a batch entry.
+struct Publish<'a> {
+    event: String,
+    data: &'a RawValue,
+    exclude: Vec<String>,
+}
+
+fn parse_object<'a, T: Deserialize<'a>>(raw: &'a str, what: &str) -> Result<T, ApiError> {
+    if !raw.trim_start().starts_with('{') {
+        return Err(ApiError::invalid(format!("{what} must be a JSON object")));
+    }
+    serde_json::from_str(raw).map_err(|e| ApiError::invalid(format!("{what} is not valid: {e}")))
+}
+
+fn parse_publish<'a>(fields: &PublishIn<'a>, allow_exclude: bool) -> Result<Publish<'a>, ApiError> {
+    let event = match fields.event {
+        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| ApiError::invalid("event must be a string"))?,
+        None => return Err(ApiError::invalid("event is required")),
+    };
+    let exclude = match fields.exclude {
+        None => Vec::new(),
+        Some(_) if !allow_exclude => return Err(ApiError::invalid("exclude applies to broadcasts only")),
+        Some(raw) => serde_json::from_str::<Option<Vec<String>>>(raw.get())
+            .map_err(|_| ApiError::invalid("exclude must be an array of user ids (strings)"))?
+            .unwrap_or_default(),
+    };
+    Ok(Publish { event, data: fields.data.unwrap_or(RawValue::NULL), exclude })
+}
+
+async fn run_publish_route(broker: &Broker, route: Route, body: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("the body is not UTF-8"))?;
+    if let Route::Batch = route {
+        return run_batch(broker, text).await;
+    }
+    let fields: PublishIn = parse_object(text, "the body")?;
+    let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
+    let publish = parse_publish(&fields, allow_exclude)?;
+    let delivered = execute(broker, &route, &publish).await?;
+    Ok(publish_result(&route, delivered))
+}
+
+async fn execute(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<usize, ApiError> {
+    let options = BroadcastOptions { exclude: publish.exclude.clone() };
+    Ok(match route {
+        Route::Broadcast => broker.broadcast_to_all(&publish.event, &publish.data, options).await?,
+        Route::RoomBroadcast(room) => broker.broadcast_to_room(room, &publish.event, &publish.data, options).await?,
+        Route::UserSend(user) => broker.send_to_user(user, &publish.event, &publish.data).await?,
+        Route::SocketSend(socket) => broker.send_to_socket(socket, &publish.event, &publish.data).await?,
+        _ => unreachable!("only publish routes are executed"),
+    })
+}
+
+fn publish_result(route: &Route, delivered: usize) -> Value {
+    match route {
+        Route::RoomBroadcast(room) => json!({ "success": true, "delivered": delivered, "roomName": room }),
+        Route::UserSend(user) => json!({ "success": true, "delivered": delivered, "userId": user, "online": delivered > 0 }),
+        Route::SocketSend(socket) => json!({ "success": true, "delivered": delivered, "socketId": socket }),
+        _ => json!({ "success": true, "delivered": delivered }),
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchIn<'a> {
+    #[serde(borrow)]
+    publishes: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct BatchEntryIn<'a> {
+    #[serde(borrow)]
+    scope: Option<&'a RawValue>,
+    #[serde(borrow, rename = "roomName")]
+    room_name: Option<&'a RawValue>,
+    #[serde(borrow, rename = "userId")]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "socketId")]
+    socket_id: Option<&'a RawValue>,
+    // Not `#[serde(flatten)]`: raw values cannot pass through it.
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exclude: Option<&'a RawValue>,
+}
+
+/// `POST /api/batch`: `{ "publishes": [ { scope, roomName?|userId?|socketId?, event, data, exclude? } ] }`.
+/// Each entry is validated first; if any is invalid nothing is sent.
+async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
+    let batch: BatchIn = parse_object(text, "the body")?;
+    let entries = batch.publishes.ok_or_else(|| ApiError::invalid("publishes is required (an array)"))?;
+    if entries.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!("publishes holds {} entries; the limit is {MAX_BATCH}", entries.len())));
+    }
+    let mut planned = Vec::with_capacity(entries.len());
+    for (i, raw) in entries.iter().enumerate() {
+        let at = |e: ApiError| ApiError::invalid(format!("publishes[{i}]: {}", e.message));
+        let entry: BatchEntryIn = parse_object(raw.get(), "the entry").map_err(at)?;
+        let string = |field: &str, raw: Option<&RawValue>| -> Result<String, ApiError> {
+            let raw = raw.ok_or_else(|| ApiError::invalid(format!("{field} is required for this scope")))?;
+            serde_json::from_str::<String>(raw.get()).map_err(|_| ApiError::invalid(format!("{field} must be a string")))
+        };
+        let scope = string("scope", entry.scope).map_err(at)?;
+        let route = match scope.as_str() {
+            "all" => Route::Broadcast,
+            "room" => Route::RoomBroadcast(string("roomName", entry.room_name).map_err(at)?),
+            "user" => Route::UserSend(string("userId", entry.user_id).map_err(at)?),
+            "socket" => Route::SocketSend(string("socketId", entry.socket_id).map_err(at)?),
+            _ => return Err(at(ApiError::invalid("scope must be one of all, room, user, socket"))),
+        };
+        let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
+        let fields = PublishIn { event: entry.event, data: entry.data, exclude: entry.exclude };
+        let publish = parse_publish(&fields, allow_exclude).map_err(at)?;
+        planned.push((route, publish));
+    }
+    let mut results = Vec::with_capacity(planned.len());
+    let mut total = 0;
+    for (i, (route, publish)) in planned.iter().enumerate() {
+        let delivered = execute(broker, route, publish)
+            .await
+            .map_err(|e| ApiError::invalid(format!("publishes[{i}]: {}", e.message)))?;
+        total += delivered;
+        results.push(publish_result(route, delivered));
+    }
+    Ok(json!({ "success": true, "delivered": total, "results": results }))
+}
+
+fn connection_json(info: &ConnectionInfo) -> Value {
+    json!({
+        "socketId": info.socket_id,
+        "userId": info.user_id,
+        "rooms": info.rooms,
+        "transport": info.transport,
+        "shard": info.shard,
+        "connectedAt": iso8601(info.connected_at),
+        "lastActivity": iso8601(info.last_activity),
+    })
+}
+
+fn connections_body(list: Vec<ConnectionInfo>) -> Value {
+    json!({ "count": list.len(), "connections": list.iter().map(connection_json).collect::<Vec<_>>() })
+}
+
+fn rooms_body(list: Vec<RoomInfo>) -> Value {
+    let rooms: Vec<Value> = list
+        .iter()
+        .map(|room| {
+            json!({
+                "name": room.name,
+                "memberCount": room.member_count,
+                "users": room.users,
+                "createdAt": iso8601(room.created_at),
+                "lastActivity": iso8601(room.last_activity),
+            })
+        })
+        .collect();
+    json!({ "count": rooms.len(), "rooms": rooms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_the_route_table() {
+        for (method, template) in ROUTES {
+            let path = template.replace("{room}", "r%201").replace("{userId}", "u").replace("{socketId}", "s");
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(matches!(match_route(&method, &path), Ok(Some(_))), "{method} {path}");
+            let other = if method == Method::GET { Method::POST } else { Method::GET };
+            assert!(match_route(&other, &path).is_err(), "{other} {path} should be 405");
+        }
+        assert!(matches!(match_route(&Method::GET, "/api/nope"), Ok(None)));
+        assert!(matches!(match_route(&Method::GET, "/api/users/a/b/c"), Ok(None)));
+        match match_route(&Method::POST, "/api/rooms/r%201/broadcast") {
+            Ok(Some(Route::RoomBroadcast(room))) => assert_eq!(room, "r 1"),
+            _ => panic!("room route"),
+        }
+    }
+
+    /// docs/openapi.yaml documents exactly the routes the server serves.
+    #[test]
+    fn openapi_document_lists_every_route_and_no_other() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).unwrap();
+        let mut documented = Vec::new();
+        let mut current_path: Option<String> = None;
+        let mut in_paths = false;
+        for line in text.lines() {
+            if line.starts_with("paths:") {
+                in_paths = true;
+                continue;
+            }
+            if in_paths && !line.starts_with(' ') && !line.trim().is_empty() {
+                in_paths = false;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(path) = line.strip_prefix("  ").filter(|l| l.starts_with('/')) {
+                current_path = Some(path.trim_end_matches(':').trim_matches('\'').to_string());
+            } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+                if ["get", "post", "put", "delete", "patch"].contains(&method) {
+                    documented.push((method.to_uppercase(), current_path.clone().unwrap()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,210 @@
+//! [`Broker`]: the server-side operations of SPEC §5 as a Rust handle — the
+//! WebSocketService of the NestJS original. Cheap to clone, `Send + Sync`,
+//! usable from any thread or runtime; the HTTP API is a thin layer over it.
+//!
+//! Publishes encode the event once (Socket.IO packet and WebSocket frame)
+//! and hand the same buffer to every shard; queries ask every shard for its
+//! part and merge the answers.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::app::validate;
+use crate::protocol::socketio;
+use crate::protocol::wsframe::OutFrame;
+use crate::shard::{Answer, ConnectionInfo, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Shared, SocketId, Target};
+
+/// Options of a broadcast (as in the seed's `BroadcastOptions`).
+#[derive(Debug, Clone, Default)]
+pub struct BroadcastOptions {
+    /// Users whose connections must not receive the event.
+    pub exclude: Vec<String>,
+}
+
+/// A publish the broker refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Totals over every shard.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub connections: usize,
+    pub rooms: usize,
+    pub online_users: usize,
+    /// Connections per shard, by shard index.
+    pub connections_per_shard: Vec<usize>,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+/// Event names the Socket.IO client keeps for itself: emitting them would
+/// break the client, so the broker refuses them.
+const CLIENT_RESERVED: &[&str] =
+    &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+impl Broker {
+    pub(crate) fn new(shared: Arc<Shared>) -> Broker {
+        Broker { shared }
+    }
+
+    /// Sends `event` with `data` to every connection (but the excluded users').
+    /// Returns the number of connections it was delivered to.
+    pub async fn broadcast_to_all(
+        &self,
+        event: &str,
+        data: &impl Serialize,
+        options: BroadcastOptions,
+    ) -> Result<usize, PublishError> {
+        let frame = self.encode(event, data)?;
+        Ok(self.publish(Target::All, frame, &options.exclude).await)
+    }
+
+    /// Sends `event` with `data` to every member of `room`.
+    pub async fn broadcast_to_room(
+        &self,
+        room: &str,
+        event: &str,
+        data: &impl Serialize,
+        options: BroadcastOptions,
+    ) -> Result<usize, PublishError> {
+        validate::check_name("roomName", room).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let frame = self.encode(event, data)?;
+        Ok(self.publish(Target::Room(Arc::from(room)), frame, &options.exclude).await)
+    }
+
+    /// Sends `event` with `data` to every connection of `user_id`.
+    pub async fn send_to_user(&self, user_id: &str, event: &str, data: &impl Serialize) -> Result<usize, PublishError> {
+        validate::check_name("userId", user_id).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        let frame = self.encode(event, data)?;
+        Ok(self.publish(Target::User(Arc::from(user_id)), frame, &[]).await)
+    }
+
+    /// Sends `event` with `data` to one connection; 0 if no such socket exists.
+    pub async fn send_to_socket(&self, socket_id: &str, event: &str, data: &impl Serialize) -> Result<usize, PublishError> {
+        let frame = self.encode(event, data)?;
+        match SocketId::parse(socket_id) {
+            Some(id) if id.shard() < self.shared.router.shard_count() => {
+                Ok(self.publish(Target::Socket(id), frame, &[]).await)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    pub async fn active_connections(&self) -> Vec<ConnectionInfo> {
+        let mut all = Vec::new();
+        for answer in self.ask_all(Query::Connections { user: None }).await {
+            if let Answer::Connections(list) = answer {
+                all.extend(list);
+            }
+        }
+        all
+    }
+
+    pub async fn active_rooms(&self) -> Vec<RoomInfo> {
+        let mut all = Vec::new();
+        for answer in self.ask_all(Query::Rooms).await {
+            if let Answer::Rooms(list) = answer {
+                all.extend(list);
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub async fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for answer in self.ask_all(Query::Stats).await {
+            if let Answer::Stats(ShardStats { connections, rooms, online_users }) = answer {
+                stats.connections += connections;
+                stats.rooms += rooms;
+                stats.online_users += online_users;
+                stats.connections_per_shard.push(connections);
+            }
+        }
+        stats
+    }
+
+    pub async fn connection_count(&self) -> usize {
+        self.stats().await.connections
+    }
+
+    pub async fn room_count(&self) -> usize {
+        self.stats().await.rooms
+    }
+
+    /// The connections of one user, on every shard.
+    pub async fn user_connections(&self, user_id: &str) -> Vec<ConnectionInfo> {
+        let mut all = Vec::new();
+        for answer in self.ask_all(Query::Connections { user: Some(Arc::from(user_id)) }).await {
+            if let Answer::Connections(list) = answer {
+                all.extend(list);
+            }
+        }
+        all
+    }
+
+    pub async fn is_user_online(&self, user_id: &str) -> bool {
+        let home = self.shared.router.home_of(user_id);
+        let (tx, rx) = oneshot::channel();
+        self.shared.router.send(home, ShardMsg::Query { query: Query::UserOnline { user: Arc::from(user_id) }, reply: tx });
+        matches!(rx.await, Ok(Answer::UserOnline(true)))
+    }
+
+    fn encode(&self, event: &str, data: &impl Serialize) -> Result<OutFrame, PublishError> {
+        validate::check_name("event", event).map_err(|e| PublishError::Invalid(e.to_string()))?;
+        if CLIENT_RESERVED.contains(&event) {
+            return Err(PublishError::Invalid(format!("event {event:?} is reserved by the Socket.IO client")));
+        }
+        // A `&RawValue` (what the HTTP API passes) is copied byte for byte.
+        socketio::try_event_frame(&self.shared.config.websocket_namespace, event, data)
+            .map_err(|e| PublishError::Invalid(format!("data cannot be encoded: {e}")))
+    }
+
+    /// Hands one frame to every shard that may hold a recipient and sums
+    /// what each delivered.
+    async fn publish(&self, target: Target, frame: OutFrame, exclude: &[String]) -> usize {
+        let mut delivery = Delivery::new(target, frame);
+        if !exclude.is_empty() {
+            delivery.exclude_users = Some(exclude.iter().map(|u| Arc::from(u.as_str())).collect());
+        }
+        let shards: Vec<usize> = match &delivery.target {
+            Target::Socket(id) => vec![id.shard()],
+            _ => (0..self.shared.router.shard_count()).collect(),
+        };
+        let mut replies = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (tx, rx) = oneshot::channel();
+            self.shared.router.send(shard, ShardMsg::DeliverCounted { delivery: delivery.clone(), reply: tx });
+            replies.push(rx);
+        }
+        let mut delivered = 0;
+        for reply in replies {
+            delivered += reply.await.unwrap_or(0);
+        }
+        delivered
+    }
+
+    async fn ask_all(&self, query: Query) -> Vec<Answer> {
+        let mut replies = Vec::new();
+        for shard in 0..self.shared.router.shard_count() {
+            let (tx, rx) = oneshot::channel();
+            self.shared.router.send(shard, ShardMsg::Query { query: query.clone(), reply: tx });
+            replies.push(rx);
+        }
+        let mut answers = Vec::with_capacity(replies.len());
+        for reply in replies {
+            if let Ok(answer) = reply.await {
+                answers.push(answer);
+            }
+        }
+        answers
+    }
+}
