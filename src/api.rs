@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::broker::{BroadcastOptions, Broker, PublishError};
+use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope};
 use crate::clock::iso8601;
 use crate::config::Config;
 use crate::shard::{ConnectionInfo, RoomInfo};
@@ -258,19 +258,20 @@ async fn run_publish_route(broker: &Broker, route: Route, body: &[u8]) -> Result
     let fields: PublishIn = parse_object(text, "the body")?;
     let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
     let publish = parse_publish(&fields, allow_exclude)?;
-    let delivered = execute(broker, &route, &publish).await?;
+    let delivered = broker.send(prepare(broker, &route, &publish)?).await;
     Ok(publish_result(&route, delivered))
 }
 
-async fn execute(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<usize, ApiError> {
+fn prepare(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<Publication, ApiError> {
+    let scope = match route {
+        Route::Broadcast => Scope::All,
+        Route::RoomBroadcast(room) => Scope::Room(room),
+        Route::UserSend(user) => Scope::User(user),
+        Route::SocketSend(socket) => Scope::Socket(socket),
+        _ => unreachable!("only publish routes are prepared"),
+    };
     let options = BroadcastOptions { exclude: publish.exclude.clone() };
-    Ok(match route {
-        Route::Broadcast => broker.broadcast_to_all(&publish.event, &publish.data, options).await?,
-        Route::RoomBroadcast(room) => broker.broadcast_to_room(room, &publish.event, &publish.data, options).await?,
-        Route::UserSend(user) => broker.send_to_user(user, &publish.event, &publish.data).await?,
-        Route::SocketSend(socket) => broker.send_to_socket(socket, &publish.event, &publish.data).await?,
-        _ => unreachable!("only publish routes are executed"),
-    })
+    Ok(broker.prepare(scope, &publish.event, &publish.data, options)?)
 }
 
 fn publish_result(route: &Route, delivered: usize) -> Value {
@@ -334,16 +335,15 @@ async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
         let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
         let fields = PublishIn { event: entry.event, data: entry.data, exclude: entry.exclude };
         let publish = parse_publish(&fields, allow_exclude).map_err(at)?;
-        planned.push((route, publish));
+        let publication = prepare(broker, &route, &publish).map_err(at)?;
+        planned.push((route, publication));
     }
     let mut results = Vec::with_capacity(planned.len());
     let mut total = 0;
-    for (i, (route, publish)) in planned.iter().enumerate() {
-        let delivered = execute(broker, route, publish)
-            .await
-            .map_err(|e| ApiError::invalid(format!("publishes[{i}]: {}", e.message)))?;
+    for (route, publication) in planned {
+        let delivered = broker.send(publication).await;
         total += delivered;
-        results.push(publish_result(route, delivered));
+        results.push(publish_result(&route, delivered));
     }
     Ok(json!({ "success": true, "delivered": total, "results": results }))
 }

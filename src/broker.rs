@@ -40,6 +40,23 @@ pub struct Stats {
     pub connections_per_shard: Vec<usize>,
 }
 
+/// Who a publish is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Room(&'a str),
+    User(&'a str),
+    Socket(&'a str),
+}
+
+/// A validated, encoded publish, ready for [`Broker::send`].
+#[derive(Debug, Clone)]
+pub struct Publication {
+    target: Option<Target>,
+    frame: OutFrame,
+    exclude: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
@@ -63,8 +80,7 @@ impl Broker {
         data: &impl Serialize,
         options: BroadcastOptions,
     ) -> Result<usize, PublishError> {
-        let frame = self.encode(event, data)?;
-        Ok(self.publish(Target::All, frame, &options.exclude).await)
+        Ok(self.send(self.prepare(Scope::All, event, data, options)?).await)
     }
 
     /// Sends `event` with `data` to every member of `room`.
@@ -75,27 +91,45 @@ impl Broker {
         data: &impl Serialize,
         options: BroadcastOptions,
     ) -> Result<usize, PublishError> {
-        validate::check_name("roomName", room).map_err(|e| PublishError::Invalid(e.to_string()))?;
-        let frame = self.encode(event, data)?;
-        Ok(self.publish(Target::Room(Arc::from(room)), frame, &options.exclude).await)
+        Ok(self.send(self.prepare(Scope::Room(room), event, data, options)?).await)
     }
 
     /// Sends `event` with `data` to every connection of `user_id`.
     pub async fn send_to_user(&self, user_id: &str, event: &str, data: &impl Serialize) -> Result<usize, PublishError> {
-        validate::check_name("userId", user_id).map_err(|e| PublishError::Invalid(e.to_string()))?;
-        let frame = self.encode(event, data)?;
-        Ok(self.publish(Target::User(Arc::from(user_id)), frame, &[]).await)
+        Ok(self.send(self.prepare(Scope::User(user_id), event, data, BroadcastOptions::default())?).await)
     }
 
     /// Sends `event` with `data` to one connection; 0 if no such socket exists.
     pub async fn send_to_socket(&self, socket_id: &str, event: &str, data: &impl Serialize) -> Result<usize, PublishError> {
-        let frame = self.encode(event, data)?;
-        match SocketId::parse(socket_id) {
-            Some(id) if id.shard() < self.shared.router.shard_count() => {
-                Ok(self.publish(Target::Socket(id), frame, &[]).await)
+        Ok(self.send(self.prepare(Scope::Socket(socket_id), event, data, BroadcastOptions::default())?).await)
+    }
+
+    /// Validates and encodes a publish without sending it, so that a batch
+    /// can be checked whole before anything goes out.
+    pub fn prepare(
+        &self,
+        scope: Scope<'_>,
+        event: &str,
+        data: &impl Serialize,
+        options: BroadcastOptions,
+    ) -> Result<Publication, PublishError> {
+        let invalid = |e: crate::app::errors::RequestError| PublishError::Invalid(e.to_string());
+        let target = match scope {
+            Scope::All => Some(Target::All),
+            Scope::Room(room) => {
+                validate::check_name("roomName", room).map_err(invalid)?;
+                Some(Target::Room(Arc::from(room)))
             }
-            _ => Ok(0),
-        }
+            Scope::User(user) => {
+                validate::check_name("userId", user).map_err(invalid)?;
+                Some(Target::User(Arc::from(user)))
+            }
+            Scope::Socket(socket) => SocketId::parse(socket)
+                .filter(|id| id.shard() < self.shared.router.shard_count())
+                .map(Target::Socket),
+        };
+        let frame = self.encode(event, data)?;
+        Ok(Publication { target, frame, exclude: options.exclude })
     }
 
     pub async fn active_connections(&self) -> Vec<ConnectionInfo> {
@@ -168,9 +202,12 @@ impl Broker {
             .map_err(|e| PublishError::Invalid(format!("data cannot be encoded: {e}")))
     }
 
-    /// Hands one frame to every shard that may hold a recipient and sums
-    /// what each delivered.
-    async fn publish(&self, target: Target, frame: OutFrame, exclude: &[String]) -> usize {
+    /// Hands a prepared publish to every shard that may hold a recipient
+    /// and sums what each delivered.
+    pub async fn send(&self, publication: Publication) -> usize {
+        let Publication { target, frame, exclude } = publication;
+        // A socket id that names no socket reaches nobody.
+        let Some(target) = target else { return 0 };
         let mut delivery = Delivery::new(target, frame);
         if !exclude.is_empty() {
             delivery.exclude_users = Some(exclude.iter().map(|u| Arc::from(u.as_str())).collect());

@@ -18,5 +18,5 @@ pub mod shard;
 pub mod transport;
 
 pub use config::Config;
-pub use broker::{BroadcastOptions, Broker};
+pub use broker::{BroadcastOptions, Broker, Publication, Scope};
 pub use server::Server;

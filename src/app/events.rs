@@ -86,8 +86,8 @@ impl SocketSession {
                     )));
                 }
             }
-            self.announce_room_change("user-joined", &room, &user);
-            let count = self.shard.join_room(&self.conn, room.clone()).await;
+            let announce = self.room_change_frame("user-joined", &room, &user);
+            let count = self.shard.join_room(&self.conn, room.clone(), Some(announce)).await;
             self.emit("room-joined", &json!({ "roomName": &*room, "memberCount": count, "timestamp": timestamp() }));
             count
         };
@@ -102,8 +102,8 @@ impl SocketSession {
         if !self.conn.in_room(&room) {
             return Err(RequestError::NotInRoom(room.to_string()));
         }
-        self.announce_room_change("user-left", &room, &user);
-        self.shard.leave_room(&self.conn, &room);
+        let announce = self.room_change_frame("user-left", &room, &user);
+        self.shard.leave_room(&self.conn, &room, Some(announce));
         self.emit("room-left", &json!({ "roomName": &*room, "timestamp": timestamp() }));
         Ok(json!({ "success": true, "roomName": &*room }))
     }

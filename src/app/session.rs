@@ -18,7 +18,8 @@ use super::auth::Authenticator;
 use super::errors::RequestError;
 use super::timestamp;
 use crate::protocol::socketio::{self, Packet, PacketType};
-use crate::shard::{Conn, Delivery, Shard, SocketId, Target};
+use crate::protocol::wsframe::OutFrame;
+use crate::shard::{Conn, Shard, SocketId};
 use crate::transport::websocket::{self, EngineHandler, Traffic};
 use crate::transport::CloseReason;
 
@@ -250,38 +251,30 @@ impl SocketSession {
         Ok(())
     }
 
-    /// Takes the socket out of every table and tells the others.
+    /// Takes the socket out of every table; room members hear `user-left`.
     fn close(&self) {
         if !self.established.replace(false) {
             return;
         }
-        // `user-left` first, while the socket is still a member (hence `except`),
-        // so that room members hear of the leave before any `user-offline`.
-        if let Some(user) = self.conn.user() {
-            let rooms = self.conn.rooms.borrow().clone();
-            for room in rooms {
-                self.announce_room_change("user-left", &room, &user);
-            }
-        }
-        self.shard.remove_conn(&self.conn);
+        let user = self.conn.user();
+        self.shard.remove_conn(&self.conn, |room| {
+            user.as_ref().map(|user| self.room_change_frame("user-left", room, user))
+        });
         self.shard.release_connection();
     }
 
-    /// `user-joined` / `user-left` to the other members of `room`.
-    pub(super) fn announce_room_change(&self, event: &str, room: &Arc<str>, user: &str) {
-        let frame = socketio::event_frame(
+    /// The `user-joined` / `user-left` event about this socket.
+    pub(super) fn room_change_frame(&self, event: &str, room: &str, user: &str) -> OutFrame {
+        socketio::event_frame(
             self.namespace(),
             event,
             &serde_json::json!({
-                "roomName": &**room,
+                "roomName": room,
                 "userId": user,
                 "socketId": &*self.conn.id_text,
                 "timestamp": timestamp(),
             }),
-        );
-        let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
-        delivery.except = Some(self.conn.id);
-        self.shard.deliver(delivery);
+        )
     }
 }
 

@@ -138,10 +138,17 @@ impl Delivery {
 /// Messages between shards.
 pub enum ShardMsg {
     Deliver(Delivery),
-    /// To a room's home: a socket on `shard` joined.
-    RoomJoined { room: Arc<str>, user: Arc<str>, reply: Option<oneshot::Sender<u32>> },
-    /// To a room's home: a socket left (or went away).
-    RoomLeft { room: Arc<str>, user: Arc<str> },
+    /// To a room's home: a socket wants to join. The home counts it, sends
+    /// `announce` to the room's other members, then confirms to the socket's
+    /// shard with [`ShardMsg::RoomJoinConfirmed`].
+    RoomJoined { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
+    /// From a room's home to the joining socket's shard: add it to the local
+    /// room now. Arriving on the same channel as the home's announcements,
+    /// it orders them: the joiner hears of every later join, of no earlier one.
+    RoomJoinConfirmed { room: Arc<str>, socket: SocketId, members: u32, reply: oneshot::Sender<u32> },
+    /// To a room's home: a socket left (or went away); `announce` goes to the
+    /// remaining members.
+    RoomLeft { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame> },
     /// To a room's home: how many sockets are in it?
     RoomSize { room: Arc<str>, reply: oneshot::Sender<u32> },
     /// To a user's home: a socket on `shard` is now this user's.
@@ -271,22 +278,20 @@ impl Shard {
         self.tables.borrow_mut().conns.insert(conn.id, conn);
     }
 
-    /// Forgets a socket: leaves its rooms (telling their homes) and detaches
-    /// it from its user. Returns the rooms it was in, for `user-left`.
-    pub fn remove_conn(&self, conn: &Rc<Conn>) -> Vec<Arc<str>> {
+    /// Forgets a socket: leaves its rooms (telling their homes, which send
+    /// `announce(room)` to the remaining members) and detaches it from its user.
+    pub fn remove_conn(&self, conn: &Rc<Conn>, announce: impl Fn(&Arc<str>) -> Option<OutFrame>) {
         if self.tables.borrow_mut().conns.remove(&conn.id).is_none() {
-            return Vec::new();
+            return;
         }
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
-        let user = conn.user();
         for room in &rooms {
             self.leave_local(conn, room);
-            self.notify_room_left(room.clone(), user.clone());
+            self.notify_room_left(conn, room.clone(), announce(room));
         }
-        if let Some(user) = user {
+        if let Some(user) = conn.user() {
             self.detach_user(conn, user);
         }
-        rooms
     }
 
     pub fn conn(&self, id: SocketId) -> Option<Rc<Conn>> {
@@ -329,29 +334,24 @@ impl Shard {
     // ---- rooms -------------------------------------------------------------
 
     /// Adds `conn` to `room` (it must not be in it yet) and returns the
-    /// room's member count across all shards, this socket included.
-    pub async fn join_room(&self, conn: &Rc<Conn>, room: Arc<str>) -> u32 {
+    /// room's member count across all shards, this socket included. The home
+    /// sends `announce` to the other members first.
+    pub async fn join_room(&self, conn: &Rc<Conn>, room: Arc<str>, announce: Option<OutFrame>) -> u32 {
         let user = conn.user().unwrap_or_else(|| Arc::from(""));
         conn.rooms.borrow_mut().push(room.clone());
-        self.tables
-            .borrow_mut()
-            .rooms
-            .entry(room.clone())
-            .or_insert_with(|| LocalRoom { members: Map::default() })
-            .members
-            .insert(conn.id, conn.clone());
         let (tx, rx) = oneshot::channel();
-        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, reply: Some(tx) });
+        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, socket: conn.id, announce, reply: tx });
         rx.await.unwrap_or(0)
     }
 
-    /// Removes `conn` from `room`. `false` if it was not a member.
-    pub fn leave_room(&self, conn: &Rc<Conn>, room: &str) -> bool {
+    /// Removes `conn` from `room`; the home sends `announce` to the remaining
+    /// members. `false` if it was not a member.
+    pub fn leave_room(&self, conn: &Rc<Conn>, room: &str, announce: Option<OutFrame>) -> bool {
         let position = conn.rooms.borrow().iter().position(|r| &**r == room);
         let Some(position) = position else { return false };
         let room = conn.rooms.borrow_mut().swap_remove(position);
         self.leave_local(conn, &room);
-        self.notify_room_left(room, conn.user());
+        self.notify_room_left(conn, room, announce);
         true
     }
 
@@ -372,9 +372,17 @@ impl Shard {
         }
     }
 
-    fn notify_room_left(&self, room: Arc<str>, user: Option<Arc<str>>) {
-        let user = user.unwrap_or_else(|| Arc::from(""));
-        self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user });
+    fn notify_room_left(&self, conn: &Conn, room: Arc<str>, announce: Option<OutFrame>) {
+        let user = conn.user().unwrap_or_else(|| Arc::from(""));
+        self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user, socket: conn.id, announce });
+    }
+
+    fn announce_to_room(&self, room: &Arc<str>, except: SocketId, announce: Option<OutFrame>) {
+        if let Some(frame) = announce {
+            let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
+            delivery.except = Some(except);
+            self.deliver(delivery);
+        }
     }
 
     // ---- delivery ----------------------------------------------------------
@@ -461,39 +469,65 @@ impl Shard {
             ShardMsg::Query { query, reply } => {
                 let _ = reply.send(self.answer(query));
             }
-            ShardMsg::RoomJoined { room, user, reply } => {
+            ShardMsg::RoomJoined { room, user, socket, announce, reply } => {
                 let now = SystemTime::now();
-                let mut tables = self.tables.borrow_mut();
-                let home = tables.home_rooms.entry(room).or_insert_with(|| HomeRoom {
-                    members: 0,
-                    created_at: now,
-                    last_activity: now,
-                    users: Map::default(),
-                });
-                home.members += 1;
-                home.last_activity = now;
-                if !user.is_empty() {
-                    *home.users.entry(user).or_default() += 1;
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(home.members);
+                let members = {
+                    let mut tables = self.tables.borrow_mut();
+                    let home = tables.home_rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
+                        members: 0,
+                        created_at: now,
+                        last_activity: now,
+                        users: Map::default(),
+                    });
+                    home.members += 1;
+                    home.last_activity = now;
+                    if !user.is_empty() {
+                        *home.users.entry(user).or_default() += 1;
+                    }
+                    home.members
+                };
+                self.announce_to_room(&room, socket, announce);
+                let confirm = ShardMsg::RoomJoinConfirmed { room, socket, members, reply };
+                if socket.shard() == self.index {
+                    self.handle(confirm);
+                } else {
+                    self.shared.router.send(socket.shard(), confirm);
                 }
             }
-            ShardMsg::RoomLeft { room, user } => {
+            ShardMsg::RoomJoinConfirmed { room, socket, members, reply } => {
                 let mut tables = self.tables.borrow_mut();
-                if let Some(home) = tables.home_rooms.get_mut(&room) {
-                    home.members = home.members.saturating_sub(1);
-                    home.last_activity = SystemTime::now();
-                    if let Some(n) = home.users.get_mut(&user) {
-                        *n -= 1;
-                        if *n == 0 {
-                            home.users.remove(&user);
-                        }
-                    }
-                    if home.members == 0 {
-                        tables.home_rooms.remove(&room);
+                // The socket may have left the room or gone away meanwhile;
+                // its leave is already on its way to the home.
+                if let Some(conn) = tables.conns.get(&socket).cloned() {
+                    if conn.in_room(&room) {
+                        tables
+                            .rooms
+                            .entry(room)
+                            .or_insert_with(|| LocalRoom { members: Map::default() })
+                            .members
+                            .insert(socket, conn);
                     }
                 }
+                let _ = reply.send(members);
+            }
+            ShardMsg::RoomLeft { room, user, socket, announce } => {
+                {
+                    let mut tables = self.tables.borrow_mut();
+                    if let Some(home) = tables.home_rooms.get_mut(&room) {
+                        home.members = home.members.saturating_sub(1);
+                        home.last_activity = SystemTime::now();
+                        if let Some(n) = home.users.get_mut(&user) {
+                            *n -= 1;
+                            if *n == 0 {
+                                home.users.remove(&user);
+                            }
+                        }
+                        if home.members == 0 {
+                            tables.home_rooms.remove(&room);
+                        }
+                    }
+                }
+                self.announce_to_room(&room, socket, announce);
             }
             ShardMsg::RoomSize { room, reply } => {
                 let size = self.tables.borrow().home_rooms.get(&room).map_or(0, |r| r.members);
