@@ -1,0 +1,585 @@
+// SPEC §1 (wire protocol), §6 (shutdown, logging) and §7 (configuration),
+// mostly through a raw Engine.IO/Socket.IO client on `ws`.
+
+import net from 'node:net';
+import { describe, before, after } from 'node:test';
+import {
+  assert, it, startServer, runToExit, connect, connectAs, connectExpectingError, makeSocket,
+  emitWithAck, waitForEvent, expectNoEvent, received, rawConnect, parseSio, waitForDisconnect,
+  assertTimestamp, assertFailure, assertSuccess, uid, sleep, waitUntil,
+} from './helpers.mjs';
+
+// ---------------------------------------------------------------------------
+describe('Engine.IO open packet and Socket.IO CONNECT', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  it('open packet: sid, no upgrades (websocket only for now), default pingInterval/pingTimeout/maxPayload', async () => {
+    const raw = await rawConnect(server);
+    assert.match(raw.openRaw, /^0\{/);
+    assert.equal(typeof raw.open.sid, 'string');
+    assert.ok(raw.open.sid.length > 0);
+    assert.deepEqual(raw.open.upgrades, []);
+    assert.equal(raw.open.pingInterval, 25000);
+    assert.equal(raw.open.pingTimeout, 20000);
+    assert.equal(raw.open.maxPayload, 1000000);
+  });
+
+  it('CONNECT → 40{"sid"} then immediately connected { socketId: sid, timestamp }', async () => {
+    const raw = await rawConnect(server);
+    const reply = await raw.connectNs('/');
+    assert.equal(reply.type, 0, `expected CONNECT reply, got ${reply.raw}`);
+    assert.equal(typeof reply.data.sid, 'string');
+    assert.ok(reply.data.sid.length > 0);
+    const [connected] = await raw.waitEvent('connected');
+    assert.equal(connected.socketId, reply.data.sid);
+    assertTimestamp(connected.timestamp);
+    // EVENT with ack id → ACK with the same id carrying one object.
+    const ack = await raw.emitWithAck(['ping']);
+    assert.equal(ack.length, 1);
+    assert.equal(ack[0].success, true);
+  });
+
+  it('CONNECT with an auth payload { userId } authenticates in development mode', async () => {
+    const raw = await rawConnect(server);
+    const userId = uid('raw');
+    const reply = await raw.connectNs('/', { userId });
+    assert.equal(reply.type, 0);
+    await raw.waitEvent('connected');
+    const [auth] = await raw.waitEvent('authenticated');
+    assert.equal(auth.userId, userId);
+    assert.equal(auth.socketId, reply.data.sid);
+  });
+
+  it('socket ids are distinct per connection and socket.id matches', async () => {
+    const socks = await Promise.all(Array.from({ length: 20 }, () => connect(server.url)));
+    assert.equal(new Set(socks.map((s) => s.id)).size, 20);
+    for (const s of socks) assert.equal((await waitForEvent(s, 'connected')).socketId, s.id);
+  });
+
+  it('a Socket.IO DISCONNECT from the client cleans up like a disconnect (user-left, user-offline)', async () => {
+    const room = uid('room');
+    const observer = await connectAs(server.url, uid('observer'));
+    await emitWithAck(observer, 'join-room', { roomName: room });
+    const raw = await rawConnect(server);
+    const userId = uid('leaving');
+    await raw.connectNs('/', { userId });
+    await raw.waitEvent('authenticated');
+    const join = await raw.emitWithAck(['join-room', { roomName: room }]);
+    assert.equal(join[0].success, true);
+    await raw.send('41');
+    const left = await waitForEvent(observer, 'user-left', 5000, (d) => d.userId === userId);
+    assert.equal(left.roomName, room);
+    assert.equal(left.socketId, raw.sid);
+    await waitForEvent(observer, 'user-offline', 5000, (d) => d.userId === userId);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('namespaces', () => {
+  describe('default namespace /', () => {
+    let server;
+    before(async () => { server = await startServer({}); });
+    after(async () => { await server?.stop(); });
+
+    it('socket.io-client to another namespace gets connect_error "Invalid namespace"', async () => {
+      for (const ns of ['/admin', '/chat', '/socket.io']) {
+        const err = await connectExpectingError(`${server.url}${ns}`);
+        assert.equal(err.message, 'Invalid namespace', `namespace ${ns}`);
+      }
+    });
+
+    it('raw: CONNECT_ERROR {"message":"Invalid namespace"} and the Engine.IO connection can still join /', async () => {
+      const raw = await rawConnect(server);
+      const bad = await raw.connectNs('/admin');
+      assert.equal(bad.type, 4, `expected CONNECT_ERROR, got ${bad.raw}`);
+      assert.equal(bad.nsp, '/admin');
+      assert.deepEqual(bad.data, { message: 'Invalid namespace' });
+      const good = await raw.connectNs('/');
+      assert.equal(good.type, 0, `expected CONNECT on /, got ${good.raw}`);
+      await raw.waitEvent('connected');
+      assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
+    });
+  });
+
+  describe('WEBSOCKET_NAMESPACE=/chat', () => {
+    let server;
+    before(async () => { server = await startServer({ WEBSOCKET_NAMESPACE: '/chat' }); });
+    after(async () => { await server?.stop(); });
+
+    it('clients of /chat get the whole protocol', async () => {
+      const a = await connect(`${server.url}/chat`);
+      const b = await connect(`${server.url}/chat`);
+      assert.equal((await waitForEvent(a, 'connected')).socketId, a.id);
+      const room = uid('room');
+      for (const [s, name] of [[a, uid('a')], [b, uid('b')]]) {
+        assertSuccess(await emitWithAck(s, 'authenticate', { userId: name }));
+        assertSuccess(await emitWithAck(s, 'join-room', { roomName: room }));
+      }
+      assertSuccess(await emitWithAck(a, 'custom-event', { event: 'hello', data: { x: 1 }, roomName: room }));
+      assert.deepEqual(await waitForEvent(b, 'hello'), { x: 1 });
+      assertSuccess(await emitWithAck(a, 'ping'));
+    });
+
+    it('the root namespace / is now an invalid one', async () => {
+      const err = await connectExpectingError(server.url);
+      assert.equal(err.message, 'Invalid namespace');
+    });
+
+    it('raw: 40/chat, → 40/chat,{"sid"} and events carry the namespace', async () => {
+      const raw = await rawConnect(server);
+      const reply = await raw.connectNs('/chat');
+      assert.equal(reply.type, 0, reply.raw);
+      assert.equal(reply.nsp, '/chat');
+      assert.match(reply.raw, /^40\/chat,\{/);
+      const connectedMsg = await raw.next((d) => typeof d === 'string' && d.startsWith('42'));
+      assert.match(connectedMsg, /^42\/chat,\["connected",/);
+      assert.equal(parseSio(connectedMsg).data[1].socketId, reply.data.sid);
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
+  const INTERVAL = 300;
+  const TIMEOUT = 300;
+  const SLACK = 1000;
+  let server;
+  before(async () => { server = await startServer({ PING_INTERVAL_MS: INTERVAL, PING_TIMEOUT_MS: TIMEOUT }); });
+  after(async () => { await server?.stop(); });
+
+  it('the open packet advertises the configured values', async () => {
+    const raw = await rawConnect(server);
+    assert.equal(raw.open.pingInterval, INTERVAL);
+    assert.equal(raw.open.pingTimeout, TIMEOUT);
+  });
+
+  it('a client that never answers pings is closed within interval + timeout; members get user-left, others user-offline', async () => {
+    const room = uid('room');
+    const member = await connectAs(server.url, uid('member'));
+    await emitWithAck(member, 'join-room', { roomName: room });
+    const other = await connectAs(server.url, uid('other'));
+
+    const ghost = uid('ghost');
+    const raw = await rawConnect(server, { autoPong: false });
+    await raw.connectNs('/', { userId: ghost });
+    await raw.waitEvent('authenticated');
+    assert.equal((await raw.emitWithAck(['join-room', { roomName: room }]))[0].success, true);
+
+    const closed = await raw.waitClosed(INTERVAL + TIMEOUT + SLACK + 2000);
+    const lifetime = closed.at - raw.openAt;
+    assert.ok(raw.pings.length >= 1, 'the server must have sent at least one ping');
+    assert.ok(lifetime <= INTERVAL + TIMEOUT + SLACK, `closed after ${lifetime} ms, expected ≤ ${INTERVAL + TIMEOUT} ms (+${SLACK} slack)`);
+    const graceAfterPing = closed.at - raw.pings[0];
+    assert.ok(graceAfterPing >= TIMEOUT - 100, `closed ${graceAfterPing} ms after the first ping; the client must get pingTimeout (${TIMEOUT} ms) to answer`);
+
+    const left = await waitForEvent(member, 'user-left', SLACK, (d) => d.userId === ghost);
+    assert.equal(left.roomName, room);
+    assert.equal(left.socketId, raw.sid);
+    await waitForEvent(other, 'user-offline', SLACK, (d) => d.userId === ghost);
+    await waitForEvent(member, 'user-offline', SLACK, (d) => d.userId === ghost);
+    // Private messages to the dead user now fail.
+    assertFailure(await emitWithAck(other, 'private-message', { targetUserId: ghost, message: 'x' }), 'USER_OFFLINE');
+    // The well-behaved socket.io clients survived several heartbeat rounds.
+    assert.equal(member.connected, true, `member disconnected: ${member.disconnectReason}`);
+    assert.equal(other.connected, true, `other disconnected: ${other.disconnectReason}`);
+  });
+
+  it('a client that answers pings stays connected', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.connectNs('/');
+    await sleep(2000);
+    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
+    assert.ok(raw.pings.length >= 4, `expected a ping every ${INTERVAL} ms, got ${raw.pings.length} in 2 s`);
+    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
+    const s = await connect(server.url);
+    await sleep(1500);
+    assert.equal(s.connected, true, `socket.io client disconnected: ${s.disconnectReason}`);
+  });
+
+  it('a client that stops answering is closed within interval + timeout of its last pong', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.connectNs('/');
+    await waitUntil(() => raw.pings.length >= 3, 5000, () => `pings: ${raw.pings.length}`);
+    raw.autoPong = false;
+    const lastPong = Date.now();
+    const closed = await raw.waitClosed(INTERVAL + TIMEOUT + SLACK + 2000);
+    const after = closed.at - lastPong;
+    assert.ok(after <= INTERVAL + TIMEOUT + SLACK, `closed ${after} ms after the last pong`);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('connect timeout (CONNECT_TIMEOUT_MS=500)', () => {
+  let server;
+  before(async () => { server = await startServer({ CONNECT_TIMEOUT_MS: 500 }); });
+  after(async () => { await server?.stop(); });
+
+  it('an Engine.IO connection that never sends CONNECT is closed after the timeout', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    const closed = await raw.waitClosed(5000);
+    const lifetime = closed.at - raw.openAt;
+    assert.ok(lifetime >= 300, `closed after ${lifetime} ms, before CONNECT_TIMEOUT_MS=500`);
+    assert.ok(lifetime <= 500 + 1500, `closed after ${lifetime} ms`);
+  });
+
+  it('a connection that sent CONNECT in time is kept', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await sleep(100);
+    const reply = await raw.connectNs('/');
+    assert.equal(reply.type, 0);
+    const s = await connect(server.url);
+    await sleep(1500);
+    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
+    assert.equal(s.connected, true);
+    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('malformed input closes only the offending connection', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  const GARBAGE = [
+    ['non-protocol text', 'garbage!!'],
+    ['unknown Engine.IO packet type', '9hello'],
+    ['unknown Socket.IO packet type', '49["x"]'],
+    ['truncated JSON', '42["ping"'],
+    ['event payload is not an array', '42{"a":1}'],
+    ['empty event array', '42[]'],
+    ['event name is an object', '42[{"a":1}]'],
+    ['Socket.IO text that is not a packet', '4hello'],
+    ['empty frame', ''],
+    ['binary frame with no binary packet pending', Buffer.from([0xde, 0xad, 0xbe, 0xef])],
+    ['invalid UTF-8 in a text frame', Buffer.from([0x34, 0x32, 0xff, 0xfe, 0x5b, 0x5d])],
+  ];
+
+  for (const [what, frame] of GARBAGE) {
+    it(`closes on ${what}`, async () => {
+      const room = uid('room');
+      const observer = await connectAs(server.url, uid('observer'));
+      await emitWithAck(observer, 'join-room', { roomName: room });
+      const raw = await rawConnect(server, { autoPong: true });
+      const userId = uid('offender');
+      await raw.connectNs('/', { userId });
+      await raw.waitEvent('authenticated');
+      await raw.emitWithAck(['join-room', { roomName: room }]);
+      const binaryUtf8 = what.startsWith('invalid UTF-8');
+      await raw.send(frame, Buffer.isBuffer(frame) ? { binary: !binaryUtf8 } : undefined);
+      await raw.waitClosed(3000);
+      // Cleaned up like any disconnect; the observer is unaffected.
+      await waitForEvent(observer, 'user-left', 5000, (d) => d.userId === userId);
+      assert.equal(observer.connected, true);
+      assertSuccess(await emitWithAck(observer, 'ping'));
+      assert.equal(observer.disconnectReason, undefined);
+    });
+  }
+
+  it('closes on garbage sent before CONNECT', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.send('totally not engine.io');
+    await raw.waitClosed(3000);
+  });
+
+  it('many offenders at once do not disturb a busy room', async () => {
+    const room = uid('room');
+    const a = await connectAs(server.url, uid('a'));
+    const b = await connectAs(server.url, uid('b'));
+    await emitWithAck(a, 'join-room', { roomName: room });
+    await emitWithAck(b, 'join-room', { roomName: room });
+    const raws = await Promise.all(Array.from({ length: 20 }, () => rawConnect(server, { autoPong: true })));
+    await Promise.all(raws.map((r) => r.connectNs('/')));
+    const sending = [];
+    for (let i = 0; i < 50; i++) sending.push(emitWithAck(a, 'custom-event', { event: 'n', data: i, roomName: room }));
+    await Promise.all(raws.map((r, i) => r.send(GARBAGE[i % GARBAGE.length][1] || 'x')));
+    await Promise.all(raws.map((r) => r.waitClosed(3000)));
+    for (const ack of await Promise.all(sending)) assertSuccess(ack);
+    await waitUntil(() => received(b, 'n').length === 50, 5000, () => `b got ${received(b, 'n').length}/50`);
+    assert.deepEqual(received(b, 'n'), Array.from({ length: 50 }, (_, i) => i));
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('MAX_PAYLOAD_BYTES=2000', () => {
+  const LIMIT = 2000;
+  let server;
+  before(async () => { server = await startServer({ MAX_PAYLOAD_BYTES: LIMIT }); });
+  after(async () => { await server?.stop(); });
+
+  /** A `421["ping",{"p":"xxx…"}]` Engine.IO message of exactly `len` bytes. */
+  function pingOfLength(len) {
+    const head = '421["ping",{"p":"';
+    const tail = '"}]';
+    const s = head + 'x'.repeat(len - head.length - tail.length) + tail;
+    assert.equal(Buffer.byteLength(s), len);
+    return s;
+  }
+
+  it('the open packet advertises maxPayload', async () => {
+    const raw = await rawConnect(server);
+    assert.equal(raw.open.maxPayload, LIMIT);
+  });
+
+  it('a message of exactly MAX_PAYLOAD_BYTES is accepted, one byte more closes the connection', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.connectNs('/');
+    await raw.send(pingOfLength(LIMIT));
+    const ack = await raw.next((d) => typeof d === 'string' && d.startsWith('431['));
+    assert.notEqual(ack, null, `closed on a message of exactly the limit: ${JSON.stringify(raw.closeInfo)}`);
+    await raw.send(pingOfLength(LIMIT + 1));
+    await raw.waitClosed(3000);
+  });
+
+  it('over-size socket.io-client event: only that client is disconnected', async () => {
+    const room = uid('room');
+    const big = await connectAs(server.url, uid('big'));
+    const peer = await connectAs(server.url, uid('peer'));
+    await emitWithAck(big, 'join-room', { roomName: room });
+    await emitWithAck(peer, 'join-room', { roomName: room });
+    big.emit('custom-event', { event: 'huge', data: 'x'.repeat(LIMIT * 3), roomName: room });
+    await waitForDisconnect(big, 3000);
+    await waitForEvent(peer, 'user-left', 5000, (d) => d.socketId === big.sid);
+    await expectNoEvent(peer, 'huge', 200);
+    assert.equal(peer.connected, true);
+    assertSuccess(await emitWithAck(peer, 'ping'));
+  });
+
+  it('the limit applies to the whole message, not to each WebSocket frame', async () => {
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.connectNs('/');
+    // A small message split in fragments is fine.
+    const small = pingOfLength(1200);
+    await raw.send(small.slice(0, 600), { fin: false });
+    await raw.send(small.slice(600), { fin: true });
+    const ack = await raw.next((d) => typeof d === 'string' && d.startsWith('431['));
+    assert.notEqual(ack, null, `closed on a fragmented message under the limit: ${JSON.stringify(raw.closeInfo)}`);
+    // Three fragments of 900 bytes: each under the limit, 2700 bytes in all.
+    const large = pingOfLength(2700);
+    await raw.send(large.slice(0, 900), { fin: false });
+    await raw.send(large.slice(900, 1800), { fin: false });
+    await raw.send(large.slice(1800), { fin: true }).catch(() => {});
+    await raw.waitClosed(3000);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('binary packets are rejected with a clear error', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  it('BINARY_EVENT with ack → VALIDATION_ERROR, nothing relayed, connection still usable', async () => {
+    const room = uid('room');
+    const a = await connectAs(server.url, uid('a'));
+    const b = await connectAs(server.url, uid('b'));
+    await emitWithAck(a, 'join-room', { roomName: room });
+    await emitWithAck(b, 'join-room', { roomName: room });
+    const ack = await emitWithAck(a, 'custom-event', { event: 'file', data: Buffer.from([1, 2, 3]), roomName: room });
+    assertFailure(ack, 'VALIDATION_ERROR');
+    const ack2 = await emitWithAck(a, 'custom-event', { event: 'file', data: [Buffer.from('one'), Buffer.alloc(1000, 7)], roomName: room });
+    assertFailure(ack2, 'VALIDATION_ERROR');
+    await expectNoEvent(b, 'file', 300);
+    assert.equal(a.connected, true);
+    assertSuccess(await emitWithAck(a, 'custom-event', { event: 'text', data: 'ok', roomName: room }));
+    assert.equal(await waitForEvent(b, 'text'), 'ok');
+  });
+
+  it('BINARY_EVENT without ack → error event with code VALIDATION_ERROR', async () => {
+    const s = await connectAs(server.url, uid('a'));
+    s.emit('authenticate', { userId: s.userId, avatar: Buffer.from([0, 1, 2]) });
+    const err = await waitForEvent(s, 'error');
+    assert.equal(err.code, 'VALIDATION_ERROR');
+    assert.equal(typeof err.message, 'string');
+    assertSuccess(await emitWithAck(s, 'ping'));
+  });
+
+  it('a binary payload does not authenticate', async () => {
+    const s = await connect(server.url);
+    const ack = await emitWithAck(s, 'authenticate', { userId: uid('bin'), blob: Buffer.from([1]) });
+    assertFailure(ack, 'VALIDATION_ERROR');
+    assertFailure(await emitWithAck(s, 'join-room', { roomName: uid('r') }), 'UNAUTHENTICATED');
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('HTTP long-polling is not available yet', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  it('GET /socket.io/?EIO=4&transport=polling → 400 with a JSON body', async () => {
+    const res = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling&t=${Date.now()}`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(res.status, 400);
+    assert.match(res.headers.get('content-type') || '', /application\/json/);
+    const body = await res.json();
+    assert.equal(typeof body, 'object');
+    assert.notEqual(body, null);
+  });
+
+  it('a polling-only socket.io-client gets connect_error instead of hanging', async () => {
+    const err = await connectExpectingError(server.url, { transports: ['polling'] }, 10000);
+    assert.ok(err instanceof Error);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('configuration (SPEC §7)', () => {
+  const INVALID = [
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['SHARDS', '0'],
+    ['SHARDS', 'many'],
+    ['PING_INTERVAL_MS', '-5'],
+    ['PING_TIMEOUT_MS', 'soon'],
+    ['MAX_PAYLOAD_BYTES', 'big'],
+    ['PRESENCE_EVENTS', 'maybe'],
+    ['CONNECT_TIMEOUT_MS', 'later'],
+    ['WEBSOCKET_TRANSPORTS', 'carrier-pigeon'],
+  ];
+  for (const [name, value] of INVALID) {
+    it(`${name}=${value} stops start-up with a message naming ${name}`, async () => {
+      const res = await runToExit({ [name]: value }, { timeoutMs: 10000 });
+      assert.equal(res.timedOut, false, `still running after 10 s; stdout: ${res.stdout}`);
+      assert.doesNotMatch(res.stdout, /listening on/, 'must not start listening');
+      assert.notEqual(res.code, 0, `exit code ${res.code} (signal ${res.signal}); stderr: ${res.stderr}`);
+      assert.notEqual(res.code, null, `killed by signal ${res.signal}; stderr: ${res.stderr}`);
+      assert.ok(res.stderr.includes(name), `stderr should name ${name}:\n${res.stderr}`);
+    });
+  }
+
+  it('valid explicit values are applied (open packet reflects them)', async () => {
+    const server = await startServer({
+      WEBSOCKET_NAMESPACE: '/', WEBSOCKET_TRANSPORTS: 'websocket', SHARDS: 3, PING_INTERVAL_MS: 1000,
+      PING_TIMEOUT_MS: 2000, MAX_PAYLOAD_BYTES: 5000, PRESENCE_EVENTS: 'on', NODE_ENV: 'production',
+      RUST_LOG: 'info', CONNECT_TIMEOUT_MS: 3000,
+    });
+    try {
+      const raw = await rawConnect(server);
+      assert.equal(raw.open.pingInterval, 1000);
+      assert.equal(raw.open.pingTimeout, 2000);
+      assert.equal(raw.open.maxPayload, 5000);
+      const s = await connectAs(server.url, uid('cfg'));
+      assertSuccess(await emitWithAck(s, 'ping'));
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('each setting is also a command-line flag (--port, --host, --ping-interval-ms, …)', async () => {
+    const server = await startServer({ PORT: undefined, HOST: undefined }, {
+      args: ['--port', '0', '--host', '127.0.0.1', '--ping-interval-ms', '1234', '--ping-timeout-ms', '4321',
+        '--max-payload-bytes', '7777', '--websocket-namespace', '/flags'],
+    });
+    try {
+      const raw = await rawConnect(server);
+      assert.equal(raw.open.pingInterval, 1234);
+      assert.equal(raw.open.pingTimeout, 4321);
+      assert.equal(raw.open.maxPayload, 7777);
+      const s = await connect(`${server.url}/flags`);
+      assertSuccess(await emitWithAck(s, 'ping'));
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('PORT defaults to 3000', async (t) => {
+    const free = await new Promise((resolve) => {
+      const probe = net.createServer();
+      probe.once('error', () => resolve(false));
+      probe.listen(3000, '127.0.0.1', () => probe.close(() => resolve(true)));
+    });
+    if (!free) { t.skip('port 3000 is in use on this machine'); return; }
+    const server = await startServer({ PORT: undefined });
+    try {
+      assert.equal(server.port, 3000);
+      const s = await connect('http://localhost:3000');
+      assertSuccess(await emitWithAck(s, 'ping'));
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('NODE_ENV=development turns on debug logging; the default does not', async () => {
+    const dev = await startServer({ NODE_ENV: 'development' });
+    const prod = await startServer({});
+    try {
+      for (const srv of [dev, prod]) {
+        const s = await connectAs(srv.url, uid('log'));
+        assertSuccess(await emitWithAck(s, 'join-room', { roomName: uid('r') }));
+        s.disconnect();
+      }
+      await sleep(300);
+      assert.ok(dev.logs.some((l) => /\bDEBUG\b/.test(l.line)), 'no DEBUG line with NODE_ENV=development');
+      assert.ok(!prod.logs.some((l) => /\bDEBUG\b/.test(l.line)), 'DEBUG lines without NODE_ENV=development / RUST_LOG=debug');
+    } finally {
+      await dev.stop();
+      await prod.stop();
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('no race at the edges', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  it('an event emitted right at connect time is always handled (2000 connections)', async () => {
+    const TOTAL = 2000;
+    const BATCH = 100;
+    const failures = [];
+    for (let b = 0; b < TOTAL / BATCH; b++) {
+      await Promise.all(Array.from({ length: BATCH }, (_, k) => new Promise((resolve) => {
+        const i = b * BATCH + k;
+        const userId = `edge-${i}-${uid('u')}`;
+        const s = makeSocket(server.url);
+        const timer = setTimeout(() => { failures.push(`#${i}: no ack within 10 s`); s.disconnect(); resolve(); }, 10000);
+        const onAck = async (ack) => {
+          clearTimeout(timer);
+          try {
+            if (!ack || ack.success !== true || ack.socketId !== s.id) failures.push(`#${i}: bad ack ${JSON.stringify(ack)}`);
+            await waitForEvent(s, 'authenticated', 5000);
+            if (s.inbox.events[0].event !== 'connected') failures.push(`#${i}: first event was ${s.inbox.events[0].event}`);
+            if (received(s, 'connected').length !== 1) failures.push(`#${i}: connected ×${received(s, 'connected').length}`);
+          } catch (err) {
+            failures.push(`#${i}: ${err.message.split('\n')[0]}`);
+          }
+          s.disconnect();
+          resolve();
+        };
+        if (i % 2 === 0) {
+          // In the connect handler, the moment the CONNECT reply arrives.
+          s.on('connect', () => s.emit('authenticate', { userId }, onAck));
+        } else {
+          // Before the connection is up: socket.io-client flushes it right after the CONNECT reply.
+          s.emit('authenticate', { userId }, onAck);
+        }
+      })));
+    }
+    assert.deepEqual(failures.slice(0, 20), [], `${failures.length} of ${TOTAL} connections lost their first event`);
+  });
+});
+
+// ---------------------------------------------------------------------------
+describe('shutdown (SIGTERM)', () => {
+  it('closes clients cleanly and exits 0 within a bounded time', async () => {
+    const server = await startServer({});
+    const socks = await Promise.all([1, 2, 3].map(() => connectAs(server.url, uid('s'))));
+    const raw = await rawConnect(server, { autoPong: true });
+    await raw.connectNs('/');
+    const started = Date.now();
+    server.child.kill('SIGTERM');
+    const killer = setTimeout(() => server.child.kill('SIGKILL'), 10000);
+    const exit = await server.exitPromise;
+    clearTimeout(killer);
+    const took = Date.now() - started;
+    assert.ok(took < 10000, `took ${took} ms to exit`);
+    assert.deepEqual(exit, { code: 0, signal: null }, `exit after SIGTERM: ${JSON.stringify(exit)}\n${server.stderrText().slice(-2000)}`);
+    for (const s of socks) await waitForDisconnect(s, 3000);
+    const closed = await raw.waitClosed(3000);
+    assert.notEqual(closed.code, 1006, 'the WebSocket was dropped without a close frame');
+  });
+});
