@@ -1,0 +1,108 @@
+// Limits and edges of SPEC §2 and §7: RATE_LIMITED, LIMIT_EXCEEDED
+// (MAX_CONNECTIONS, MAX_ROOMS_PER_SOCKET), CORS_ORIGIN on the WebSocket
+// Origin header, /health and /ready.
+
+import { describe, before, after } from 'node:test';
+import {
+  assert, it, startServer, connect, connectAs, connectExpectingError, emitWithAck, waitForEvent,
+  assertFailure, assertSuccess, uid, sleep, WebSocket,
+} from './helpers.mjs';
+
+describe('RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST', () => {
+  let server;
+  before(async () => { server = await startServer({ RATE_LIMIT_PER_SEC: 5, RATE_LIMIT_BURST: 5 }); });
+  after(() => server.stop());
+
+  it('a burst over the limit is refused with RATE_LIMITED, then the client recovers', async () => {
+    const socket = await connect(server.url, { transports: ['websocket'] });
+    const acks = await Promise.all(Array.from({ length: 12 }, () => emitWithAck(socket, 'ping', {})));
+    const ok = acks.filter((a) => a.success === true).length;
+    const limited = acks.filter((a) => a.success === false && a.code === 'RATE_LIMITED');
+    assert.ok(ok >= 5 && ok <= 6, `expected the burst of 5 (+ at most 1 refill) to pass, got ${ok}`);
+    assert.equal(ok + limited.length, 12, JSON.stringify(acks));
+    assertFailure(limited[0], 'RATE_LIMITED');
+    // Without an ack, the refusal is an `error` event.
+    const error = waitForEvent(socket, 'error', 3000, (e) => e.code === 'RATE_LIMITED');
+    for (let i = 0; i < 3; i++) socket.emit('ping');
+    assert.equal((await error).event, 'ping');
+    await sleep(1100);
+    assertSuccess(await emitWithAck(socket, 'ping', {}), 'after a second the bucket has refilled');
+  });
+});
+
+describe('MAX_CONNECTIONS', () => {
+  let server;
+  before(async () => { server = await startServer({ MAX_CONNECTIONS: 2, SHARDS: 2 }); });
+  after(() => server.stop());
+
+  it('the connection over the limit gets a connect_error with LIMIT_EXCEEDED; a freed slot is reusable', async () => {
+    const a = await connect(server.url, { transports: ['websocket'] });
+    await connect(server.url, { transports: ['websocket'] });
+    const err = await connectExpectingError(server.url, { transports: ['websocket'], reconnection: false });
+    assert.match(err.message, /LIMIT_EXCEEDED/);
+    a.disconnect();
+    let third;
+    for (let i = 0; i < 50 && !third; i++) {
+      await sleep(50);
+      third = await connect(server.url, { transports: ['websocket'], reconnection: false }, 2000).catch(() => null);
+    }
+    assert.ok(third, 'a slot freed by a disconnect can be used again');
+  });
+});
+
+describe('MAX_ROOMS_PER_SOCKET', () => {
+  let server;
+  before(async () => { server = await startServer({ MAX_ROOMS_PER_SOCKET: 2 }); });
+  after(() => server.stop());
+
+  it('joining one room too many is LIMIT_EXCEEDED; leaving makes room', async () => {
+    const socket = await connectAs(server.url, uid('u'), { transports: ['websocket'] });
+    const [r1, r2, r3] = [uid('r'), uid('r'), uid('r')];
+    assertSuccess(await emitWithAck(socket, 'join-room', { roomName: r1 }));
+    assertSuccess(await emitWithAck(socket, 'join-room', { roomName: r2 }));
+    assertFailure(await emitWithAck(socket, 'join-room', { roomName: r3 }), 'LIMIT_EXCEEDED');
+    assertSuccess(await emitWithAck(socket, 'join-room', { roomName: r1 }), 'rejoining a room one is in is not a new room');
+    assertSuccess(await emitWithAck(socket, 'leave-room', { roomName: r2 }));
+    assertSuccess(await emitWithAck(socket, 'join-room', { roomName: r3 }));
+  });
+});
+
+describe('CORS_ORIGIN on the WebSocket handshake', () => {
+  let server;
+  before(async () => { server = await startServer({ CORS_ORIGIN: 'https://app.example.com,https://admin.example.com' }); });
+  after(() => server.stop());
+
+  function handshake(headers) {
+    return new Promise((resolve) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${server.port}/socket.io/?EIO=4&transport=websocket`, { headers });
+      ws.on('open', () => { ws.terminate(); resolve('open'); });
+      ws.on('unexpected-response', (_req, res) => { resolve(res.statusCode); });
+      ws.on('error', () => resolve('error'));
+    });
+  }
+
+  it('allows listed origins and clients without Origin; refuses others with 403', async () => {
+    assert.equal(await handshake({ Origin: 'https://app.example.com' }), 'open');
+    assert.equal(await handshake({ Origin: 'https://admin.example.com' }), 'open');
+    assert.equal(await handshake({}), 'open', 'native clients send no Origin');
+    assert.equal(await handshake({ Origin: 'https://evil.example.com' }), 403);
+  });
+});
+
+describe('/health, /ready and shutdown', () => {
+  it('answer 200 while running; SIGTERM closes connected clients and exits 0', async () => {
+    const server = await startServer({});
+    const health = await fetch(`${server.url}/health`);
+    assert.equal(health.status, 200);
+    const ready = await fetch(`${server.url}/ready`);
+    assert.equal(ready.status, 200);
+    assert.equal((await ready.json()).status, 'ready');
+    const socket = await connect(server.url, { transports: ['websocket'], reconnection: false });
+    const closed = new Promise((resolve) => socket.on('disconnect', resolve));
+    server.child.kill('SIGTERM');
+    const reason = await closed;
+    assert.ok(['transport close', 'io server disconnect'].includes(reason), reason);
+    await server.exitPromise;
+    assert.equal(server.exited.code, 0);
+  });
+});
