@@ -114,6 +114,29 @@ fn match_route(method: &Method, path: &str) -> Result<Option<Route>, &'static st
     }
 }
 
+/// The route template a path matches (whatever the method), for metrics labels.
+pub fn route_template(path: &str) -> Option<&'static str> {
+    let route = match match_route(&Method::GET, path) {
+        Ok(Some(route)) => route,
+        Ok(None) => return None,
+        Err(_) => match match_route(&Method::POST, path) {
+            Ok(Some(route)) => route,
+            _ => return None,
+        },
+    };
+    Some(match route {
+        Route::Broadcast => "/api/broadcast",
+        Route::RoomBroadcast(_) => "/api/rooms/{room}/broadcast",
+        Route::UserSend(_) => "/api/users/{userId}/send",
+        Route::SocketSend(_) => "/api/sockets/{socketId}/send",
+        Route::Batch => "/api/batch",
+        Route::Connections => "/api/connections",
+        Route::Rooms => "/api/rooms",
+        Route::Stats => "/api/stats",
+        Route::User(_) => "/api/users/{userId}",
+    })
+}
+
 /// Answers one `/api` request.
 pub async fn handle(broker: &Broker, config: &Config, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
     if let Err(error) = authorize(config, peer, &request) {
@@ -390,6 +413,7 @@ mod tests {
             let path = template.replace("{room}", "r%201").replace("{userId}", "u").replace("{socketId}", "s");
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             assert!(matches!(match_route(&method, &path), Ok(Some(_))), "{method} {path}");
+            assert_eq!(route_template(&path), Some(*template));
             let other = if method == Method::GET { Method::POST } else { Method::GET };
             assert!(match_route(&other, &path).is_err(), "{other} {path} should be 405");
         }

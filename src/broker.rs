@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use crate::app::validate;
 use crate::protocol::socketio;
 use crate::protocol::wsframe::OutFrame;
-use crate::shard::{Answer, ConnectionInfo, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Shared, SocketId, Target};
+use crate::shard::{Answer, ConnectionInfo, CounterSnapshot, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Shared, SocketId, Target};
 
 /// Options of a broadcast (as in the seed's `BroadcastOptions`).
 #[derive(Debug, Clone, Default)]
@@ -192,6 +192,22 @@ impl Broker {
         matches!(rx.await, Ok(Answer::UserOnline(true)))
     }
 
+    /// Every shard's table sizes and counters, in shard order (for `/metrics`).
+    pub(crate) async fn shard_metrics(&self) -> Vec<(ShardStats, CounterSnapshot)> {
+        self.ask_all(Query::Metrics)
+            .await
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Answer::Metrics(stats, counters) => Some((stats, counters)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn queue_depths(&self) -> Vec<usize> {
+        self.shared.router.queue_depths()
+    }
+
     fn encode(&self, event: &str, data: &impl Serialize) -> Result<OutFrame, PublishError> {
         validate::check_name("event", event).map_err(|e| PublishError::Invalid(e.to_string()))?;
         if CLIENT_RESERVED.contains(&event) {
@@ -212,14 +228,21 @@ impl Broker {
         if !exclude.is_empty() {
             delivery.exclude_users = Some(exclude.iter().map(|u| Arc::from(u.as_str())).collect());
         }
+        let scope = match &delivery.target {
+            Target::All | Target::Authenticated => "all",
+            Target::Room(_) => "room",
+            Target::User(_) => "user",
+            Target::Socket(_) => "socket",
+        };
         let shards: Vec<usize> = match &delivery.target {
             Target::Socket(id) => vec![id.shard()],
             _ => (0..self.shared.router.shard_count()).collect(),
         };
         let mut replies = Vec::with_capacity(shards.len());
-        for shard in shards {
+        for (i, shard) in shards.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
-            self.shared.router.send(shard, ShardMsg::DeliverCounted { delivery: delivery.clone(), reply: tx });
+            let count_as = (i == 0).then_some(scope);
+            self.shared.router.send(shard, ShardMsg::DeliverCounted { delivery: delivery.clone(), count_as, reply: tx });
             replies.push(rx);
         }
         let mut delivered = 0;

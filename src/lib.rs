@@ -3,7 +3,8 @@
 //! Layers, each depending only on those before it:
 //! [`protocol`] (codecs, no I/O) → [`transport`] (WebSocket sessions) →
 //! [`shard`] (per-core tables and routing) → [`app`] (the events of SPEC §2)
-//! → [`broker`] (the server-side handle) → [`api`] (its HTTP face) →
+//! → [`broker`] (the server-side handle) → [`api`] (its HTTP face) and
+//! [`metrics`] →
 //! [`server`] (listeners, HTTP routing, shutdown). [`config`] and [`clock`]
 //! are leaves read by all. See ARCHITECTURE.md for the map and the life of a message.
 
@@ -12,6 +13,7 @@ pub mod app;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -26,11 +26,18 @@ use crate::app;
 use crate::app::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::engineio::HandshakeError;
 use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
 
 /// How long shutdown waits for connections to close before leaving anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every shard's HTTP handling shares, beside the shard itself.
+struct Services {
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
+}
 
 /// A started broker.
 pub struct Server {
@@ -55,7 +62,10 @@ impl Server {
         let addr = config.listen_addr().map_err(StartError::Config)?;
         let shard_count = config.shard_count();
         let namespace = config.websocket_namespace.clone();
-        let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
+        let services = Arc::new(Services {
+            auth: Arc::new(Authenticator::new(config.jwt_secret.as_deref())),
+            metrics: Arc::new(Metrics::new()),
+        });
         let presence: Option<crate::shard::PresenceEncoder> = config
             .presence_enabled()
             .then(|| Box::new(move |user: &str, online| app::presence_frame(&namespace, user, online)) as _);
@@ -77,10 +87,10 @@ impl Server {
         let mut threads = Vec::with_capacity(shard_count);
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let shared = shared.clone();
-            let auth = auth.clone();
+            let services = services.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(index, shared, auth, listener, inbox))
+                .spawn(move || run_shard(index, shared, services, listener, inbox))
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
@@ -121,7 +131,7 @@ fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, StartError>
 fn run_shard(
     index: usize,
     shared: Arc<Shared>,
-    auth: Arc<Authenticator>,
+    services: Arc<Services>,
     listener: std::net::TcpListener,
     inbox: ShardInbox,
 ) {
@@ -134,7 +144,7 @@ fn run_shard(
         let shard = Rc::new(Shard::new(index, shared));
         let listener = TcpListener::from_std(listener).expect("listener is non-blocking");
         tokio::task::spawn_local(inbox.run(shard.clone()));
-        let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), auth, listener));
+        let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), services, listener));
         while !shard.is_shutting_down() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -146,7 +156,7 @@ fn run_shard(
     });
 }
 
-async fn accept_loop(shard: Rc<Shard>, auth: Arc<Authenticator>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpListener) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -159,15 +169,20 @@ async fn accept_loop(shard: Rc<Shard>, auth: Arc<Authenticator>, listener: TcpLi
         };
         // Small frames must leave at once; Nagle would add up to 40 ms.
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve_http(shard.clone(), auth.clone(), stream, peer));
+        tokio::task::spawn_local(serve_http(shard.clone(), services.clone(), stream, peer));
     }
 }
 
-async fn serve_http(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream, peer: SocketAddr) {
     let broker = Broker::new(shard.shared.clone());
-    let service = hyper::service::service_fn(move |request| {
-        let (shard, auth, broker) = (shard.clone(), auth.clone(), broker.clone());
-        async move { Ok::<_, Infallible>(route(&shard, &auth, &broker, peer, request).await) }
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (shard, services, broker) = (shard.clone(), services.clone(), broker.clone());
+        async move {
+            let label = route_label(request.uri().path());
+            let response = route(&shard, &services, &broker, peer, request).await;
+            shard.counters.http_request(label, response.status().as_u16());
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -181,9 +196,21 @@ async fn serve_http(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStrea
 
 use api::HttpResponse;
 
+/// The `route` label of the HTTP requests metric: a fixed set.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/socket.io/" | "/socket.io" => "/socket.io/",
+        "/health" => "/health",
+        "/ready" => "/ready",
+        "/metrics" => "/metrics",
+        _ if path == "/api" || path.starts_with("/api/") => api::route_template(path).unwrap_or("/api/other"),
+        _ => "other",
+    }
+}
+
 async fn route(
     shard: &Rc<Shard>,
-    auth: &Arc<Authenticator>,
+    services: &Services,
     broker: &Broker,
     peer: SocketAddr,
     request: Request<Incoming>,
@@ -193,7 +220,14 @@ async fn route(
         return api::handle(broker, shard.config(), peer, request).await;
     }
     match path {
-        "/socket.io/" | "/socket.io" => engine_handshake(shard, auth, request),
+        "/socket.io/" | "/socket.io" => engine_handshake(shard, &services.auth, request),
+        "/metrics" if request.method() == Method::GET => {
+            let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker).await)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response
+        }
         "/health" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/ready" if shard.is_shutting_down() => {
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into())

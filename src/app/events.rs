@@ -128,6 +128,7 @@ impl SocketSession {
                 "timestamp": sent_at,
             }),
         );
+        self.shard.counters.broadcast("user");
         if !self.shard.send_to_user(Arc::from(target.as_str()), frame).await {
             return Err(RequestError::UserOffline(target));
         }
@@ -147,6 +148,7 @@ impl SocketSession {
         let frame = socketio::event_frame_raw(self.namespace(), &event, input.data.unwrap_or(null));
         let mut delivery = Delivery::new(Target::Room(Arc::from(room)), frame);
         delivery.except = Some(self.conn.id);
+        self.shard.counters.broadcast("room");
         self.shard.deliver(delivery);
         Ok(json!({ "success": true }))
     }

@@ -20,7 +20,7 @@ use super::timestamp;
 use crate::protocol::socketio::{self, Packet, PacketType};
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
-use crate::transport::websocket::{self, EngineHandler, Traffic};
+use crate::transport::websocket::{self, EngineHandler};
 use crate::transport::CloseReason;
 
 /// Serves one upgraded WebSocket connection until it ends.
@@ -34,7 +34,7 @@ pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream:
     };
     let session = SocketSession::new(shard.clone(), auth);
     let engine_sid = SocketId::generate(shard.index).to_string();
-    let traffic = Traffic::default();
+    shard.counters.connection_opened();
     let reason = websocket::run(
         stream,
         already_read,
@@ -42,10 +42,11 @@ pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream:
         &[],
         &settings,
         &session.conn.outbox,
-        &traffic,
+        &shard.counters.traffic,
         &session,
     )
     .await;
+    shard.counters.connection_closed(reason.label());
     match &reason {
         CloseReason::ProtocolError(detail) => {
             tracing::info!(socket = %session.conn.id, reason = reason.label(), %detail, "connection closed")
@@ -168,10 +169,14 @@ impl SocketSession {
                 self.conn.send(socketio::ack_frame(self.namespace(), id, &body));
             }
             (Some(id), Err(error)) => {
+                self.shard.counters.request_rejected(error.code());
                 self.conn.send(socketio::ack_frame(self.namespace(), id, &error.ack_body()));
             }
             (None, Ok(_)) => {}
-            (None, Err(error)) => self.emit("error", &error.event_body(event)),
+            (None, Err(error)) => {
+                self.shard.counters.request_rejected(error.code());
+                self.emit("error", &error.event_body(event));
+            }
         }
     }
 
@@ -233,10 +238,12 @@ impl SocketSession {
         self.conn.last_activity.set(SystemTime::now());
         if let Some(rate) = &self.rate {
             if !rate.allow() {
+                self.shard.counters.event_received(event_label(&name));
                 self.reply(&name, packet.ack_id, Err(RequestError::RateLimited));
                 return Ok(());
             }
         }
+        self.shard.counters.event_received(event_label(&name));
         let payload = args.first().copied();
         let result = match name.as_str() {
             "authenticate" => self.authenticate(payload).await,
@@ -276,6 +283,13 @@ impl SocketSession {
             }),
         )
     }
+}
+
+/// The metric label of a client event: its name if it is one of ours,
+/// `other` for anything else (labels must stay a small, fixed set).
+fn event_label(name: &str) -> &'static str {
+    const KNOWN: [&str; 6] = ["authenticate", "join-room", "leave-room", "private-message", "custom-event", "ping"];
+    KNOWN.into_iter().find(|known| *known == name).unwrap_or("other")
 }
 
 fn truncate(text: &str, max: usize) -> String {

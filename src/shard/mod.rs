@@ -18,13 +18,14 @@
 
 pub mod id;
 mod router;
+pub mod stats;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -35,6 +36,7 @@ use crate::transport::CloseReason;
 
 pub use id::SocketId;
 pub use router::{Router, ShardInbox};
+pub use stats::{CounterSnapshot, ShardCounters};
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
 
@@ -114,11 +116,13 @@ pub struct Delivery {
     pub except: Option<SocketId>,
     /// Users whose sockets must not receive it.
     pub exclude_users: Option<Arc<[Arc<str>]>>,
+    /// When it was published, for the fan-out latency histogram.
+    pub published_at: Instant,
 }
 
 impl Delivery {
     pub fn new(target: Target, frame: OutFrame) -> Delivery {
-        Delivery { target, frame, except: None, exclude_users: None }
+        Delivery { target, frame, except: None, exclude_users: None, published_at: Instant::now() }
     }
 
     fn wants(&self, conn: &Conn) -> bool {
@@ -159,7 +163,8 @@ pub enum ShardMsg {
     /// the user had any.
     SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
     /// Like `Deliver`, replying with the number of sockets reached here.
-    DeliverCounted { delivery: Delivery, reply: oneshot::Sender<usize> },
+    /// `count_as` names the broadcast scope on the one copy that counts it.
+    DeliverCounted { delivery: Delivery, count_as: Option<&'static str>, reply: oneshot::Sender<usize> },
     /// A question about this shard's tables (see [`Query`]).
     Query { query: Query, reply: oneshot::Sender<Answer> },
     /// Close every connection and stop.
@@ -177,6 +182,8 @@ pub enum Query {
     Stats,
     /// Asked of a user's home: does the user have any socket?
     UserOnline { user: Arc<str> },
+    /// Counters and table sizes, for `/metrics`.
+    Metrics,
 }
 
 #[derive(Debug)]
@@ -185,6 +192,7 @@ pub enum Answer {
     Rooms(Vec<RoomInfo>),
     Stats(ShardStats),
     UserOnline(bool),
+    Metrics(ShardStats, CounterSnapshot),
 }
 
 #[derive(Debug, Clone)]
@@ -250,13 +258,14 @@ struct Tables {
 pub struct Shard {
     pub index: usize,
     pub shared: Arc<Shared>,
+    pub counters: ShardCounters,
     tables: RefCell<Tables>,
     shutting_down: Cell<bool>,
 }
 
 impl Shard {
     pub fn new(index: usize, shared: Arc<Shared>) -> Shard {
-        Shard { index, shared, tables: RefCell::default(), shutting_down: Cell::new(false) }
+        Shard { index, shared, counters: ShardCounters::default(), tables: RefCell::default(), shutting_down: Cell::new(false) }
     }
 
     pub fn config(&self) -> &Config {
@@ -417,10 +426,14 @@ impl Shard {
             }
         }
         let tables = self.tables.borrow();
-        let mut delivered = 0;
+        let (mut delivered, mut dropped) = (0u64, 0u64);
         let mut push = |conn: &Rc<Conn>| {
-            if delivery.wants(conn) && conn.send(delivery.frame.clone()) == Pushed::Queued {
-                delivered += 1;
+            if delivery.wants(conn) {
+                match conn.send(delivery.frame.clone()) {
+                    Pushed::Queued => delivered += 1,
+                    Pushed::Dropped => dropped += 1,
+                    Pushed::Closed => {}
+                }
             }
         };
         match &delivery.target {
@@ -444,7 +457,12 @@ impl Shard {
                 }
             }
         }
-        delivered
+        ShardCounters::add(&self.counters.messages_delivered, delivered);
+        ShardCounters::add(&self.counters.messages_dropped, dropped);
+        if delivered > 0 {
+            self.counters.fan_out_latency(delivery.published_at.elapsed());
+        }
+        delivered as usize
     }
 
     // ---- messages from other shards (and from this one, to itself) --------
@@ -463,7 +481,10 @@ impl Shard {
             ShardMsg::Deliver(delivery) => {
                 self.deliver_local(&delivery);
             }
-            ShardMsg::DeliverCounted { delivery, reply } => {
+            ShardMsg::DeliverCounted { delivery, count_as, reply } => {
+                if let Some(scope) = count_as {
+                    self.counters.broadcast(scope);
+                }
                 let _ = reply.send(self.deliver_local(&delivery));
             }
             ShardMsg::Query { query, reply } => {
@@ -625,6 +646,14 @@ impl Shard {
                 online_users: tables.home_users.len(),
             }),
             Query::UserOnline { user } => Answer::UserOnline(tables.home_users.contains_key(&user)),
+            Query::Metrics => Answer::Metrics(
+                ShardStats {
+                    connections: tables.conns.len(),
+                    rooms: tables.home_rooms.len(),
+                    online_users: tables.home_users.len(),
+                },
+                self.counters.snapshot(),
+            ),
         }
     }
 

@@ -53,7 +53,7 @@ pub struct Settings {
     pub max_payload: usize,
 }
 
-/// Byte counts of one connection, read by the caller after the session ends.
+/// Byte counters a session adds to (one per shard: read at scrape time).
 #[derive(Default)]
 pub struct Traffic {
     pub bytes_in: Cell<u64>,

@@ -1,0 +1,140 @@
+//! `GET /metrics`: the Prometheus text format, through `metrics` and
+//! `metrics-exporter-prometheus` (its own HTTP listener off).
+//!
+//! Shards count into their own plain counters ([`crate::shard::ShardCounters`]);
+//! a scrape collects a snapshot from every shard, sets the totals on a
+//! recorder owned by this module (not the process-global one, so an embedding
+//! program keeps its own), and renders it. Gauges are read from the tables at
+//! scrape time, so they equal reality whatever way connections ended.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::broker::Broker;
+
+pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
+
+/// Buckets of the fan-out latency histogram, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(FAN_OUT_LATENCY.to_string()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, describe_all);
+        Metrics { recorder, handle }
+    }
+
+    /// Collects every shard's counters and renders the exposition text.
+    pub async fn render(&self, broker: &Broker) -> String {
+        let shards = broker.shard_metrics().await;
+        let depths = broker.queue_depths();
+        metrics::with_local_recorder(&self.recorder, || {
+            let (mut sockets, mut rooms, mut users) = (0, 0, 0);
+            let (mut opened, mut delivered, mut dropped, mut bytes_in, mut bytes_out) = (0, 0, 0, 0, 0);
+            let mut closed = std::collections::BTreeMap::new();
+            let mut events = std::collections::BTreeMap::new();
+            let mut rejected = std::collections::BTreeMap::new();
+            let mut broadcasts = std::collections::BTreeMap::new();
+            let mut http = std::collections::BTreeMap::new();
+            let mut open_connections = 0;
+            for (index, (stats, counters)) in shards.iter().enumerate() {
+                gauge!("shardcast_shard_connections", "shard" => index.to_string()).set(counters.open_connections as f64);
+                gauge!("shardcast_shard_sockets", "shard" => index.to_string()).set(stats.connections as f64);
+                open_connections += counters.open_connections;
+                sockets += stats.connections;
+                rooms += stats.rooms;
+                users += stats.online_users;
+                opened += counters.connections_opened;
+                delivered += counters.messages_delivered;
+                dropped += counters.messages_dropped;
+                bytes_in += counters.bytes_in;
+                bytes_out += counters.bytes_out;
+                for (map, list) in [
+                    (&mut closed, &counters.connections_closed),
+                    (&mut events, &counters.events_received),
+                    (&mut rejected, &counters.rejected),
+                    (&mut broadcasts, &counters.broadcasts),
+                ] {
+                    for (label, n) in list {
+                        *map.entry(*label).or_insert(0u64) += n;
+                    }
+                }
+                for ((route, status), n) in &counters.http_requests {
+                    *http.entry((*route, *status)).or_insert(0u64) += n;
+                }
+                for sample in &counters.latency_samples {
+                    histogram!(FAN_OUT_LATENCY).record(*sample);
+                }
+            }
+            for (index, depth) in depths.iter().enumerate() {
+                gauge!("shardcast_shard_queue_depth", "shard" => index.to_string()).set(*depth as f64);
+            }
+            gauge!("shardcast_connections").set(open_connections as f64);
+            gauge!("shardcast_sockets").set(sockets as f64);
+            gauge!("shardcast_rooms").set(rooms as f64);
+            gauge!("shardcast_online_users").set(users as f64);
+            counter!("shardcast_connections_opened_total").absolute(opened);
+            for (reason, n) in closed {
+                counter!("shardcast_connections_closed_total", "reason" => reason).absolute(n);
+            }
+            for (event, n) in events {
+                counter!("shardcast_events_received_total", "event" => event).absolute(n);
+            }
+            for (code, n) in rejected {
+                counter!("shardcast_requests_rejected_total", "code" => code).absolute(n);
+            }
+            for (scope, n) in broadcasts {
+                counter!("shardcast_broadcasts_total", "scope" => scope).absolute(n);
+            }
+            counter!("shardcast_messages_delivered_total").absolute(delivered);
+            counter!("shardcast_messages_dropped_total", "reason" => "slow_consumer").absolute(dropped);
+            counter!("shardcast_bytes_received_total").absolute(bytes_in);
+            counter!("shardcast_bytes_sent_total").absolute(bytes_out);
+            for ((route, status), n) in http {
+                counter!("shardcast_http_requests_total", "route" => route, "status" => status.to_string()).absolute(n);
+            }
+        });
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+fn describe_all() {
+    describe_gauge!("shardcast_connections", "Open transport connections (Engine.IO sessions), all shards.");
+    describe_gauge!("shardcast_sockets", "Socket.IO sockets that completed CONNECT, all shards.");
+    describe_gauge!("shardcast_shard_connections", "Open transport connections on one shard.");
+    describe_gauge!("shardcast_shard_sockets", "Socket.IO sockets on one shard.");
+    describe_gauge!("shardcast_rooms", "Rooms with at least one member.");
+    describe_gauge!("shardcast_online_users", "Users with at least one authenticated connection.");
+    describe_gauge!("shardcast_shard_queue_depth", "Messages waiting in a shard's cross-shard inbox.");
+    describe_counter!("shardcast_connections_opened_total", "Transport connections opened.");
+    describe_counter!("shardcast_connections_closed_total", "Transport connections closed, by reason.");
+    describe_counter!("shardcast_events_received_total", "Client events received, by event name (other: unknown names).");
+    describe_counter!("shardcast_requests_rejected_total", "Client requests refused, by error code.");
+    describe_counter!("shardcast_broadcasts_total", "Publishes and relays, by scope (all, room, user, socket).");
+    describe_counter!("shardcast_messages_delivered_total", "Messages queued to a recipient connection by a broadcast, relay or send.");
+    describe_counter!("shardcast_messages_dropped_total", "Messages not queued because the recipient's outbound queue was full.");
+    describe_counter!("shardcast_bytes_received_total", Unit::Bytes, "Bytes read from client sockets.");
+    describe_counter!("shardcast_bytes_sent_total", Unit::Bytes, "Bytes written to client sockets.");
+    describe_counter!("shardcast_http_requests_total", "HTTP requests (API, health, metrics, handshakes), by route and status.");
+    describe_histogram!(
+        FAN_OUT_LATENCY,
+        Unit::Seconds,
+        "From publish to the message being queued for every recipient on a shard (one sample per shard and publish)."
+    );
+}
