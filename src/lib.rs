@@ -13,6 +13,7 @@ pub mod app;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod engine_http;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

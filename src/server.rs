@@ -16,18 +16,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
-use crate::app;
 use crate::app::auth::Authenticator;
 use crate::broker::Broker;
+use crate::app;
 use crate::config::Config;
+use crate::engine_http;
 use crate::metrics::Metrics;
-use crate::protocol::engineio::HandshakeError;
 use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
 
 /// How long shutdown waits for connections to close before leaving anyway.
@@ -220,7 +220,7 @@ async fn route(
         return api::handle(broker, shard.config(), peer, request).await;
     }
     match path {
-        "/socket.io/" | "/socket.io" => engine_handshake(shard, &services.auth, request),
+        "/socket.io/" | "/socket.io" => engine_http::handle(shard, &services.auth, request).await,
         "/metrics" if request.method() == Method::GET => {
             let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker).await)));
             response
@@ -237,84 +237,9 @@ async fn route(
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> HttpResponse {
+pub(crate) fn json_response(status: StatusCode, body: String) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-fn engine_error(error: HandshakeError) -> HttpResponse {
-    let status = if error == HandshakeError::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
-    json_response(status, error.to_json())
-}
-
-/// A query parameter's value (values we read are plain tokens; no decoding needed).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
-}
-
-fn origin_allowed(config: &Config, request: &Request<Incoming>) -> bool {
-    let Some(allowed) = config.allowed_origins() else { return true };
-    match request.headers().get(ORIGIN) {
-        // Native and mobile clients send no Origin at all.
-        None => true,
-        Some(origin) => {
-            let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
-            allowed.iter().any(|a| a == "*" || a == origin)
-        }
-    }
-}
-
-fn engine_handshake(shard: &Rc<Shard>, auth: &Arc<Authenticator>, mut request: Request<Incoming>) -> HttpResponse {
-    let config = shard.config();
-    let query = request.uri().query().unwrap_or("");
-    if query_param(query, "EIO") != Some("4") {
-        return engine_error(HandshakeError::UnsupportedProtocolVersion);
-    }
-    match query_param(query, "transport") {
-        Some("websocket") if config.websocket_transports.websocket => {}
-        _ => return engine_error(HandshakeError::UnknownTransport),
-    }
-    if query_param(query, "sid").is_some() {
-        // Upgrades from long-polling need a polling session, and there is none.
-        return engine_error(HandshakeError::UnknownSid);
-    }
-    if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
-        return engine_error(HandshakeError::BadRequest);
-    }
-    if !origin_allowed(config, &request) {
-        return engine_error(HandshakeError::Forbidden);
-    }
-    if shard.is_shutting_down() {
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":3,"message":"Server shutting down"}"#.into());
-    }
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-        Ok(pair) => pair,
-        Err(_) => return engine_error(HandshakeError::BadRequest),
-    };
-    let shard = shard.clone();
-    let auth = auth.clone();
-    tokio::task::spawn_local(async move {
-        let upgraded = match upgrade.await {
-            Ok(websocket) => websocket.into_inner().into_inner(),
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        // Take the TCP stream back from hyper, with whatever it read past the handshake.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
-            }
-        };
-        app::session::serve_websocket(shard, auth, parts.io.into_inner(), parts.read_buf).await;
-    });
-    response.map(|_| Full::new(Bytes::new()))
 }

@@ -2,7 +2,8 @@
 //! (namespace, auth, connection limit), packet dispatch, acks, and the
 //! clean-up that tells everyone else when the socket goes away.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,40 +21,123 @@ use super::timestamp;
 use crate::protocol::socketio::{self, Packet, PacketType};
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
-use crate::transport::websocket::{self, EngineHandler};
+use crate::transport::engine::{EngineHandler, Settings};
+use crate::transport::outbox::Outbox;
+use crate::transport::polling::{PollError, PollingSession, State as PollingState};
+use crate::transport::websocket;
 use crate::transport::CloseReason;
 
-/// Serves one upgraded WebSocket connection until it ends.
-pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, already_read: Bytes) {
+fn engine_settings(shard: &Shard) -> Settings {
     let config = shard.config();
-    let settings = websocket::Settings {
+    Settings {
         ping_interval: config.ping_interval(),
         ping_timeout: config.ping_timeout(),
         connect_timeout: config.connect_timeout(),
         max_payload: config.max_payload_bytes as usize,
-    };
-    let session = SocketSession::new(shard.clone(), auth);
+    }
+}
+
+fn log_close(socket: SocketId, reason: &CloseReason) {
+    match reason {
+        CloseReason::ProtocolError(detail) => {
+            tracing::info!(socket = %socket, reason = reason.label(), %detail, "connection closed")
+        }
+        CloseReason::PayloadTooLarge | CloseReason::SlowConsumer => {
+            tracing::info!(socket = %socket, reason = reason.label(), "connection closed")
+        }
+        _ => tracing::debug!(socket = %socket, reason = reason.label(), "connection closed"),
+    }
+}
+
+/// Serves one WebSocket connection that opened a session (no `sid`) until it ends.
+pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, already_read: Bytes) {
+    let settings = engine_settings(&shard);
+    let session = SocketSession::new(shard.clone(), auth, "websocket");
     let engine_sid = SocketId::generate(shard.index).to_string();
     shard.counters.connection_opened();
-    let reason = websocket::run(
-        stream,
-        already_read,
-        &engine_sid,
-        &[],
-        &settings,
-        &session.conn.outbox,
-        &shard.counters.traffic,
-        &session,
-    )
-    .await;
+    let reason = websocket::run(stream, already_read, &engine_sid, &settings, &shard.counters.traffic, &session).await;
     shard.counters.connection_closed(reason.label());
-    match &reason {
-        CloseReason::ProtocolError(detail) => {
-            tracing::info!(socket = %session.conn.id, reason = reason.label(), %detail, "connection closed")
-        }
-        _ => tracing::debug!(socket = %session.conn.id, reason = reason.label(), "connection closed"),
-    }
+    log_close(session.conn.id, &reason);
     session.close();
+}
+
+thread_local! {
+    /// This shard thread's long-polling sessions, by Engine.IO sid (which
+    /// names this shard, so requests for it are routed here).
+    static POLLING: RefCell<HashMap<String, Rc<PollingSession<SocketSession>>>> = RefCell::new(HashMap::new());
+}
+
+fn polling_session(sid: &str) -> Option<Rc<PollingSession<SocketSession>>> {
+    POLLING.with(|sessions| sessions.borrow().get(sid).cloned())
+}
+
+/// Opens a long-polling session on this shard; returns the handshake body.
+pub fn open_polling(shard: &Rc<Shard>, auth: Arc<Authenticator>) -> Bytes {
+    let websocket_enabled = shard.config().websocket_transports.websocket;
+    let upgrades: &[&str] = if websocket_enabled { &["websocket"] } else { &[] };
+    let session = SocketSession::new(shard.clone(), auth, "polling");
+    let sid = SocketId::generate(shard.index).to_string();
+    let polling = Rc::new(PollingSession::new(session, engine_settings(shard)));
+    let open = polling.open_packet(&sid, upgrades);
+    POLLING.with(|sessions| sessions.borrow_mut().insert(sid.clone(), polling.clone()));
+    shard.counters.connection_opened();
+    let shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let reason = polling.run().await;
+        POLLING.with(|sessions| sessions.borrow_mut().remove(&sid));
+        shard.counters.connection_closed(reason.label());
+        log_close(polling.handler.conn.id, &reason);
+        polling.handler.close();
+    });
+    open
+}
+
+/// The answer to a polling request, made on the session's shard and sent
+/// to whichever shard holds the HTTP connection.
+#[derive(Debug)]
+pub enum PollReply {
+    Payload(Bytes),
+    Ok,
+    UnknownSession,
+    Refused(PollError),
+}
+
+pub async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
+    match polling_session(sid) {
+        None => PollReply::UnknownSession,
+        Some(session) => match session.get(&shard.counters.traffic).await {
+            Ok(body) => PollReply::Payload(body),
+            Err(error) => PollReply::Refused(error),
+        },
+    }
+}
+
+pub async fn poll_post(shard: &Shard, sid: &str, body: Bytes) -> PollReply {
+    match polling_session(sid) {
+        None => PollReply::UnknownSession,
+        Some(session) => match session.post(&body, &shard.counters.traffic).await {
+            Ok(()) => PollReply::Ok,
+            Err(error) => PollReply::Refused(error),
+        },
+    }
+}
+
+/// Whether `sid` is a polling session that a WebSocket may take over now.
+pub fn can_upgrade(sid: &str) -> bool {
+    polling_session(sid).is_some_and(|session| session.state() == PollingState::Polling)
+}
+
+/// Serves the WebSocket that takes over the polling session `sid`.
+pub async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
+    let Some(session) = polling_session(&sid) else { return };
+    if !session.begin_upgrade() {
+        return;
+    }
+    let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
+    if session.state() == PollingState::Upgraded {
+        session.handler.conn.transport.set("websocket");
+    }
+    tracing::debug!(socket = %session.handler.conn.id, reason = reason.label(), "upgraded transport ended");
 }
 
 /// Per-socket state beyond the shard's [`Conn`].
@@ -121,6 +205,10 @@ impl EngineHandler for SocketSession {
     fn is_established(&self) -> bool {
         self.established.get()
     }
+
+    fn outbox(&self) -> &Outbox {
+        &self.conn.outbox
+    }
 }
 
 fn protocol_error(detail: &str) -> CloseReason {
@@ -136,9 +224,9 @@ struct ConnectAuth<'a> {
 }
 
 impl SocketSession {
-    fn new(shard: Rc<Shard>, auth: Arc<Authenticator>) -> SocketSession {
+    fn new(shard: Rc<Shard>, auth: Arc<Authenticator>, transport: &'static str) -> SocketSession {
         let config = shard.config();
-        let conn = Rc::new(Conn::new(SocketId::generate(shard.index), config.outbox_limit as usize, "websocket"));
+        let conn = Rc::new(Conn::new(SocketId::generate(shard.index), config.outbox_limit as usize, transport));
         let rate = config.rate_limit_per_sec.map(|per_sec| {
             RateLimiter::new(per_sec as f64, config.rate_limit_burst.unwrap_or(per_sec) as f64)
         });
@@ -259,7 +347,7 @@ impl SocketSession {
     }
 
     /// Takes the socket out of every table; room members hear `user-left`.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         if !self.established.replace(false) {
             return;
         }

@@ -27,6 +27,8 @@ pub enum PacketError {
     Empty,
     #[error("unknown Engine.IO packet type {0:?}")]
     UnknownType(char),
+    #[error("binary packet is not valid base64")]
+    BadBase64,
 }
 
 pub fn decode(text: &str) -> Result<Packet<'_>, PacketError> {
@@ -84,6 +86,45 @@ pub fn control_frame(kind: u8, data: &str) -> OutFrame {
     builder.buf().push(kind);
     builder.buf().extend_from_slice(data.as_bytes());
     builder.finish(OpCode::Text)
+}
+
+/// Separates packets in a long-polling payload.
+pub const RECORD_SEPARATOR: char = '\u{1e}';
+
+/// A long-polling response body: the packets joined by the record separator.
+pub fn encode_payload(packets: &[bytes::Bytes]) -> bytes::Bytes {
+    let len = packets.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut body = Vec::with_capacity(len);
+    for (i, packet) in packets.iter().enumerate() {
+        if i > 0 {
+            body.push(RECORD_SEPARATOR as u8);
+        }
+        body.extend_from_slice(packet);
+    }
+    bytes::Bytes::from(body)
+}
+
+/// One packet of a long-polling request body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PayloadPacket<'a> {
+    Text(&'a str),
+    /// A `b`-prefixed, base64-encoded binary packet.
+    Binary(Vec<u8>),
+}
+
+/// Splits a long-polling request body into its packets.
+pub fn decode_payload(body: &str) -> Result<Vec<PayloadPacket<'_>>, PacketError> {
+    use base64::Engine;
+    body.split(RECORD_SEPARATOR)
+        .map(|packet| match packet.strip_prefix('b') {
+            Some(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(PayloadPacket::Binary)
+                .map_err(|_| PacketError::BadBase64),
+            None if packet.is_empty() => Err(PacketError::Empty),
+            None => Ok(PayloadPacket::Text(packet)),
+        })
+        .collect()
 }
 
 pub const PING: u8 = b'2';
@@ -168,6 +209,18 @@ mod tests {
             json,
             serde_json::json!({"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000})
         );
+    }
+
+    #[test]
+    fn polling_payloads_round_trip() {
+        let body = encode_payload(&[bytes::Bytes::from_static(b"2"), bytes::Bytes::from_static(b"42[\"a\"]")]);
+        assert_eq!(&body[..], b"2\x1e42[\"a\"]");
+        let text = std::str::from_utf8(&body).unwrap();
+        assert_eq!(decode_payload(text).unwrap(), vec![PayloadPacket::Text("2"), PayloadPacket::Text("42[\"a\"]")]);
+        assert_eq!(decode_payload("bAQID").unwrap(), vec![PayloadPacket::Binary(vec![1, 2, 3])]);
+        assert_eq!(decode_payload("b!!"), Err(PacketError::BadBase64));
+        assert_eq!(decode_payload("3\x1e"), Err(PacketError::Empty));
+        assert_eq!(&encode_payload(&[])[..], b"");
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub struct Conn {
     pub outbox: Outbox,
     pub user: RefCell<Option<Arc<str>>>,
     pub rooms: RefCell<Vec<Arc<str>>>,
-    pub transport: &'static str,
+    /// `websocket` or `polling` (changes on upgrade).
+    pub transport: Cell<&'static str>,
     pub connected_at: SystemTime,
     pub last_activity: Cell<SystemTime>,
 }
@@ -76,7 +77,7 @@ impl Conn {
             outbox: Outbox::new(outbox_limit),
             user: RefCell::new(None),
             rooms: RefCell::new(Vec::new()),
-            transport,
+            transport: Cell::new(transport),
             connected_at: now,
             last_activity: Cell::new(now),
         }
@@ -167,6 +168,9 @@ pub enum ShardMsg {
     DeliverCounted { delivery: Delivery, count_as: Option<&'static str>, reply: oneshot::Sender<usize> },
     /// A question about this shard's tables (see [`Query`]).
     Query { query: Query, reply: oneshot::Sender<Answer> },
+    /// Work to run on the receiving shard's thread (polling requests and
+    /// upgrades for sessions that live there).
+    Run(Box<dyn FnOnce(&Rc<Shard>) + Send>),
     /// Close every connection and stop.
     Shutdown,
 }
@@ -605,6 +609,8 @@ impl Shard {
                     }
                 }
             }
+            // Only the inbox runs work (it holds the shard's `Rc`); nothing routes it here.
+            ShardMsg::Run(_) => tracing::error!("work sent to Shard::handle instead of the inbox; dropped"),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -617,7 +623,7 @@ impl Shard {
                     socket_id: conn.id_text.to_string(),
                     user_id: conn.user().map(|u| u.to_string()),
                     rooms: conn.rooms.borrow().iter().map(|r| r.to_string()).collect(),
-                    transport: conn.transport,
+                    transport: conn.transport.get(),
                     shard: self.index,
                     connected_at: conn.connected_at,
                     last_activity: conn.last_activity.get(),

@@ -72,7 +72,10 @@ impl ShardInbox {
         loop {
             let mut handled = 0;
             while let Ok(msg) = self.rx.try_recv() {
-                shard.handle(msg);
+                match msg {
+                    ShardMsg::Run(work) => work(&shard),
+                    msg => shard.handle(msg),
+                }
                 handled += 1;
                 if handled == INBOX_BATCH {
                     handled = 0;

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::transport::websocket::Traffic;
+use crate::transport::engine::Traffic;
 
 /// Latency samples kept between two scrapes; beyond this they are not kept
 /// (a scrape interval's worth is plenty for quantiles).

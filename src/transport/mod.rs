@@ -1,15 +1,20 @@
 //! Transports: moving Engine.IO packets between a socket and the layers above.
 //!
-//! - [`outbox`]: the bounded per-connection queue that every sender pushes
-//!   encoded frames into, and the writer drains.
-//! - [`websocket`]: one Engine.IO session over a WebSocket — reading and
-//!   decoding client frames, coalesced writes, the server heartbeat and the
-//!   connect timeout.
+//! - [`engine`]: what all transports share — the [`engine::EngineHandler`]
+//!   interface to the layer above, settings, the heartbeat supervisor.
+//! - [`outbox`]: the bounded per-session queue that every sender pushes
+//!   encoded frames into, and the active transport drains.
+//! - [`websocket`]: Engine.IO over a WebSocket — a whole session, or the
+//!   second half of one after an upgrade from polling.
+//! - [`polling`]: Engine.IO over HTTP long-polling, and the switch to
+//!   WebSocket.
 //!
 //! Transports know Engine.IO; Socket.IO is the business of whoever
-//! implements [`websocket::EngineHandler`].
+//! implements [`engine::EngineHandler`].
 
+pub mod engine;
 pub mod outbox;
+pub mod polling;
 pub mod websocket;
 
 /// Why a connection ended. Also the `reason` label of the closed-connections metric.

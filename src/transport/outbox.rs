@@ -29,6 +29,8 @@ pub enum Pushed {
 pub struct Outbox {
     queue: RefCell<VecDeque<OutFrame>>,
     waker: Cell<Option<Waker>>,
+    /// Woken when the outbox starts closing (the session owner waits on it).
+    close_waker: Cell<Option<Waker>>,
     closing: RefCell<Option<CloseReason>>,
     /// Drops since the writer last made progress: a client that keeps
     /// overflowing without reading anything is cut off.
@@ -41,6 +43,7 @@ impl Outbox {
         Outbox {
             queue: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
+            close_waker: Cell::new(None),
             closing: RefCell::new(None),
             drops_without_progress: Cell::new(0),
             limit,
@@ -75,15 +78,36 @@ impl Outbox {
         if let Some(frame) = last {
             self.queue.borrow_mut().push_back(frame);
         }
-        *self.closing.borrow_mut() = Some(reason);
+        self.set_closing(reason);
+    }
+
+    /// Ends the connection without flushing (keeps the first reason given).
+    pub fn abort(&self, reason: CloseReason) {
+        self.queue.borrow_mut().clear();
+        if self.closing.borrow().is_none() {
+            self.set_closing(reason);
+        }
         self.wake();
     }
 
-    /// Ends the connection without flushing.
-    pub fn abort(&self, reason: CloseReason) {
-        self.queue.borrow_mut().clear();
+    fn set_closing(&self, reason: CloseReason) {
         *self.closing.borrow_mut() = Some(reason);
         self.wake();
+        if let Some(waker) = self.close_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves with the reason once the outbox starts closing.
+    pub async fn closed(&self) -> CloseReason {
+        poll_fn(|cx| match &*self.closing.borrow() {
+            Some(reason) => Poll::Ready(reason.clone()),
+            None => {
+                self.close_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     pub fn is_closing(&self) -> bool {

@@ -1,30 +1,30 @@
-//! One Engine.IO session over a WebSocket, after the HTTP upgrade.
+//! Engine.IO over a WebSocket, after the HTTP upgrade: either a whole
+//! session ([`run`]) or the second half of one that began on long-polling
+//! ([`run_upgrade`]).
 //!
-//! A connection is one task running two futures side by side: the reader
-//! (decode frames, answer control packets, hand Socket.IO messages to the
-//! [`EngineHandler`]) and the writer (drain the [`Outbox`] with vectored
-//! writes, send heartbeats, enforce the ping and connect deadlines). They run
-//! in one task so neither is ever cancelled mid-operation; when either ends,
-//! the other is given a short grace period to flush a close frame.
+//! The reader (decode frames, hand packets to the [`EngineHandler`]) and the
+//! writer (drain the outbox with vectored writes) run as two futures in one
+//! task, so neither is ever cancelled mid-operation; when either ends, the
+//! other gets a short grace period to flush a close frame.
 //!
 //! Memory: an idle connection holds no read buffer (we wait for readability
 //! before allocating one and release it once drained) and no write buffer.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::OpCode;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
 use super::outbox::Outbox;
 use super::CloseReason;
-use crate::protocol::engineio::{self, OpenInfo};
+use crate::protocol::engineio;
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
 
 /// Size of the read buffer allocated when a connection has bytes to read.
@@ -34,55 +34,85 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Frames per vectored write (Linux accepts up to 1024 iovecs).
 const MAX_IOVECS: usize = 64;
 
-/// The layer above Engine.IO (Socket.IO, or a bare Engine.IO echo).
-pub trait EngineHandler {
-    /// An Engine.IO message packet's data (text). An error ends the connection.
-    fn on_message(&self, text: &str) -> impl Future<Output = Result<(), CloseReason>>;
-    /// A binary Engine.IO message.
-    fn on_binary(&self, data: Bytes) -> impl Future<Output = Result<(), CloseReason>>;
-    /// Whether the session above is established; until it is, the connect
-    /// timeout applies.
-    fn is_established(&self) -> bool;
-}
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_payload: usize,
-}
-
-/// Byte counters a session adds to (one per shard: read at scrape time).
-#[derive(Default)]
-pub struct Traffic {
-    pub bytes_in: Cell<u64>,
-    pub bytes_out: Cell<u64>,
-}
-
-/// Runs the session to its end and says why it ended. Sends the open packet
-/// first; `upgrades` is what the open packet advertises.
+/// Runs a whole session over a WebSocket and says why it ended. Sends the
+/// open packet first; `upgrades` is what it advertises (nothing: a session
+/// that starts on WebSocket has nowhere to upgrade to).
 pub async fn run<H: EngineHandler>(
     stream: TcpStream,
     already_read: Bytes,
     sid: &str,
-    upgrades: &[&str],
     settings: &Settings,
-    outbox: &Outbox,
     traffic: &Traffic,
     handler: &H,
 ) -> CloseReason {
-    outbox.push(engineio::open_frame(&OpenInfo {
-        sid,
-        upgrades,
-        ping_interval_ms: settings.ping_interval.as_millis() as u64,
-        ping_timeout_ms: settings.ping_timeout.as_millis() as u64,
-        max_payload: settings.max_payload,
-    }));
-    let (read_half, write_half) = stream.into_split();
+    handler.outbox().push(engineio::open_frame(&settings.open_info(sid, &[])));
     let last_pong = Cell::new(Instant::now());
-    let reader = read_loop(read_half, already_read, settings, outbox, traffic, handler, &last_pong);
-    let writer = write_loop(write_half, settings, outbox, traffic, handler, &last_pong);
+    let heartbeat = supervise(settings, handler, &last_pong);
+    tokio::pin!(heartbeat);
+    tokio::select! {
+        reason = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong) => reason,
+        reason = &mut heartbeat => reason,
+    }
+}
+
+/// Takes over a long-polling session: answers the client's `2probe` with
+/// `3probe`, releases the pending poll with a noop, and on the client's
+/// `5` calls `upgraded` and serves the session over this WebSocket until
+/// it ends. The session's heartbeat keeps running in its owner task.
+pub async fn run_upgrade<H: EngineHandler>(
+    mut stream: TcpStream,
+    already_read: Bytes,
+    settings: &Settings,
+    traffic: &Traffic,
+    handler: &H,
+    last_pong: &Cell<Instant>,
+    upgraded: impl FnOnce(),
+) -> CloseReason {
+    let mut decoder = FrameDecoder::new(settings.max_payload);
+    let mut buf = BytesMut::from(&already_read[..]);
+    let probe_deadline = Instant::now() + settings.ping_timeout;
+    loop {
+        let message = match tokio::time::timeout_at(probe_deadline, next_message(&mut stream, &mut buf, &mut decoder, traffic)).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(reason)) => return reason,
+            Err(_) => return CloseReason::ProtocolError("upgrade not completed in time".into()),
+        };
+        let text = match &message {
+            Message::Text(bytes) => std::str::from_utf8(bytes).unwrap_or(""),
+            Message::Close { .. } => return CloseReason::ClientClose,
+            _ => continue,
+        };
+        match engineio::decode(text) {
+            Ok(engineio::Packet::Ping("probe")) => {
+                let reply = engineio::control_frame(engineio::PONG, "probe");
+                if stream.write_all(reply.wire()).await.is_err() {
+                    return CloseReason::TransportError;
+                }
+                traffic.sent(reply.wire().len());
+                // The client pauses polling before it upgrades: release its pending GET.
+                handler.outbox().push(engineio::control_frame(b'6', ""));
+            }
+            Ok(engineio::Packet::Upgrade) => break,
+            _ => return CloseReason::ProtocolError("expected 2probe or 5 during the upgrade".into()),
+        }
+    }
+    upgraded();
+    serve(stream, buf, settings, traffic, handler, last_pong).await
+}
+
+/// Reader and writer of an established WebSocket session.
+async fn serve<H: EngineHandler>(
+    stream: TcpStream,
+    buf: BytesMut,
+    settings: &Settings,
+    traffic: &Traffic,
+    handler: &H,
+    last_pong: &Cell<Instant>,
+) -> CloseReason {
+    let outbox = handler.outbox();
+    let (read_half, write_half) = stream.into_split();
+    let reader = read_loop(read_half, buf, settings, traffic, handler, last_pong);
+    let writer = write_loop(write_half, outbox, traffic);
     tokio::pin!(reader, writer);
     tokio::select! {
         reason = &mut reader => {
@@ -95,17 +125,37 @@ pub async fn run<H: EngineHandler>(
     }
 }
 
+/// Reads until one whole message is decoded (probe phase only).
+async fn next_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+    traffic: &Traffic,
+) -> Result<Message, CloseReason> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(message)) => return Ok(message),
+            Ok(None) => {}
+            Err(FrameError::TooBig { .. }) => return Err(CloseReason::PayloadTooLarge),
+            Err(e) => return Err(CloseReason::ProtocolError(e.to_string())),
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(CloseReason::TransportError),
+            Ok(n) => traffic.received(n),
+        }
+    }
+}
+
 async fn read_loop<H: EngineHandler>(
     read_half: OwnedReadHalf,
-    already_read: Bytes,
+    mut buf: BytesMut,
     settings: &Settings,
-    outbox: &Outbox,
     traffic: &Traffic,
     handler: &H,
     last_pong: &Cell<Instant>,
 ) -> CloseReason {
     let mut decoder = FrameDecoder::new(settings.max_payload);
-    let mut buf = BytesMut::from(&already_read[..]);
     loop {
         loop {
             let message = match decoder.decode(&mut buf) {
@@ -114,7 +164,7 @@ async fn read_loop<H: EngineHandler>(
                 Err(FrameError::TooBig { .. }) => return CloseReason::PayloadTooLarge,
                 Err(e) => return CloseReason::ProtocolError(e.to_string()),
             };
-            if let Err(reason) = on_frame(message, outbox, handler, last_pong).await {
+            if let Err(reason) = on_frame(message, handler, last_pong).await {
                 return reason;
             }
         }
@@ -130,45 +180,23 @@ async fn read_loop<H: EngineHandler>(
         }
         match read_half.try_read_buf(&mut buf) {
             Ok(0) => return CloseReason::TransportError,
-            Ok(n) => traffic.bytes_in.set(traffic.bytes_in.get() + n as u64),
+            Ok(n) => traffic.received(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return CloseReason::TransportError,
         }
     }
 }
 
-async fn on_frame<H: EngineHandler>(
-    message: Message,
-    outbox: &Outbox,
-    handler: &H,
-    last_pong: &Cell<Instant>,
-) -> Result<(), CloseReason> {
+async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &Cell<Instant>) -> Result<(), CloseReason> {
     match message {
         Message::Text(bytes) => {
             // SAFETY: the frame decoder validated text messages as UTF-8.
             let text = unsafe { std::str::from_utf8_unchecked(&bytes) };
-            match engineio::decode(text) {
-                Ok(engineio::Packet::Message(data)) => handler.on_message(data).await,
-                Ok(engineio::Packet::Pong(_)) => {
-                    last_pong.set(Instant::now());
-                    Ok(())
-                }
-                // Clients ping only to probe a transport during an upgrade.
-                Ok(engineio::Packet::Ping(data)) => {
-                    outbox.push(engineio::control_frame(engineio::PONG, data));
-                    Ok(())
-                }
-                Ok(engineio::Packet::Close) => Err(CloseReason::ClientClose),
-                Ok(engineio::Packet::Noop) => Ok(()),
-                Ok(engineio::Packet::Open | engineio::Packet::Upgrade) => {
-                    Err(CloseReason::ProtocolError("unexpected Engine.IO packet".into()))
-                }
-                Err(e) => Err(CloseReason::ProtocolError(e.to_string())),
-            }
+            on_text_packet(text, handler, last_pong).await
         }
         Message::Binary(data) => handler.on_binary(data).await,
         Message::Ping(data) => {
-            outbox.push(OutFrame::new(OpCode::Pong, &data));
+            handler.outbox().push(OutFrame::new(OpCode::Pong, &data));
             Ok(())
         }
         Message::Pong => Ok(()),
@@ -176,55 +204,11 @@ async fn on_frame<H: EngineHandler>(
     }
 }
 
-async fn write_loop<H: EngineHandler>(
-    mut write_half: OwnedWriteHalf,
-    settings: &Settings,
-    outbox: &Outbox,
-    traffic: &Traffic,
-    handler: &H,
-    last_pong: &Cell<Instant>,
-) -> CloseReason {
-    let opened = Instant::now();
-    let connect_deadline = opened + settings.connect_timeout;
-    let mut next_ping = opened + settings.ping_interval;
-    let mut ping_sent: Option<Instant> = None;
-    let sleep = tokio::time::sleep_until(next_ping);
-    tokio::pin!(sleep);
+/// Drains the outbox to the socket until the session closes.
+async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Outbox, traffic: &Traffic) -> CloseReason {
     loop {
-        let mut deadline = match ping_sent {
-            Some(sent) => sent + settings.ping_timeout,
-            None => next_ping,
-        };
-        if !handler.is_established() {
-            deadline = deadline.min(connect_deadline);
-        }
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        tokio::select! {
-            biased;
-            _ = outbox.ready() => {}
-            _ = &mut sleep => {
-                let now = Instant::now();
-                if !handler.is_established() && now >= connect_deadline {
-                    return CloseReason::ConnectTimeout;
-                }
-                match ping_sent {
-                    Some(sent) if last_pong.get() >= sent => {
-                        ping_sent = None;
-                        next_ping = last_pong.get() + settings.ping_interval;
-                    }
-                    Some(sent) if now >= sent + settings.ping_timeout => return CloseReason::PingTimeout,
-                    Some(_) => {}
-                    None if now >= next_ping => {
-                        outbox.push(engineio::control_frame(engineio::PING, ""));
-                        ping_sent = Some(now);
-                    }
-                    None => {}
-                }
-            }
-        }
-        if let Err(_) = flush(&mut write_half, outbox, traffic).await {
+        outbox.ready().await;
+        if flush(&mut write_half, outbox, traffic).await.is_err() {
             return CloseReason::TransportError;
         }
         if let Some(reason) = outbox.close_reason() {
@@ -257,7 +241,7 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            traffic.bytes_out.set(traffic.bytes_out.get() + written as u64);
+            traffic.sent(written);
             outbox.progressed();
             let mut left = written;
             while left > 0 {

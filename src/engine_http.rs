@@ -1,0 +1,250 @@
+//! The HTTP side of Engine.IO at `/socket.io/`: handshakes, long-polling
+//! requests, WebSocket upgrades, CORS, and the Engine.IO error answers.
+//!
+//! A session lives on the shard its sid names. A request that reaches
+//! another shard's listener is carried out on the session's shard (as
+//! [`ShardMsg::Run`] work) and answered from here; an upgrading WebSocket's
+//! TCP stream moves to the session's shard.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, CONTENT_TYPE, ORIGIN, VARY,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::api::HttpResponse;
+use crate::app;
+use crate::app::auth::Authenticator;
+use crate::app::session::PollReply;
+use crate::config::Config;
+use crate::protocol::engineio::HandshakeError;
+use crate::server::json_response;
+use crate::shard::{Shard, ShardMsg, SocketId};
+use crate::transport::polling::PollError;
+
+/// Answers one request to `/socket.io/`.
+pub async fn handle(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Request<Incoming>) -> HttpResponse {
+    let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if !origin_allowed(shard.config(), origin.as_deref()) {
+        return engine_error(HandshakeError::Forbidden);
+    }
+    let mut response = dispatch(shard, auth, request).await;
+    if let Some(origin) = origin {
+        // Credentials (cookies behind a load balancer) need the origin echoed, not `*`.
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&origin) {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value);
+            headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    response
+}
+
+async fn dispatch(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Request<Incoming>) -> HttpResponse {
+    if request.method() == Method::OPTIONS {
+        return preflight(&request);
+    }
+    let config = shard.config();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    if query_param(&query, "EIO") != Some("4") {
+        return engine_error(HandshakeError::UnsupportedProtocolVersion);
+    }
+    let sid = query_param(&query, "sid").map(str::to_owned);
+    match query_param(&query, "transport") {
+        Some("polling") if config.websocket_transports.polling => polling(shard, auth, request, sid).await,
+        Some("websocket") if config.websocket_transports.websocket => websocket(shard, auth, request, sid).await,
+        _ => engine_error(HandshakeError::UnknownTransport),
+    }
+}
+
+fn preflight(request: &Request<Incoming>) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    let requested = request.headers().get(ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, requested.unwrap_or(HeaderValue::from_static("content-type")));
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    response
+}
+
+async fn polling(
+    shard: &Rc<Shard>,
+    auth: &Arc<Authenticator>,
+    request: Request<Incoming>,
+    sid: Option<String>,
+) -> HttpResponse {
+    let method = request.method().clone();
+    match (method, sid) {
+        (Method::GET, None) => {
+            if shard.is_shutting_down() {
+                return shutting_down();
+            }
+            text_response(app::session::open_polling(shard, auth.clone()))
+        }
+        (_, None) => engine_error(HandshakeError::BadHandshakeMethod),
+        (Method::GET, Some(sid)) => {
+            reply(on_session_shard(shard, &sid, |owner, sid| async move { app::session::poll_get(&owner, &sid).await }).await)
+        }
+        (Method::POST, Some(sid)) => {
+            // One byte over the limit is enough to know it is too much.
+            let limit = shard.config().max_payload_bytes as usize + 1;
+            let body = match Limited::new(request.into_body(), limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => Bytes::from(vec![0u8; limit]),
+            };
+            reply(
+                on_session_shard(shard, &sid, move |owner, sid| async move { app::session::poll_post(&owner, &sid, body).await })
+                    .await,
+            )
+        }
+        _ => engine_error(HandshakeError::BadRequest),
+    }
+}
+
+async fn websocket(
+    shard: &Rc<Shard>,
+    auth: &Arc<Authenticator>,
+    mut request: Request<Incoming>,
+    sid: Option<String>,
+) -> HttpResponse {
+    if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
+        return engine_error(HandshakeError::BadRequest);
+    }
+    if shard.is_shutting_down() {
+        return shutting_down();
+    }
+    if let Some(sid) = &sid {
+        let check = on_session_shard(shard, sid, |_, sid| async move {
+            if app::session::can_upgrade(&sid) {
+                PollReply::Ok
+            } else {
+                PollReply::Refused(PollError::Upgraded)
+            }
+        });
+        if let reply @ (PollReply::UnknownSession | PollReply::Refused(_)) = check.await {
+            return self::reply(reply);
+        }
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(pair) => pair,
+        Err(_) => return engine_error(HandshakeError::BadRequest),
+    };
+    let shard = shard.clone();
+    let auth = auth.clone();
+    tokio::task::spawn_local(async move {
+        let upgraded = match upgrade.await {
+            Ok(websocket) => websocket.into_inner().into_inner(),
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        // Take the TCP stream back from hyper, with whatever it read past the handshake.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        };
+        let (stream, already_read) = (parts.io.into_inner(), parts.read_buf);
+        match sid {
+            None => app::session::serve_websocket(shard, auth, stream, already_read).await,
+            Some(sid) => {
+                let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
+                if owner == shard.index {
+                    app::session::upgrade_polling(shard, sid, stream, already_read).await;
+                    return;
+                }
+                // The session lives on another shard: move the socket there.
+                let Ok(stream) = stream.into_std() else { return };
+                let work = move |owner: &Rc<Shard>| {
+                    let owner = owner.clone();
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        tokio::task::spawn_local(app::session::upgrade_polling(owner, sid, stream, already_read));
+                    }
+                };
+                shard.shared.router.send(owner, ShardMsg::Run(Box::new(work)));
+            }
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Runs `work` on the shard that owns session `sid` and returns its reply.
+async fn on_session_shard<F, Fut>(shard: &Rc<Shard>, sid: &str, work: F) -> PollReply
+where
+    F: FnOnce(Rc<Shard>, String) -> Fut + Send + 'static,
+    Fut: Future<Output = PollReply> + 'static,
+{
+    let Some(owner) = SocketId::parse(sid).map(SocketId::shard).filter(|s| *s < shard.shared.router.shard_count()) else {
+        return PollReply::UnknownSession;
+    };
+    let sid = sid.to_owned();
+    if owner == shard.index {
+        return work(shard.clone(), sid).await;
+    }
+    let (tx, rx) = oneshot::channel();
+    let run = move |owner: &Rc<Shard>| {
+        let owner = owner.clone();
+        tokio::task::spawn_local(async move {
+            let _ = tx.send(work(owner, sid).await);
+        });
+    };
+    shard.shared.router.send(owner, ShardMsg::Run(Box::new(run)));
+    rx.await.unwrap_or(PollReply::UnknownSession)
+}
+
+fn reply(reply: PollReply) -> HttpResponse {
+    match reply {
+        PollReply::Payload(body) => text_response(body),
+        PollReply::Ok => text_response(Bytes::from_static(b"ok")),
+        PollReply::UnknownSession => engine_error(HandshakeError::UnknownSid),
+        PollReply::Refused(PollError::TooLarge) => {
+            let mut response = engine_error(HandshakeError::BadRequest);
+            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            response
+        }
+        PollReply::Refused(_) => engine_error(HandshakeError::BadRequest),
+    }
+}
+
+fn text_response(body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    response
+}
+
+fn shutting_down() -> HttpResponse {
+    json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":3,"message":"Server shutting down"}"#.into())
+}
+
+fn engine_error(error: HandshakeError) -> HttpResponse {
+    let status = if error == HandshakeError::Forbidden { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+    json_response(status, error.to_json())
+}
+
+/// A query parameter's value (values we read are plain tokens; no decoding needed).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+/// `CORS_ORIGIN` unset allows every origin; set, it is an allow-list.
+/// Requests without `Origin` (native and mobile clients) always pass.
+fn origin_allowed(config: &Config, origin: Option<&str>) -> bool {
+    let (Some(allowed), Some(origin)) = (config.allowed_origins(), origin) else { return true };
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|a| a == "*" || a == origin)
+}

@@ -1,0 +1,129 @@
+//! What every Engine.IO transport shares: the handler interface to the
+//! layer above, session settings, byte counters, the handling of one
+//! client packet, and the heartbeat supervisor.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::outbox::Outbox;
+use super::CloseReason;
+use crate::protocol::engineio;
+
+/// The layer above Engine.IO (Socket.IO, or a bare Engine.IO echo).
+pub trait EngineHandler {
+    /// An Engine.IO message packet's data (text). An error ends the session.
+    fn on_message(&self, text: &str) -> impl Future<Output = Result<(), CloseReason>>;
+    /// A binary Engine.IO message.
+    fn on_binary(&self, data: Bytes) -> impl Future<Output = Result<(), CloseReason>>;
+    /// Whether the session above is established; until it is, the connect
+    /// timeout applies.
+    fn is_established(&self) -> bool;
+    /// The session's outbound queue.
+    fn outbox(&self) -> &Outbox;
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_payload: usize,
+}
+
+impl Settings {
+    pub fn open_info<'a>(&self, sid: &'a str, upgrades: &'a [&'a str]) -> engineio::OpenInfo<'a> {
+        engineio::OpenInfo {
+            sid,
+            upgrades,
+            ping_interval_ms: self.ping_interval.as_millis() as u64,
+            ping_timeout_ms: self.ping_timeout.as_millis() as u64,
+            max_payload: self.max_payload,
+        }
+    }
+}
+
+/// Byte counters sessions add to (one per shard, read at scrape time).
+#[derive(Default)]
+pub struct Traffic {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+}
+
+impl Traffic {
+    pub fn received(&self, n: usize) {
+        self.bytes_in.set(self.bytes_in.get() + n as u64);
+    }
+
+    pub fn sent(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
+    }
+}
+
+/// Handles one text packet from the client, whatever carried it.
+pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong: &Cell<Instant>) -> Result<(), CloseReason> {
+    match engineio::decode(text) {
+        Ok(engineio::Packet::Message(data)) => handler.on_message(data).await,
+        Ok(engineio::Packet::Pong(_)) => {
+            last_pong.set(Instant::now());
+            Ok(())
+        }
+        // Clients ping only to probe a transport during an upgrade; the
+        // upgrade code answers those before packets reach this point.
+        Ok(engineio::Packet::Ping(data)) => {
+            handler.outbox().push(engineio::control_frame(engineio::PONG, data));
+            Ok(())
+        }
+        Ok(engineio::Packet::Close) => Err(CloseReason::ClientClose),
+        Ok(engineio::Packet::Noop) => Ok(()),
+        Ok(engineio::Packet::Open | engineio::Packet::Upgrade) => {
+            Err(CloseReason::ProtocolError("unexpected Engine.IO packet".into()))
+        }
+        Err(e) => Err(CloseReason::ProtocolError(e.to_string())),
+    }
+}
+
+/// Sends heartbeats and enforces the ping and connect deadlines; returns
+/// only when one is missed. Pings go through the outbox, so they travel on
+/// whichever transport the session uses at the time.
+pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &Cell<Instant>) -> CloseReason {
+    let opened = Instant::now();
+    let connect_deadline = opened + settings.connect_timeout;
+    let mut next_ping = opened + settings.ping_interval;
+    let mut ping_sent: Option<Instant> = None;
+    let sleep = tokio::time::sleep_until(next_ping);
+    tokio::pin!(sleep);
+    loop {
+        let mut deadline = match ping_sent {
+            Some(sent) => sent + settings.ping_timeout,
+            None => next_ping,
+        };
+        if !handler.is_established() {
+            deadline = deadline.min(connect_deadline);
+        }
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        (&mut sleep).await;
+        let now = Instant::now();
+        if !handler.is_established() && now >= connect_deadline {
+            return CloseReason::ConnectTimeout;
+        }
+        match ping_sent {
+            Some(sent) if last_pong.get() >= sent => {
+                ping_sent = None;
+                next_ping = last_pong.get() + settings.ping_interval;
+            }
+            Some(sent) if now >= sent + settings.ping_timeout => return CloseReason::PingTimeout,
+            Some(_) => {}
+            None if now >= next_ping => {
+                handler.outbox().push(engineio::control_frame(engineio::PING, ""));
+                ping_sent = Some(now);
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Engine.IO over HTTP long-polling, and the switch to WebSocket.
+//!
+//! A polling session outlives the HTTP requests that carry it: a GET takes
+//! everything queued in the outbox (waiting until there is something), a
+//! POST brings packets from the client. Its owner task ([`PollingSession::run`])
+//! keeps the heartbeat and ends the session when a deadline is missed or the
+//! outbox closes. An upgrade ([`PollingSession::upgrade`]) hands the outbox
+//! to a WebSocket; from then on polling requests are refused.
+
+use std::cell::Cell;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
+use super::websocket;
+use super::CloseReason;
+use crate::protocol::engineio::{self, PayloadPacket};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Polling,
+    /// A WebSocket is probing; polling still carries the session.
+    Upgrading,
+    /// The WebSocket carries the session; polling requests are refused.
+    Upgraded,
+}
+
+/// Why a polling request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PollError {
+    #[error("a GET is already waiting for this session")]
+    OverlappingGet,
+    #[error("a POST is already in progress for this session")]
+    OverlappingPost,
+    #[error("the session has moved to WebSocket")]
+    Upgraded,
+    #[error("request body over maxPayload")]
+    TooLarge,
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+}
+
+pub struct PollingSession<H> {
+    pub handler: H,
+    pub settings: Settings,
+    last_pong: Cell<Instant>,
+    state: Cell<State>,
+    get_pending: Cell<bool>,
+    post_pending: Cell<bool>,
+}
+
+/// Clears a "request in progress" flag however the request ends (a client
+/// that drops its GET must be able to poll again).
+struct InProgress<'a>(&'a Cell<bool>);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+impl<H: EngineHandler> PollingSession<H> {
+    pub fn new(handler: H, settings: Settings) -> PollingSession<H> {
+        PollingSession {
+            handler,
+            settings,
+            last_pong: Cell::new(Instant::now()),
+            state: Cell::new(State::Polling),
+            get_pending: Cell::new(false),
+            post_pending: Cell::new(false),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state.get()
+    }
+
+    /// The body of the handshake response: the open packet.
+    pub fn open_packet(&self, sid: &str, upgrades: &[&str]) -> Bytes {
+        engineio::open_frame(&self.settings.open_info(sid, upgrades)).payload()
+    }
+
+    /// Keeps the heartbeat until the session ends; returns why it ended.
+    pub async fn run(&self) -> CloseReason {
+        let outbox = self.handler.outbox();
+        let reason = tokio::select! {
+            reason = supervise(&self.settings, &self.handler, &self.last_pong) => reason,
+            reason = outbox.closed() => reason,
+        };
+        if !outbox.is_closing() {
+            outbox.abort(reason.clone());
+        }
+        reason
+    }
+
+    /// A GET: waits for packets and returns them as one payload.
+    pub async fn get(&self, traffic: &Traffic) -> Result<Bytes, PollError> {
+        if self.state.get() == State::Upgraded {
+            return Err(PollError::Upgraded);
+        }
+        let outbox = self.handler.outbox();
+        if self.get_pending.replace(true) {
+            // As the reference server does: overlapping polls end the session.
+            outbox.abort(CloseReason::ProtocolError("overlapping GET requests".into()));
+            return Err(PollError::OverlappingGet);
+        }
+        let _in_progress = InProgress(&self.get_pending);
+        outbox.ready().await;
+        let frames = outbox.take_all();
+        outbox.progressed();
+        // Close frames and other WebSocket control frames have no meaning here.
+        let mut packets: Vec<Bytes> = frames.iter().filter(|f| f.wire()[0] == 0x81).map(|f| f.payload()).collect();
+        if outbox.is_closing() {
+            packets.push(Bytes::from_static(b"1"));
+        }
+        let body = engineio::encode_payload(&packets);
+        traffic.sent(body.len());
+        Ok(body)
+    }
+
+    /// A POST: hands each packet to the handler, in order.
+    pub async fn post(&self, body: &[u8], traffic: &Traffic) -> Result<(), PollError> {
+        traffic.received(body.len());
+        if self.state.get() == State::Upgraded {
+            return Err(PollError::Upgraded);
+        }
+        let outbox = self.handler.outbox();
+        if body.len() > self.settings.max_payload {
+            outbox.abort(CloseReason::PayloadTooLarge);
+            return Err(PollError::TooLarge);
+        }
+        if self.post_pending.replace(true) {
+            outbox.abort(CloseReason::ProtocolError("overlapping POST requests".into()));
+            return Err(PollError::OverlappingPost);
+        }
+        let _in_progress = InProgress(&self.post_pending);
+        let fail = |reason: CloseReason| {
+            let error = PollError::Malformed(format!("{reason:?}"));
+            outbox.abort(reason);
+            error
+        };
+        let text = std::str::from_utf8(body).map_err(|_| fail(CloseReason::ProtocolError("body is not UTF-8".into())))?;
+        let packets = engineio::decode_payload(text).map_err(|e| fail(CloseReason::ProtocolError(e.to_string())))?;
+        for packet in packets {
+            let result = match packet {
+                PayloadPacket::Text(text) => on_text_packet(text, &self.handler, &self.last_pong).await,
+                PayloadPacket::Binary(data) => self.handler.on_binary(Bytes::from(data)).await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(CloseReason::ClientClose) => {
+                    outbox.close_after(None, CloseReason::ClientClose);
+                    return Ok(());
+                }
+                Err(reason) => return Err(fail(reason)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a WebSocket may start probing this session now.
+    pub fn begin_upgrade(&self) -> bool {
+        if self.state.get() != State::Polling {
+            return false;
+        }
+        self.state.set(State::Upgrading);
+        true
+    }
+
+    /// Runs the WebSocket that took the session over (after [`Self::begin_upgrade`]).
+    /// If the probe fails the session stays on polling; once upgraded, the
+    /// end of the WebSocket is the end of the session.
+    pub async fn upgrade(&self, stream: TcpStream, already_read: Bytes, traffic: &Traffic) -> CloseReason {
+        let reason = websocket::run_upgrade(
+            stream,
+            already_read,
+            &self.settings,
+            traffic,
+            &self.handler,
+            &self.last_pong,
+            || self.state.set(State::Upgraded),
+        )
+        .await;
+        if self.state.get() == State::Upgrading {
+            self.state.set(State::Polling);
+        } else {
+            self.handler.outbox().abort(reason.clone());
+        }
+        reason
+    }
+}
