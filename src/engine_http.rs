@@ -24,21 +24,41 @@ use tokio::sync::oneshot;
 
 use crate::api::HttpResponse;
 use crate::app;
-use crate::app::auth::Authenticator;
-use crate::app::session::PollReply;
+use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
 use crate::protocol::engineio::HandshakeError;
 use crate::server::json_response;
 use crate::shard::{Shard, ShardMsg, SocketId};
-use crate::transport::polling::PollError;
+use crate::transport::engine::{AppSession, EngineAppFactory};
+use crate::transport::polling::{self, PollError, State as PollingState};
+use crate::transport::websocket;
 
-/// Answers one request to `/socket.io/`.
-pub async fn handle(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Request<Incoming>) -> HttpResponse {
+/// What an Engine.IO endpoint serves.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// Socket.IO (`/socket.io/`): the namespaces of the [`AppContext`].
+    SocketIo(Arc<AppContext>),
+    /// A bare Engine.IO application at another path.
+    App(EngineAppFactory),
+}
+
+/// The answer to a polling request, made on the session's shard and sent
+/// to whichever shard holds the HTTP connection.
+#[derive(Debug)]
+enum PollReply {
+    Payload(Bytes),
+    Ok,
+    UnknownSession,
+    Refused(PollError),
+}
+
+/// Answers one Engine.IO request.
+pub async fn handle(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Incoming>) -> HttpResponse {
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !origin_allowed(shard.config(), origin.as_deref()) {
         return engine_error(HandshakeError::Forbidden);
     }
-    let mut response = dispatch(shard, auth, request).await;
+    let mut response = dispatch(shard, endpoint, request).await;
     if let Some(origin) = origin {
         // Credentials (cookies behind a load balancer) need the origin echoed, not `*`.
         let headers = response.headers_mut();
@@ -51,7 +71,7 @@ pub async fn handle(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Reque
     response
 }
 
-async fn dispatch(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Request<Incoming>) -> HttpResponse {
+async fn dispatch(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Incoming>) -> HttpResponse {
     if request.method() == Method::OPTIONS {
         return preflight(&request);
     }
@@ -62,8 +82,8 @@ async fn dispatch(shard: &Rc<Shard>, auth: &Arc<Authenticator>, request: Request
     }
     let sid = query_param(&query, "sid").map(str::to_owned);
     match query_param(&query, "transport") {
-        Some("polling") if config.websocket_transports.polling => polling(shard, auth, request, sid).await,
-        Some("websocket") if config.websocket_transports.websocket => websocket(shard, auth, request, sid).await,
+        Some("polling") if config.websocket_transports.polling => polling(shard, endpoint, request, sid).await,
+        Some("websocket") if config.websocket_transports.websocket => websocket(shard, endpoint, request, sid).await,
         _ => engine_error(HandshakeError::UnknownTransport),
     }
 }
@@ -81,7 +101,7 @@ fn preflight(request: &Request<Incoming>) -> HttpResponse {
 
 async fn polling(
     shard: &Rc<Shard>,
-    auth: &Arc<Authenticator>,
+    endpoint: &Endpoint,
     request: Request<Incoming>,
     sid: Option<String>,
 ) -> HttpResponse {
@@ -91,11 +111,11 @@ async fn polling(
             if shard.is_shutting_down() {
                 return shutting_down();
             }
-            text_response(app::session::open_polling(shard, auth.clone()))
+            text_response(open_polling(shard, endpoint))
         }
         (_, None) => engine_error(HandshakeError::BadHandshakeMethod),
         (Method::GET, Some(sid)) => {
-            reply(on_session_shard(shard, &sid, |owner, sid| async move { app::session::poll_get(&owner, &sid).await }).await)
+            reply(on_session_shard(shard, &sid, |owner, sid| async move { poll_get(&owner, &sid).await }).await)
         }
         (Method::POST, Some(sid)) => {
             // One byte over the limit is enough to know it is too much.
@@ -105,7 +125,7 @@ async fn polling(
                 Err(_) => Bytes::from(vec![0u8; limit]),
             };
             reply(
-                on_session_shard(shard, &sid, move |owner, sid| async move { app::session::poll_post(&owner, &sid, body).await })
+                on_session_shard(shard, &sid, move |owner, sid| async move { poll_post(&owner, &sid, body).await })
                     .await,
             )
         }
@@ -115,7 +135,7 @@ async fn polling(
 
 async fn websocket(
     shard: &Rc<Shard>,
-    auth: &Arc<Authenticator>,
+    endpoint: &Endpoint,
     mut request: Request<Incoming>,
     sid: Option<String>,
 ) -> HttpResponse {
@@ -127,7 +147,7 @@ async fn websocket(
     }
     if let Some(sid) = &sid {
         let check = on_session_shard(shard, sid, |_, sid| async move {
-            if app::session::can_upgrade(&sid) {
+            if polling::find(&sid).is_some_and(|session| session.state() == PollingState::Polling) {
                 PollReply::Ok
             } else {
                 PollReply::Refused(PollError::Upgraded)
@@ -142,7 +162,7 @@ async fn websocket(
         Err(_) => return engine_error(HandshakeError::BadRequest),
     };
     let shard = shard.clone();
-    let auth = auth.clone();
+    let endpoint = endpoint.clone();
     tokio::task::spawn_local(async move {
         let upgraded = match upgrade.await {
             Ok(websocket) => websocket.into_inner().into_inner(),
@@ -158,11 +178,11 @@ async fn websocket(
         };
         let (stream, already_read) = (parts.io.into_inner(), parts.read_buf);
         match sid {
-            None => app::session::serve_websocket(shard, auth, stream, already_read).await,
+            None => serve_websocket(shard, endpoint, stream, already_read).await,
             Some(sid) => {
                 let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
                 if owner == shard.index {
-                    app::session::upgrade_polling(shard, sid, stream, already_read).await;
+                    upgrade_polling(shard, sid, stream, already_read).await;
                     return;
                 }
                 // The session lives on another shard: move the socket there.
@@ -170,7 +190,7 @@ async fn websocket(
                 let work = move |owner: &Rc<Shard>| {
                     let owner = owner.clone();
                     if let Ok(stream) = TcpStream::from_std(stream) {
-                        tokio::task::spawn_local(app::session::upgrade_polling(owner, sid, stream, already_read));
+                        tokio::task::spawn_local(upgrade_polling(owner, sid, stream, already_read));
                     }
                 };
                 shard.shared.router.send(owner, ShardMsg::Run(Box::new(work)));
@@ -178,6 +198,70 @@ async fn websocket(
         }
     });
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// A session that starts on WebSocket, served until it ends.
+async fn serve_websocket(shard: Rc<Shard>, endpoint: Endpoint, stream: TcpStream, already_read: Bytes) {
+    match endpoint {
+        Endpoint::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read).await,
+        Endpoint::App(factory) => {
+            let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
+            let sid = SocketId::generate(shard.index).to_string();
+            let settings = engine_settings(&shard);
+            shard.counters.connection_opened();
+            let reason = websocket::run(stream, already_read, &sid, &settings, &shard.counters.traffic, &session).await;
+            shard.counters.connection_closed(reason.label());
+            log_close(&sid, &reason);
+        }
+    }
+}
+
+/// Opens a polling session on this shard; returns the handshake body.
+fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
+    match endpoint {
+        Endpoint::SocketIo(context) => app::session::open_polling(shard, context.clone()),
+        Endpoint::App(factory) => {
+            let upgrades: &[&str] = if shard.config().websocket_transports.websocket { &["websocket"] } else { &[] };
+            let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
+            let sid = SocketId::generate(shard.index).to_string();
+            shard.counters.connection_opened();
+            let (counters_shard, log_sid) = (shard.clone(), sid.clone());
+            polling::open(session, engine_settings(shard), sid, upgrades, move |_, reason| {
+                counters_shard.counters.connection_closed(reason.label());
+                log_close(&log_sid, &reason);
+            })
+        }
+    }
+}
+
+async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
+    match polling::find(sid) {
+        None => PollReply::UnknownSession,
+        Some(session) => match session.get(&shard.counters.traffic).await {
+            Ok(body) => PollReply::Payload(body),
+            Err(error) => PollReply::Refused(error),
+        },
+    }
+}
+
+async fn poll_post(shard: &Shard, sid: &str, body: Bytes) -> PollReply {
+    match polling::find(sid) {
+        None => PollReply::UnknownSession,
+        Some(session) => match session.post(body, &shard.counters.traffic).await {
+            Ok(()) => PollReply::Ok,
+            Err(error) => PollReply::Refused(error),
+        },
+    }
+}
+
+/// Serves the WebSocket that takes over the polling session `sid` (on its shard).
+async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
+    let Some(session) = polling::find(&sid) else { return };
+    if !session.begin_upgrade() {
+        return;
+    }
+    let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
+    tracing::debug!(session = %sid, reason = reason.label(), "upgraded transport ended");
 }
 
 /// Runs `work` on the shard that owns session `sid` and returns its reply.

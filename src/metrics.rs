@@ -14,8 +14,7 @@ use crate::broker::Broker;
 
 pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
 
-/// Buckets of the fan-out latency histogram, in seconds.
-const LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+use crate::shard::stats::LATENCY_BUCKETS;
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -77,8 +76,15 @@ impl Metrics {
                 for ((route, status), n) in &counters.http_requests {
                     *http.entry((*route, *status)).or_insert(0u64) += n;
                 }
+                let latency = histogram!(FAN_OUT_LATENCY);
                 for sample in &counters.latency_samples {
-                    histogram!(FAN_OUT_LATENCY).record(*sample);
+                    latency.record(*sample);
+                }
+                // Samples past a shard's cap count at their bucket's bound
+                // (exact counts per bucket; the sum is an upper estimate).
+                for (bucket, n) in counters.latency_overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
+                    latency.record_many(bound, *n as usize);
                 }
             }
             for (index, depth) in depths.iter().enumerate() {

@@ -23,6 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api;
 use crate::app::auth::Authenticator;
+use crate::app::namespace::Namespaces;
+use crate::app::session::AppContext;
+use crate::engine_http::Endpoint;
+use crate::transport::engine::EngineAppFactory;
 use crate::broker::Broker;
 use crate::app;
 use crate::config::Config;
@@ -35,8 +39,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every shard's HTTP handling shares, beside the shard itself.
 struct Services {
-    auth: Arc<Authenticator>,
+    socket_io: Endpoint,
+    /// Bare Engine.IO applications, by path (`/engine.io/`).
+    engine_apps: Vec<(String, Endpoint)>,
     metrics: Arc<Metrics>,
+}
+
+/// What a program embedding the broker can add to it.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    /// The Socket.IO namespaces; `None`: only `WEBSOCKET_NAMESPACE`, with the built-in events.
+    pub namespaces: Option<Namespaces>,
+    /// Bare Engine.IO applications served at other paths (each ending in `/`).
+    pub engine_apps: Vec<(String, EngineAppFactory)>,
 }
 
 /// A started broker.
@@ -59,11 +74,19 @@ pub enum StartError {
 impl Server {
     /// Binds the port and starts every shard thread.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with(config, Extensions::default())
+    }
+
+    /// Starts the broker with namespaces and Engine.IO applications of your own.
+    pub fn start_with(config: Config, extensions: Extensions) -> Result<Server, StartError> {
         let addr = config.listen_addr().map_err(StartError::Config)?;
         let shard_count = config.shard_count();
         let namespace = config.websocket_namespace.clone();
+        let namespaces = extensions.namespaces.unwrap_or_else(|| Namespaces::builtin(&config.websocket_namespace));
+        let context = AppContext { auth: Authenticator::new(config.jwt_secret.as_deref()), namespaces };
         let services = Arc::new(Services {
-            auth: Arc::new(Authenticator::new(config.jwt_secret.as_deref())),
+            socket_io: Endpoint::SocketIo(Arc::new(context)),
+            engine_apps: extensions.engine_apps.into_iter().map(|(path, factory)| (path, Endpoint::App(factory))).collect(),
             metrics: Arc::new(Metrics::new()),
         });
         let presence: Option<crate::shard::PresenceEncoder> = config
@@ -220,7 +243,7 @@ async fn route(
         return api::handle(broker, shard.config(), peer, request).await;
     }
     match path {
-        "/socket.io/" | "/socket.io" => engine_http::handle(shard, &services.auth, request).await,
+        "/socket.io/" | "/socket.io" => engine_http::handle(shard, &services.socket_io, request).await,
         "/metrics" if request.method() == Method::GET => {
             let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker).await)));
             response
@@ -233,7 +256,10 @@ async fn route(
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into())
         }
         "/ready" => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
-        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found","code":"NOT_FOUND"}"#.into()),
+        _ => match services.engine_apps.iter().find(|(app_path, _)| app_path.trim_end_matches('/') == path.trim_end_matches('/')) {
+            Some((_, endpoint)) => engine_http::handle(shard, endpoint, request).await,
+            None => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found","code":"NOT_FOUND"}"#.into()),
+        },
     }
 }
 

@@ -57,7 +57,7 @@ impl SocketSession {
         let input: AuthenticateIn = validate::object(payload)?;
         let token = input.token.map(|t| validate::string("token", Some(t))).transpose()?;
         let user_id = input.user_id.map(|u| validate::string("userId", Some(u))).transpose()?;
-        let user = self.auth.identify(token.as_deref(), user_id.as_deref())?;
+        let user = self.auth().identify(token.as_deref(), user_id.as_deref())?;
         match self.conn.user() {
             Some(current) if *current == *user => {}
             Some(current) => {

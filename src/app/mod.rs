@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod errors;
 mod events;
+pub mod namespace;
 pub mod session;
 pub mod validate;
 

@@ -1,9 +1,11 @@
-//! One Socket.IO socket over an Engine.IO session: the CONNECT handshake
-//! (namespace, auth, connection limit), packet dispatch, acks, and the
-//! clean-up that tells everyone else when the socket goes away.
+//! Socket.IO over an Engine.IO session: namespaces, the CONNECT handshake
+//! (auth, connection limit), packet dispatch with binary attachments, acks,
+//! and the clean-up that tells everyone else when a socket goes away.
+//!
+//! [`EngineSession`] is the Engine.IO handler: it owns the session's
+//! outbox and one [`SocketSession`] per connected namespace.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,22 +14,28 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::auth::Authenticator;
 use super::errors::RequestError;
+use super::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
 use super::timestamp;
 use crate::protocol::socketio::{self, Packet, PacketType};
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
 use crate::transport::engine::{EngineHandler, Settings};
 use crate::transport::outbox::Outbox;
-use crate::transport::polling::{PollError, PollingSession, State as PollingState};
-use crate::transport::websocket;
-use crate::transport::CloseReason;
+use crate::transport::{polling, websocket, CloseReason};
 
-fn engine_settings(shard: &Shard) -> Settings {
+/// What every Socket.IO session of the process shares.
+pub struct AppContext {
+    pub auth: Authenticator,
+    pub namespaces: Namespaces,
+}
+
+pub fn engine_settings(shard: &Shard) -> Settings {
     let config = shard.config();
     Settings {
         ping_interval: config.ping_interval(),
@@ -37,178 +45,197 @@ fn engine_settings(shard: &Shard) -> Settings {
     }
 }
 
-fn log_close(socket: SocketId, reason: &CloseReason) {
+pub fn log_close(sid: &str, reason: &CloseReason) {
     match reason {
         CloseReason::ProtocolError(detail) => {
-            tracing::info!(socket = %socket, reason = reason.label(), %detail, "connection closed")
+            tracing::info!(session = %sid, reason = reason.label(), %detail, "connection closed")
         }
         CloseReason::PayloadTooLarge | CloseReason::SlowConsumer => {
-            tracing::info!(socket = %socket, reason = reason.label(), "connection closed")
+            tracing::info!(session = %sid, reason = reason.label(), "connection closed")
         }
-        _ => tracing::debug!(socket = %socket, reason = reason.label(), "connection closed"),
+        _ => tracing::debug!(session = %sid, reason = reason.label(), "connection closed"),
     }
 }
 
 /// Serves one WebSocket connection that opened a session (no `sid`) until it ends.
-pub async fn serve_websocket(shard: Rc<Shard>, auth: Arc<Authenticator>, stream: TcpStream, already_read: Bytes) {
+pub async fn serve_websocket(shard: Rc<Shard>, context: Arc<AppContext>, stream: TcpStream, already_read: Bytes) {
     let settings = engine_settings(&shard);
-    let session = SocketSession::new(shard.clone(), auth, "websocket");
-    let engine_sid = SocketId::generate(shard.index).to_string();
+    let session = EngineSession::new(shard.clone(), context, "websocket");
+    let sid = SocketId::generate(shard.index).to_string();
     shard.counters.connection_opened();
-    let reason = websocket::run(stream, already_read, &engine_sid, &settings, &shard.counters.traffic, &session).await;
+    let reason = websocket::run(stream, already_read, &sid, &settings, &shard.counters.traffic, &session).await;
     shard.counters.connection_closed(reason.label());
-    log_close(session.conn.id, &reason);
-    session.close();
-}
-
-thread_local! {
-    /// This shard thread's long-polling sessions, by Engine.IO sid (which
-    /// names this shard, so requests for it are routed here).
-    static POLLING: RefCell<HashMap<String, Rc<PollingSession<SocketSession>>>> = RefCell::new(HashMap::new());
-}
-
-fn polling_session(sid: &str) -> Option<Rc<PollingSession<SocketSession>>> {
-    POLLING.with(|sessions| sessions.borrow().get(sid).cloned())
+    log_close(&sid, &reason);
+    session.close_all();
 }
 
 /// Opens a long-polling session on this shard; returns the handshake body.
-pub fn open_polling(shard: &Rc<Shard>, auth: Arc<Authenticator>) -> Bytes {
-    let websocket_enabled = shard.config().websocket_transports.websocket;
-    let upgrades: &[&str] = if websocket_enabled { &["websocket"] } else { &[] };
-    let session = SocketSession::new(shard.clone(), auth, "polling");
+pub fn open_polling(shard: &Rc<Shard>, context: Arc<AppContext>) -> Bytes {
+    let upgrades: &[&str] = if shard.config().websocket_transports.websocket { &["websocket"] } else { &[] };
+    let session = EngineSession::new(shard.clone(), context, "polling");
     let sid = SocketId::generate(shard.index).to_string();
-    let polling = Rc::new(PollingSession::new(session, engine_settings(shard)));
-    let open = polling.open_packet(&sid, upgrades);
-    POLLING.with(|sessions| sessions.borrow_mut().insert(sid.clone(), polling.clone()));
     shard.counters.connection_opened();
-    let shard = shard.clone();
-    tokio::task::spawn_local(async move {
-        let reason = polling.run().await;
-        POLLING.with(|sessions| sessions.borrow_mut().remove(&sid));
-        shard.counters.connection_closed(reason.label());
-        log_close(polling.handler.conn.id, &reason);
-        polling.handler.close();
-    });
-    open
+    let counters_shard = shard.clone();
+    let log_sid = sid.clone();
+    polling::open(session, engine_settings(shard), sid, upgrades, move |session, reason| {
+        counters_shard.counters.connection_closed(reason.label());
+        log_close(&log_sid, &reason);
+        session.close_all();
+    })
 }
 
-/// The answer to a polling request, made on the session's shard and sent
-/// to whichever shard holds the HTTP connection.
-#[derive(Debug)]
-pub enum PollReply {
-    Payload(Bytes),
-    Ok,
-    UnknownSession,
-    Refused(PollError),
+/// A BINARY_EVENT / BINARY_ACK waiting for its attachments.
+struct PendingBinary {
+    namespace: String,
+    kind: PacketType,
+    ack_id: Option<u64>,
+    data: String,
+    needed: usize,
+    received: Vec<Bytes>,
 }
 
-pub async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
-    match polling_session(sid) {
-        None => PollReply::UnknownSession,
-        Some(session) => match session.get(&shard.counters.traffic).await {
-            Ok(body) => PollReply::Payload(body),
-            Err(error) => PollReply::Refused(error),
-        },
-    }
+/// The Socket.IO layer of one Engine.IO session.
+pub struct EngineSession {
+    shard: Rc<Shard>,
+    context: Arc<AppContext>,
+    outbox: Rc<Outbox>,
+    transport: Cell<&'static str>,
+    sockets: RefCell<Vec<Rc<SocketSession>>>,
+    pending_binary: RefCell<Option<PendingBinary>>,
+    ever_connected: Cell<bool>,
 }
 
-pub async fn poll_post(shard: &Shard, sid: &str, body: Bytes) -> PollReply {
-    match polling_session(sid) {
-        None => PollReply::UnknownSession,
-        Some(session) => match session.post(&body, &shard.counters.traffic).await {
-            Ok(()) => PollReply::Ok,
-            Err(error) => PollReply::Refused(error),
-        },
-    }
-}
-
-/// Whether `sid` is a polling session that a WebSocket may take over now.
-pub fn can_upgrade(sid: &str) -> bool {
-    polling_session(sid).is_some_and(|session| session.state() == PollingState::Polling)
-}
-
-/// Serves the WebSocket that takes over the polling session `sid`.
-pub async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
-    let Some(session) = polling_session(&sid) else { return };
-    if !session.begin_upgrade() {
-        return;
-    }
-    let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
-    if session.state() == PollingState::Upgraded {
-        session.handler.conn.transport.set("websocket");
-    }
-    tracing::debug!(socket = %session.handler.conn.id, reason = reason.label(), "upgraded transport ended");
-}
-
-/// Per-socket state beyond the shard's [`Conn`].
-pub struct SocketSession {
-    pub(super) shard: Rc<Shard>,
-    pub(super) auth: Arc<Authenticator>,
-    pub(super) conn: Rc<Conn>,
-    established: Cell<bool>,
-    /// Binary frames still expected after a BINARY_EVENT / BINARY_ACK header.
-    pending_attachments: Cell<usize>,
-    rate: Option<RateLimiter>,
-}
-
-impl EngineHandler for SocketSession {
+impl EngineHandler for EngineSession {
     async fn on_message(&self, text: &str) -> Result<(), CloseReason> {
-        if self.pending_attachments.get() > 0 {
+        if self.pending_binary.borrow().is_some() {
             return Err(protocol_error("expected a binary attachment"));
         }
         let packet = socketio::decode(text).map_err(|e| protocol_error(&e.to_string()))?;
-        let namespace = &self.shard.config().websocket_namespace;
-        if packet.namespace != namespace {
-            if packet.kind == PacketType::Connect {
-                self.conn.send(socketio::connect_error_frame(packet.namespace, "Invalid namespace"));
-                return Ok(());
-            }
-            // Packets for a namespace that does not exist have no one to reach.
+        if matches!(packet.kind, PacketType::BinaryEvent | PacketType::BinaryAck) && packet.attachments > 0 {
+            *self.pending_binary.borrow_mut() = Some(PendingBinary {
+                namespace: packet.namespace.to_string(),
+                kind: packet.kind,
+                ack_id: packet.ack_id,
+                data: packet.data.to_string(),
+                needed: packet.attachments,
+                received: Vec::new(),
+            });
             return Ok(());
         }
-        match packet.kind {
-            PacketType::Connect if self.established.get() => Err(protocol_error("CONNECT on a connected socket")),
-            PacketType::Connect => {
-                self.connect(packet.data).await;
-                Ok(())
-            }
-            PacketType::Disconnect => Err(CloseReason::ClientClose),
-            _ if !self.established.get() => Err(protocol_error("packet before CONNECT")),
-            PacketType::Event => self.on_event(&packet).await,
-            // We never ask clients for acks, so there is nothing to match them with.
-            PacketType::Ack => Ok(()),
-            PacketType::BinaryEvent => {
-                self.pending_attachments.set(packet.attachments);
-                let name = socketio::parse_event(packet.data).map(|(name, _)| name).unwrap_or_default();
-                let error = RequestError::Validation("binary payloads are not supported; send JSON".into());
-                self.reply(&name, packet.ack_id, Err(error));
-                Ok(())
-            }
-            PacketType::BinaryAck => {
-                self.pending_attachments.set(packet.attachments);
-                Ok(())
-            }
-            PacketType::ConnectError => Err(protocol_error("CONNECT_ERROR is a server packet")),
-        }
+        self.dispatch(&packet, Vec::new()).await
     }
 
-    async fn on_binary(&self, _data: Bytes) -> Result<(), CloseReason> {
-        match self.pending_attachments.get() {
-            0 => Err(protocol_error("binary frame without a binary packet")),
-            n => {
-                self.pending_attachments.set(n - 1);
-                Ok(())
+    async fn on_binary(&self, data: Bytes) -> Result<(), CloseReason> {
+        let complete = {
+            let mut pending = self.pending_binary.borrow_mut();
+            let Some(waiting) = pending.as_mut() else {
+                return Err(protocol_error("binary frame without a binary packet"));
+            };
+            waiting.received.push(data);
+            if waiting.received.len() < waiting.needed {
+                return Ok(());
             }
-        }
+            pending.take().expect("checked above")
+        };
+        let packet = Packet {
+            kind: complete.kind,
+            namespace: &complete.namespace,
+            ack_id: complete.ack_id,
+            attachments: complete.needed,
+            data: &complete.data,
+        };
+        self.dispatch(&packet, complete.received).await
     }
 
     fn is_established(&self) -> bool {
-        self.established.get()
+        self.ever_connected.get()
     }
 
     fn outbox(&self) -> &Outbox {
-        &self.conn.outbox
+        &self.outbox
     }
+
+    fn on_upgraded(&self) {
+        self.transport.set("websocket");
+        for socket in self.sockets.borrow().iter() {
+            socket.conn.transport.set("websocket");
+        }
+    }
+}
+
+impl EngineSession {
+    fn new(shard: Rc<Shard>, context: Arc<AppContext>, transport: &'static str) -> EngineSession {
+        let outbox = Rc::new(Outbox::new(shard.config().outbox_limit as usize));
+        EngineSession {
+            shard,
+            context,
+            outbox,
+            transport: Cell::new(transport),
+            sockets: RefCell::new(Vec::new()),
+            pending_binary: RefCell::new(None),
+            ever_connected: Cell::new(false),
+        }
+    }
+
+    fn socket(&self, namespace: &str) -> Option<Rc<SocketSession>> {
+        self.sockets.borrow().iter().find(|s| s.namespace == namespace).cloned()
+    }
+
+    async fn dispatch(&self, packet: &Packet<'_>, attachments: Vec<Bytes>) -> Result<(), CloseReason> {
+        let socket = self.socket(packet.namespace);
+        match packet.kind {
+            PacketType::Connect => {
+                if socket.is_some() {
+                    return Err(protocol_error("CONNECT to a namespace already connected"));
+                }
+                let Some(handlers) = self.context.namespaces.get(packet.namespace) else {
+                    self.outbox.push(socketio::connect_error_frame(packet.namespace, "Invalid namespace"));
+                    return Ok(());
+                };
+                let socket = Rc::new(SocketSession::new(self, packet.namespace, handlers.clone()));
+                if socket.connect(packet.data).await {
+                    self.ever_connected.set(true);
+                    self.sockets.borrow_mut().push(socket);
+                }
+                Ok(())
+            }
+            PacketType::Disconnect => {
+                if let Some(socket) = socket {
+                    self.sockets.borrow_mut().retain(|s| !Rc::ptr_eq(s, &socket));
+                    socket.close();
+                }
+                Ok(())
+            }
+            PacketType::ConnectError => Err(protocol_error("CONNECT_ERROR is a server packet")),
+            // Packets for a namespace this session is not connected to have no one to reach.
+            _ if socket.is_none() && self.context.namespaces.get(packet.namespace).is_some() => Ok(()),
+            _ if socket.is_none() => Ok(()),
+            PacketType::Event | PacketType::BinaryEvent => {
+                socket.expect("checked above").on_event(packet, attachments).await
+            }
+            // We never ask clients for acks, so there is nothing to match them with.
+            PacketType::Ack | PacketType::BinaryAck => Ok(()),
+        }
+    }
+
+    /// Ends every socket of the session (the transport is gone).
+    fn close_all(&self) {
+        for socket in self.sockets.take() {
+            socket.close();
+        }
+    }
+}
+
+/// One socket: a session's connection to one namespace.
+pub struct SocketSession {
+    pub(super) shard: Rc<Shard>,
+    context: Arc<AppContext>,
+    pub(super) conn: Rc<Conn>,
+    namespace: String,
+    handlers: Namespace,
+    /// Registered in the shard's tables (built-in namespaces only).
+    registered: Cell<bool>,
+    rate: Option<RateLimiter>,
 }
 
 fn protocol_error(detail: &str) -> CloseReason {
@@ -224,24 +251,34 @@ struct ConnectAuth<'a> {
 }
 
 impl SocketSession {
-    fn new(shard: Rc<Shard>, auth: Arc<Authenticator>, transport: &'static str) -> SocketSession {
+    fn new(engine: &EngineSession, namespace: &str, handlers: Namespace) -> SocketSession {
+        let shard = engine.shard.clone();
         let config = shard.config();
-        let conn = Rc::new(Conn::new(SocketId::generate(shard.index), config.outbox_limit as usize, transport));
+        let conn = Rc::new(Conn::new(SocketId::generate(shard.index), engine.outbox.clone(), engine.transport.get()));
         let rate = config.rate_limit_per_sec.map(|per_sec| {
             RateLimiter::new(per_sec as f64, config.rate_limit_burst.unwrap_or(per_sec) as f64)
         });
         SocketSession {
             shard,
-            auth,
+            context: engine.context.clone(),
             conn,
-            established: Cell::new(false),
-            pending_attachments: Cell::new(0),
+            namespace: namespace.to_string(),
+            handlers,
+            registered: Cell::new(false),
             rate,
         }
     }
 
     pub(super) fn namespace(&self) -> &str {
-        &self.shard.config().websocket_namespace
+        &self.namespace
+    }
+
+    pub(super) fn auth(&self) -> &Authenticator {
+        &self.context.auth
+    }
+
+    fn handler_socket(&self) -> Socket<'_> {
+        Socket { outbox: &self.conn.outbox, namespace: &self.namespace, id: &self.conn.id_text }
     }
 
     /// Sends an event to this socket only.
@@ -268,32 +305,49 @@ impl SocketSession {
         }
     }
 
-    async fn connect(&self, data: &str) {
+    /// Answers a CONNECT; `false` if it was refused.
+    async fn connect(&self, data: &str) -> bool {
         let namespace = self.namespace().to_string();
+        if !self.handlers.builtin_events {
+            let auth: Value = serde_json::from_str(data).unwrap_or_else(|_| serde_json::json!({}));
+            self.conn.send(socketio::connect_frame(&namespace, &self.conn.id_text));
+            if let Some(on_connect) = &self.handlers.on_connect {
+                on_connect(&self.handler_socket(), &auth);
+            }
+            return true;
+        }
         let user = match self.identify_at_connect(data) {
             Ok(user) => user,
             Err(error) => {
-                tracing::debug!(code = error.code(), %error, "CONNECT refused");
+                tracing::info!(code = error.code(), %error, "CONNECT refused");
+                self.shard.counters.request_rejected(error.code());
                 let message = format!("{}: {}", error.code(), error);
                 self.conn.send(socketio::connect_error_frame(&namespace, &message));
-                return;
+                return false;
             }
         };
         if !self.shard.reserve_connection() {
             let error = RequestError::LimitExceeded("the server is at MAX_CONNECTIONS".into());
+            tracing::warn!("CONNECT refused: MAX_CONNECTIONS reached");
+            self.shard.counters.request_rejected(error.code());
             let message = format!("{}: {}", error.code(), error);
             self.conn.send(socketio::connect_error_frame(&namespace, &message));
-            return;
+            return false;
         }
         // Registered before the CONNECT reply goes out, so that an event the
         // client sends the moment it sees the reply finds the socket in place.
         self.shard.add_conn(self.conn.clone());
-        self.established.set(true);
+        self.registered.set(true);
         self.conn.send(socketio::connect_frame(&namespace, &self.conn.id_text));
         self.emit("connected", &serde_json::json!({ "socketId": &*self.conn.id_text, "timestamp": timestamp() }));
+        if let Some(on_connect) = &self.handlers.on_connect {
+            let auth: Value = serde_json::from_str(data).unwrap_or_else(|_| serde_json::json!({}));
+            on_connect(&self.handler_socket(), &auth);
+        }
         if let Some(user) = user {
             self.bind_user(Arc::from(user)).await;
         }
+        true
     }
 
     /// The user named by the CONNECT auth payload, if any.
@@ -309,7 +363,7 @@ impl SocketSession {
         if token.is_none() && user_id.is_none() {
             return Ok(None);
         }
-        self.auth.identify(token.as_deref(), user_id.as_deref()).map(Some)
+        self.auth().identify(token.as_deref(), user_id.as_deref()).map(Some)
     }
 
     /// Binds this socket to `user` and says so to the client.
@@ -321,9 +375,26 @@ impl SocketSession {
         );
     }
 
-    async fn on_event(&self, packet: &Packet<'_>) -> Result<(), CloseReason> {
+    async fn on_event(&self, packet: &Packet<'_>, attachments: Vec<Bytes>) -> Result<(), CloseReason> {
         let (name, args) = socketio::parse_event(packet.data).map_err(|e| protocol_error(&e.to_string()))?;
         self.conn.last_activity.set(SystemTime::now());
+        let builtin = self.handlers.builtin_events && BUILTIN_EVENTS.contains(&name.as_str());
+        if !builtin {
+            if let Some(handler) = self.handlers.events.get(&name) {
+                let args = args.iter().map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null)).collect();
+                handler(&self.handler_socket(), Payload { args, attachments }, packet.ack_id.map(Ack));
+                return Ok(());
+            }
+            if !self.handlers.builtin_events {
+                // Like socket.io: an event nobody listens to is ignored.
+                return Ok(());
+            }
+        }
+        if !attachments.is_empty() {
+            let error = RequestError::Validation("binary payloads are not supported; send JSON".into());
+            self.reply(&name, packet.ack_id, Err(error));
+            return Ok(());
+        }
         if let Some(rate) = &self.rate {
             if !rate.allow() {
                 self.shard.counters.event_received(event_label(&name));
@@ -348,7 +419,7 @@ impl SocketSession {
 
     /// Takes the socket out of every table; room members hear `user-left`.
     pub(super) fn close(&self) {
-        if !self.established.replace(false) {
+        if !self.registered.replace(false) {
             return;
         }
         let user = self.conn.user();
@@ -373,11 +444,13 @@ impl SocketSession {
     }
 }
 
+/// The events of SPEC §2.
+const BUILTIN_EVENTS: [&str; 6] = ["authenticate", "join-room", "leave-room", "private-message", "custom-event", "ping"];
+
 /// The metric label of a client event: its name if it is one of ours,
 /// `other` for anything else (labels must stay a small, fixed set).
 fn event_label(name: &str) -> &'static str {
-    const KNOWN: [&str; 6] = ["authenticate", "join-room", "leave-room", "private-message", "custom-event", "ping"];
-    KNOWN.into_iter().find(|known| *known == name).unwrap_or("other")
+    BUILTIN_EVENTS.into_iter().find(|known| *known == name).unwrap_or("other")
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -170,6 +170,50 @@ pub fn try_event_frame(namespace: &str, event: &str, data: &impl Serialize) -> R
     Ok(builder.finish(OpCode::Text))
 }
 
+/// What a payload answers: an event to emit, or an ack to a client's request.
+#[derive(Debug, Clone, Copy)]
+pub enum Reply<'a> {
+    Event(&'a str),
+    Ack(u64),
+}
+
+/// An event or ack with any arguments, and binary attachments if there are
+/// any: `45<n>-…` / `46<n>-…` followed by one binary frame per attachment
+/// (the arguments already hold the `_placeholder` objects that refer to them).
+pub fn payload_frames(namespace: &str, reply: Reply<'_>, args: &[serde_json::Value], attachments: &[bytes::Bytes]) -> Vec<OutFrame> {
+    let (kind, ack_id) = match (reply, attachments.is_empty()) {
+        (Reply::Event(_), true) => (PacketType::Event, None),
+        (Reply::Event(_), false) => (PacketType::BinaryEvent, None),
+        (Reply::Ack(id), true) => (PacketType::Ack, Some(id)),
+        (Reply::Ack(id), false) => (PacketType::BinaryAck, Some(id)),
+    };
+    let mut builder = engineio::message_builder(namespace.len() + 64);
+    let buf = builder.buf();
+    buf.push(kind.digit());
+    if !attachments.is_empty() {
+        buf.extend_from_slice(attachments.len().to_string().as_bytes());
+        buf.push(b'-');
+    }
+    if namespace != "/" {
+        buf.extend_from_slice(namespace.as_bytes());
+        buf.push(b',');
+    }
+    if let Some(id) = ack_id {
+        buf.extend_from_slice(id.to_string().as_bytes());
+    }
+    let mut items: Vec<&serde_json::Value> = Vec::with_capacity(args.len() + 1);
+    let event_name;
+    if let Reply::Event(event) = reply {
+        event_name = serde_json::Value::String(event.to_string());
+        items.push(&event_name);
+    }
+    items.extend(args);
+    serde_json::to_writer(&mut *buf, &items).expect("JSON values always serialize");
+    let mut frames = vec![builder.finish(OpCode::Text)];
+    frames.extend(attachments.iter().map(|data| OutFrame::new(OpCode::Binary, data)));
+    frames
+}
+
 /// `42["event",<raw json>]`: relays a client's argument without re-encoding it.
 pub fn event_frame_raw(namespace: &str, event: &str, data: &RawValue) -> OutFrame {
     let mut builder = header(PacketType::Event, namespace, None, event.len() + data.get().len() + 8);
@@ -289,4 +333,18 @@ mod tests {
     }
 
     use super::engineio as engine;
+
+    #[test]
+    fn payload_frames_carry_binary_attachments() {
+        let placeholder = serde_json::json!({"_placeholder": true, "num": 0});
+        let frames = payload_frames("/", Reply::Event("back"), &[placeholder.clone()], &[bytes::Bytes::from_static(&[1, 2])]);
+        assert_eq!(text(&frames[0]), "451-[\"back\",{\"_placeholder\":true,\"num\":0}]");
+        assert_eq!(frames[1].wire()[0], 0x82);
+        assert_eq!(&frames[1].payload()[..], &[1, 2]);
+        let frames = payload_frames("/x", Reply::Ack(789), &[placeholder], &[bytes::Bytes::from_static(&[3])]);
+        assert_eq!(text(&frames[0]), "461-/x,789[{\"_placeholder\":true,\"num\":0}]");
+        let frames = payload_frames("/", Reply::Ack(4), &[serde_json::json!(1)], &[]);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(text(&frames[0]), "434[1]");
+    }
 }

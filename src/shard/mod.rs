@@ -59,7 +59,9 @@ pub struct Conn {
     pub id: SocketId,
     /// `id` in its wire form, kept because most events quote it.
     pub id_text: Box<str>,
-    pub outbox: Outbox,
+    /// The queue of the Engine.IO session this socket rides on (shared by
+    /// its sockets in other namespaces).
+    pub outbox: Rc<Outbox>,
     pub user: RefCell<Option<Arc<str>>>,
     pub rooms: RefCell<Vec<Arc<str>>>,
     /// `websocket` or `polling` (changes on upgrade).
@@ -69,12 +71,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: SocketId, outbox_limit: usize, transport: &'static str) -> Conn {
+    pub fn new(id: SocketId, outbox: Rc<Outbox>, transport: &'static str) -> Conn {
         let now = SystemTime::now();
         Conn {
             id,
             id_text: id.to_string().into_boxed_str(),
-            outbox: Outbox::new(outbox_limit),
+            outbox,
             user: RefCell::new(None),
             rooms: RefCell::new(Vec::new()),
             transport: Cell::new(transport),

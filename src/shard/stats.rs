@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use crate::transport::engine::Traffic;
 
-/// Latency samples kept between two scrapes; beyond this they are not kept
-/// (a scrape interval's worth is plenty for quantiles).
+/// Latency samples kept between two scrapes; beyond this, further ones are
+/// only counted in buckets (so the histogram still counts every publish).
 const MAX_LATENCY_SAMPLES: usize = 20_000;
+
+/// Upper bounds (seconds) of the fan-out latency histogram's buckets.
+pub const LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 type LabelCounts = RefCell<HashMap<&'static str, u64, ahash::RandomState>>;
 
@@ -29,6 +32,8 @@ pub struct ShardCounters {
     pub messages_dropped: Cell<u64>,
     pub traffic: Traffic,
     latency_samples: RefCell<Vec<f64>>,
+    /// Samples past the cap, per bucket (the last slot is above every bound).
+    latency_overflow: RefCell<[u64; LATENCY_BUCKETS.len() + 1]>,
     http_requests: RefCell<HashMap<(&'static str, u16), u64, ahash::RandomState>>,
 }
 
@@ -64,9 +69,13 @@ impl ShardCounters {
     }
 
     pub fn fan_out_latency(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
         let mut samples = self.latency_samples.borrow_mut();
         if samples.len() < MAX_LATENCY_SAMPLES {
-            samples.push(latency.as_secs_f64());
+            samples.push(seconds);
+        } else {
+            let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
+            self.latency_overflow.borrow_mut()[bucket] += 1;
         }
     }
 
@@ -89,6 +98,7 @@ impl ShardCounters {
             bytes_in: self.traffic.bytes_in.get(),
             bytes_out: self.traffic.bytes_out.get(),
             latency_samples: std::mem::take(&mut *self.latency_samples.borrow_mut()),
+            latency_overflow: std::mem::take(&mut *self.latency_overflow.borrow_mut()).to_vec(),
             http_requests: self.http_requests.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
@@ -108,5 +118,7 @@ pub struct CounterSnapshot {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub latency_samples: Vec<f64>,
+    /// Per bucket of [`LATENCY_BUCKETS`] (plus one above them): samples past the cap.
+    pub latency_overflow: Vec<u64>,
     pub http_requests: Vec<((&'static str, u16), u64)>,
 }

@@ -24,6 +24,67 @@ pub trait EngineHandler {
     fn is_established(&self) -> bool;
     /// The session's outbound queue.
     fn outbox(&self) -> &Outbox;
+    /// The session moved from polling to WebSocket.
+    fn on_upgraded(&self) {}
+}
+
+/// An application of bare Engine.IO (no Socket.IO on top), such as the
+/// echo server the official Engine.IO test suite expects. Object-safe and
+/// synchronous: it reacts to messages by sending through the [`EngineSocket`].
+pub trait EngineApp {
+    fn on_text(&self, socket: &EngineSocket<'_>, text: &str);
+    fn on_binary(&self, socket: &EngineSocket<'_>, data: Bytes);
+}
+
+/// Creates one [`EngineApp`] per session (on the session's shard thread).
+pub type EngineAppFactory = std::sync::Arc<dyn Fn() -> Box<dyn EngineApp> + Send + Sync>;
+
+/// What an [`EngineApp`] can do with its session.
+pub struct EngineSocket<'a> {
+    outbox: &'a Outbox,
+}
+
+impl EngineSocket<'_> {
+    pub fn send_text(&self, text: &str) {
+        self.outbox.push(engineio::control_frame(b'4', text));
+    }
+
+    pub fn send_binary(&self, data: &[u8]) {
+        self.outbox.push(crate::protocol::wsframe::OutFrame::new(fastwebsockets::OpCode::Binary, data));
+    }
+}
+
+/// Runs an [`EngineApp`] as a session's handler.
+pub struct AppSession {
+    app: Box<dyn EngineApp>,
+    outbox: Outbox,
+}
+
+impl AppSession {
+    pub fn new(app: Box<dyn EngineApp>, outbox_limit: usize) -> AppSession {
+        AppSession { app, outbox: Outbox::new(outbox_limit) }
+    }
+}
+
+impl EngineHandler for AppSession {
+    async fn on_message(&self, text: &str) -> Result<(), CloseReason> {
+        self.app.on_text(&EngineSocket { outbox: &self.outbox }, text);
+        Ok(())
+    }
+
+    async fn on_binary(&self, data: Bytes) -> Result<(), CloseReason> {
+        self.app.on_binary(&EngineSocket { outbox: &self.outbox }, data);
+        Ok(())
+    }
+
+    /// Bare Engine.IO has no handshake above it: no connect timeout.
+    fn is_established(&self) -> bool {
+        true
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
 }
 
 #[derive(Debug, Clone)]

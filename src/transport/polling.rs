@@ -7,8 +7,13 @@
 //! outbox closes. An upgrade ([`PollingSession::upgrade`]) hands the outbox
 //! to a WebSocket; from then on polling requests are refused.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 
+use base64::Engine;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -110,10 +115,25 @@ impl<H: EngineHandler> PollingSession<H> {
         outbox.ready().await;
         let frames = outbox.take_all();
         outbox.progressed();
-        // Close frames and other WebSocket control frames have no meaning here.
-        let mut packets: Vec<Bytes> = frames.iter().filter(|f| f.wire()[0] == 0x81).map(|f| f.payload()).collect();
-        if outbox.is_closing() {
-            packets.push(Bytes::from_static(b"1"));
+        let mut packets: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
+        for frame in &frames {
+            match frame.wire()[0] {
+                0x81 => packets.push(frame.payload()),
+                // Binary messages travel base64-encoded behind a `b`.
+                0x82 => {
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(frame.payload());
+                    packets.push(Bytes::from(format!("b{encoded}")));
+                }
+                // Close frames and other WebSocket control frames mean nothing here.
+                _ => {}
+            }
+        }
+        match outbox.close_reason() {
+            // The client asked to close: end its pending poll cleanly.
+            Some(CloseReason::ClientClose) if packets.is_empty() => packets.push(Bytes::from_static(b"6")),
+            Some(CloseReason::ClientClose) => {}
+            Some(_) => packets.push(Bytes::from_static(b"1")),
+            None => {}
         }
         let body = engineio::encode_payload(&packets);
         traffic.sent(body.len());
@@ -180,7 +200,10 @@ impl<H: EngineHandler> PollingSession<H> {
             traffic,
             &self.handler,
             &self.last_pong,
-            || self.state.set(State::Upgraded),
+            || {
+                self.state.set(State::Upgraded);
+                self.handler.on_upgraded();
+            },
         )
         .await;
         if self.state.get() == State::Upgrading {
@@ -190,4 +213,77 @@ impl<H: EngineHandler> PollingSession<H> {
         }
         reason
     }
+}
+
+type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// A polling session as the HTTP layer sees it, whatever handler it has.
+pub trait PollingEndpoint {
+    fn state(&self) -> State;
+    fn get<'a>(&'a self, traffic: &'a Traffic) -> LocalFuture<'a, Result<Bytes, PollError>>;
+    fn post<'a>(&'a self, body: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, Result<(), PollError>>;
+    fn begin_upgrade(&self) -> bool;
+    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason>;
+}
+
+impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
+    fn state(&self) -> State {
+        PollingSession::state(self)
+    }
+
+    fn get<'a>(&'a self, traffic: &'a Traffic) -> LocalFuture<'a, Result<Bytes, PollError>> {
+        Box::pin(PollingSession::get(self, traffic))
+    }
+
+    fn post<'a>(&'a self, body: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, Result<(), PollError>> {
+        Box::pin(async move { PollingSession::post(self, &body, traffic).await })
+    }
+
+    fn begin_upgrade(&self) -> bool {
+        PollingSession::begin_upgrade(self)
+    }
+
+    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason> {
+        Box::pin(PollingSession::upgrade(self, stream, already_read, traffic))
+    }
+}
+
+thread_local! {
+    /// This shard thread's polling sessions, by sid (a sid names its shard,
+    /// so requests for it are carried out here).
+    static SESSIONS: RefCell<HashMap<String, Rc<dyn PollingEndpoint>>> = RefCell::new(HashMap::new());
+}
+
+/// Makes a session reachable by its sid on this thread.
+pub fn register(sid: &str, session: Rc<dyn PollingEndpoint>) {
+    SESSIONS.with(|sessions| sessions.borrow_mut().insert(sid.to_owned(), session));
+}
+
+pub fn unregister(sid: &str) {
+    SESSIONS.with(|sessions| sessions.borrow_mut().remove(sid));
+}
+
+pub fn find(sid: &str) -> Option<Rc<dyn PollingEndpoint>> {
+    SESSIONS.with(|sessions| sessions.borrow().get(sid).cloned())
+}
+
+/// Opens a polling session for `handler` on this thread: registers it and
+/// spawns its owner task, which runs `on_end` when the session is over.
+/// Returns the handshake body (the open packet).
+pub fn open<H: EngineHandler + 'static>(
+    handler: H,
+    settings: Settings,
+    sid: String,
+    upgrades: &[&str],
+    on_end: impl FnOnce(&H, CloseReason) + 'static,
+) -> Bytes {
+    let session = Rc::new(PollingSession::new(handler, settings));
+    let open = session.open_packet(&sid, upgrades);
+    register(&sid, session.clone());
+    tokio::task::spawn_local(async move {
+        let reason = session.run().await;
+        unregister(&sid);
+        on_end(&session.handler, reason);
+    });
+    open
 }

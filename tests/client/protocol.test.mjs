@@ -405,26 +405,6 @@ describe('binary packets are rejected with a clear error', () => {
 });
 
 // ---------------------------------------------------------------------------
-describe('HTTP long-polling is not available yet', () => {
-  let server;
-  before(async () => { server = await startServer({}); });
-  after(async () => { await server?.stop(); });
-
-  it('GET /socket.io/?EIO=4&transport=polling → 400 with a JSON body', async () => {
-    const res = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling&t=${Date.now()}`, { signal: AbortSignal.timeout(5000) });
-    assert.equal(res.status, 400);
-    assert.match(res.headers.get('content-type') || '', /application\/json/);
-    const body = await res.json();
-    assert.equal(typeof body, 'object');
-    assert.notEqual(body, null);
-  });
-
-  it('a polling-only socket.io-client gets connect_error instead of hanging', async () => {
-    const err = await connectExpectingError(server.url, { transports: ['polling'] }, 10000);
-    assert.ok(err instanceof Error);
-  });
-});
-
 // ---------------------------------------------------------------------------
 describe('configuration (SPEC §7)', () => {
   const INVALID = [
