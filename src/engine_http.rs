@@ -30,7 +30,7 @@ use crate::protocol::engineio::HandshakeError;
 use crate::server::json_response;
 use crate::shard::{Shard, ShardMsg, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
-use crate::transport::polling::{self, PollError, State as PollingState};
+use crate::transport::polling::{self, PollError};
 use crate::transport::websocket;
 
 /// What an Engine.IO endpoint serves.
@@ -145,16 +145,22 @@ async fn websocket(
     if shard.is_shutting_down() {
         return shutting_down();
     }
+    // A sid must name a polling session; one that is already upgrading or
+    // upgraded gets its WebSocket accepted and closed at once, as the
+    // reference server does.
+    let mut taken = false;
     if let Some(sid) = &sid {
         let check = on_session_shard(shard, sid, |_, sid| async move {
-            if polling::find(&sid).is_some_and(|session| session.state() == PollingState::Polling) {
-                PollReply::Ok
-            } else {
-                PollReply::Refused(PollError::Upgraded)
+            match polling::find(&sid) {
+                None => PollReply::UnknownSession,
+                Some(session) if session.begin_upgrade() => PollReply::Ok,
+                Some(_) => PollReply::Refused(PollError::Upgraded),
             }
         });
-        if let reply @ (PollReply::UnknownSession | PollReply::Refused(_)) = check.await {
-            return self::reply(reply);
+        match check.await {
+            PollReply::UnknownSession => return engine_error(HandshakeError::UnknownSid),
+            PollReply::Refused(_) => taken = true,
+            _ => {}
         }
     }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
@@ -168,6 +174,15 @@ async fn websocket(
             Ok(websocket) => websocket.into_inner().into_inner(),
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade failed");
+                if let (Some(sid), false) = (sid, taken) {
+                    on_session_shard(&shard, &sid, |_, sid| async move {
+                        if let Some(session) = polling::find(&sid) {
+                            session.abandon_upgrade();
+                        }
+                        PollReply::Ok
+                    })
+                    .await;
+                }
                 return;
             }
         };
@@ -176,7 +191,13 @@ async fn websocket(
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
-        let (stream, already_read) = (parts.io.into_inner(), parts.read_buf);
+        let (mut stream, already_read) = (parts.io.into_inner(), parts.read_buf);
+        if taken {
+            use tokio::io::AsyncWriteExt;
+            let close = crate::protocol::wsframe::OutFrame::close(1008, "session already upgraded");
+            let _ = stream.write_all(close.wire()).await;
+            return;
+        }
         match sid {
             None => serve_websocket(shard, endpoint, stream, already_read).await,
             Some(sid) => {
@@ -256,10 +277,8 @@ async fn poll_post(shard: &Shard, sid: &str, body: Bytes) -> PollReply {
 
 /// Serves the WebSocket that takes over the polling session `sid` (on its shard).
 async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
+    // Reserved by `begin_upgrade` when the WebSocket was accepted.
     let Some(session) = polling::find(&sid) else { return };
-    if !session.begin_upgrade() {
-        return;
-    }
     let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
     tracing::debug!(session = %sid, reason = reason.label(), "upgraded transport ended");
 }
@@ -277,11 +296,24 @@ where
     if owner == shard.index {
         return work(shard.clone(), sid).await;
     }
-    let (tx, rx) = oneshot::channel();
+    let (mut tx, rx) = oneshot::channel();
     let run = move |owner: &Rc<Shard>| {
         let owner = owner.clone();
         tokio::task::spawn_local(async move {
-            let _ = tx.send(work(owner, sid).await);
+            let lost_sid = sid.clone();
+            // If the client drops its request, stop waiting on its behalf
+            // (a GET left waiting would take packets meant for the next one).
+            let reply = tokio::select! {
+                reply = work(owner, sid) => reply,
+                _ = tx.closed() => return,
+            };
+            if let Err(PollReply::Payload(_)) = tx.send(reply) {
+                // Packets were taken for a response nobody will read: end the
+                // session rather than lose them silently.
+                if let Some(session) = polling::find(&lost_sid) {
+                    session.abort(crate::transport::CloseReason::TransportError);
+                }
+            }
         });
     };
     shard.shared.router.send(owner, ShardMsg::Run(Box::new(run)));
@@ -298,6 +330,7 @@ fn reply(reply: PollReply) -> HttpResponse {
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             response
         }
+        PollReply::Refused(PollError::Closed) => engine_error(HandshakeError::UnknownSid),
         PollReply::Refused(_) => engine_error(HandshakeError::BadRequest),
     }
 }

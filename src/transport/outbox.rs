@@ -31,6 +31,10 @@ pub struct Outbox {
     waker: Cell<Option<Waker>>,
     /// Woken when the outbox starts closing (the session owner waits on it).
     close_waker: Cell<Option<Waker>>,
+    /// Woken when everything queued has been handed to the transport.
+    flush_waker: Cell<Option<Waker>>,
+    /// The writer is writing a batch it took.
+    writing: Cell<bool>,
     closing: RefCell<Option<CloseReason>>,
     /// Drops since the writer last made progress: a client that keeps
     /// overflowing without reading anything is cut off.
@@ -44,6 +48,8 @@ impl Outbox {
             queue: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             close_waker: Cell::new(None),
+            flush_waker: Cell::new(None),
+            writing: Cell::new(false),
             closing: RefCell::new(None),
             drops_without_progress: Cell::new(0),
             limit,
@@ -134,6 +140,29 @@ impl Outbox {
     /// Records that the writer got bytes onto the socket.
     pub fn progressed(&self) {
         self.drops_without_progress.set(0);
+    }
+
+    /// The writer took a batch and is writing it (`true`), or is done (`false`).
+    pub fn set_writing(&self, writing: bool) {
+        self.writing.set(writing);
+        if !writing {
+            if let Some(waker) = self.flush_waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Resolves once everything queued so far has been handed to the transport.
+    pub async fn flushed(&self) {
+        poll_fn(|cx| {
+            if (self.queue.borrow().is_empty() && !self.writing.get()) || self.closing.borrow().is_some() {
+                Poll::Ready(())
+            } else {
+                self.flush_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Resolves when there is something to write or the connection is closing.

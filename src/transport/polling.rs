@@ -45,15 +45,26 @@ pub enum PollError {
     TooLarge,
     #[error("malformed payload: {0}")]
     Malformed(String),
+    #[error("the session is closed")]
+    Closed,
 }
+
+/// How long a session the client closed still answers one GET that crossed
+/// the close on the wire (a poll sent just before the close packet).
+const CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PollingSession<H> {
     pub handler: H,
     pub settings: Settings,
     last_pong: Cell<Instant>,
     state: Cell<State>,
+    /// Wakes a waiting GET when the session moves to WebSocket.
+    state_changed: tokio::sync::Notify,
     get_pending: Cell<bool>,
     post_pending: Cell<bool>,
+    /// The last GET of a closed session has been answered.
+    final_get_served: Cell<bool>,
+    final_get: tokio::sync::Notify,
 }
 
 /// Clears a "request in progress" flag however the request ends (a client
@@ -73,13 +84,21 @@ impl<H: EngineHandler> PollingSession<H> {
             settings,
             last_pong: Cell::new(Instant::now()),
             state: Cell::new(State::Polling),
+            state_changed: tokio::sync::Notify::new(),
             get_pending: Cell::new(false),
             post_pending: Cell::new(false),
+            final_get_served: Cell::new(false),
+            final_get: tokio::sync::Notify::new(),
         }
     }
 
     pub fn state(&self) -> State {
         self.state.get()
+    }
+
+    fn set_state(&self, state: State) {
+        self.state.set(state);
+        self.state_changed.notify_waiters();
     }
 
     /// The body of the handshake response: the open packet.
@@ -106,13 +125,28 @@ impl<H: EngineHandler> PollingSession<H> {
             return Err(PollError::Upgraded);
         }
         let outbox = self.handler.outbox();
+        if outbox.is_closing() && self.final_get_served.get() {
+            return Err(PollError::Closed);
+        }
         if self.get_pending.replace(true) {
             // As the reference server does: overlapping polls end the session.
             outbox.abort(CloseReason::ProtocolError("overlapping GET requests".into()));
             return Err(PollError::OverlappingGet);
         }
         let _in_progress = InProgress(&self.get_pending);
-        outbox.ready().await;
+        loop {
+            tokio::select! {
+                _ = outbox.ready() => {}
+                _ = self.state_changed.notified() => {}
+            }
+            // Upgraded while waiting: what is queued now belongs to the WebSocket.
+            if self.state.get() == State::Upgraded {
+                return Err(PollError::Upgraded);
+            }
+            if !outbox.is_empty() || outbox.is_closing() {
+                break;
+            }
+        }
         let frames = outbox.take_all();
         outbox.progressed();
         let mut packets: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
@@ -135,6 +169,10 @@ impl<H: EngineHandler> PollingSession<H> {
             Some(_) => packets.push(Bytes::from_static(b"1")),
             None => {}
         }
+        if outbox.is_closing() {
+            self.final_get_served.set(true);
+            self.final_get.notify_one();
+        }
         let body = engineio::encode_payload(&packets);
         traffic.sent(body.len());
         Ok(body)
@@ -147,6 +185,9 @@ impl<H: EngineHandler> PollingSession<H> {
             return Err(PollError::Upgraded);
         }
         let outbox = self.handler.outbox();
+        if outbox.is_closing() {
+            return Err(PollError::Closed);
+        }
         if body.len() > self.settings.max_payload {
             outbox.abort(CloseReason::PayloadTooLarge);
             return Err(PollError::TooLarge);
@@ -180,13 +221,21 @@ impl<H: EngineHandler> PollingSession<H> {
         Ok(())
     }
 
-    /// Whether a WebSocket may start probing this session now.
+    /// Reserves the session for a WebSocket that is being accepted; `false`
+    /// if it is already upgrading or upgraded.
     pub fn begin_upgrade(&self) -> bool {
         if self.state.get() != State::Polling {
             return false;
         }
-        self.state.set(State::Upgrading);
+        self.set_state(State::Upgrading);
         true
+    }
+
+    /// The WebSocket reserved by [`Self::begin_upgrade`] never arrived.
+    pub fn abandon_upgrade(&self) {
+        if self.state.get() == State::Upgrading {
+            self.set_state(State::Polling);
+        }
     }
 
     /// Runs the WebSocket that took the session over (after [`Self::begin_upgrade`]).
@@ -201,13 +250,13 @@ impl<H: EngineHandler> PollingSession<H> {
             &self.handler,
             &self.last_pong,
             || {
-                self.state.set(State::Upgraded);
+                self.set_state(State::Upgraded);
                 self.handler.on_upgraded();
             },
         )
         .await;
         if self.state.get() == State::Upgrading {
-            self.state.set(State::Polling);
+            self.set_state(State::Polling);
         } else {
             self.handler.outbox().abort(reason.clone());
         }
@@ -223,6 +272,9 @@ pub trait PollingEndpoint {
     fn get<'a>(&'a self, traffic: &'a Traffic) -> LocalFuture<'a, Result<Bytes, PollError>>;
     fn post<'a>(&'a self, body: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, Result<(), PollError>>;
     fn begin_upgrade(&self) -> bool;
+    fn abandon_upgrade(&self);
+    /// Ends the session now (its HTTP side lost a response it could not resend).
+    fn abort(&self, reason: CloseReason);
     fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason>;
 }
 
@@ -241,6 +293,14 @@ impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
 
     fn begin_upgrade(&self) -> bool {
         PollingSession::begin_upgrade(self)
+    }
+
+    fn abandon_upgrade(&self) {
+        PollingSession::abandon_upgrade(self)
+    }
+
+    fn abort(&self, reason: CloseReason) {
+        self.handler.outbox().abort(reason);
     }
 
     fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason> {
@@ -282,8 +342,12 @@ pub fn open<H: EngineHandler + 'static>(
     register(&sid, session.clone());
     tokio::task::spawn_local(async move {
         let reason = session.run().await;
-        unregister(&sid);
+        let client_closed = reason == CloseReason::ClientClose;
         on_end(&session.handler, reason);
+        if client_closed && !session.final_get_served.get() {
+            let _ = tokio::time::timeout(CLOSED_LINGER, session.final_get.notified()).await;
+        }
+        unregister(&sid);
     });
     open
 }

@@ -115,13 +115,15 @@ async fn serve<H: EngineHandler>(
     let writer = write_loop(write_half, outbox, traffic);
     tokio::pin!(reader, writer);
     tokio::select! {
+        // Writing what is queued comes before reading more.
+        biased;
+        reason = &mut writer => reason,
         reason = &mut reader => {
             let close = reason.close_frame().map(|(code, text)| OutFrame::close(code, text));
             outbox.close_after(close, reason.clone());
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
             reason
         }
-        reason = &mut writer => reason,
     }
 }
 
@@ -225,8 +227,10 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
     loop {
         let mut batch = outbox.take_all();
         if batch.is_empty() {
+            outbox.set_writing(false);
             return Ok(());
         }
+        outbox.set_writing(true);
         let mut offset = 0;
         while !batch.is_empty() {
             let written = {
