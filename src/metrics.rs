@@ -10,7 +10,10 @@
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::app::errors::RequestError;
+use crate::app::session::BUILTIN_EVENTS;
 use crate::broker::Broker;
+use crate::transport::CloseReason;
 
 pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
 
@@ -19,6 +22,9 @@ use crate::shard::stats::LATENCY_BUCKETS;
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Two scrapes at once must not interleave their updates and renders
+    /// (one could show the other's older values). Scrape-time only.
+    render_lock: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -34,14 +40,18 @@ impl Metrics {
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, describe_all);
-        Metrics { recorder, handle }
+        metrics::with_local_recorder(&recorder, || {
+            describe_all();
+            register_known_labels();
+        });
+        Metrics { recorder, handle, render_lock: std::sync::Mutex::new(()) }
     }
 
     /// Collects every shard's counters and renders the exposition text.
     pub async fn render(&self, broker: &Broker) -> String {
         let shards = broker.shard_metrics().await;
         let depths = broker.queue_depths();
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         metrics::with_local_recorder(&self.recorder, || {
             let (mut sockets, mut rooms, mut users) = (0, 0, 0);
             let (mut opened, mut delivered, mut dropped, mut bytes_in, mut bytes_out) = (0, 0, 0, 0, 0);
@@ -120,6 +130,23 @@ impl Metrics {
     }
 }
 
+/// Every labelled series exists from the start (at 0), so that `rate()`
+/// sees the first increment after a restart and panels are never empty.
+fn register_known_labels() {
+    for reason in CloseReason::LABELS {
+        counter!("shardcast_connections_closed_total", "reason" => reason).absolute(0);
+    }
+    for event in BUILTIN_EVENTS.into_iter().chain(["other"]) {
+        counter!("shardcast_events_received_total", "event" => event).absolute(0);
+    }
+    for code in RequestError::CODES {
+        counter!("shardcast_requests_rejected_total", "code" => code).absolute(0);
+    }
+    for scope in ["all", "room", "user", "socket"] {
+        counter!("shardcast_broadcasts_total", "scope" => scope).absolute(0);
+    }
+}
+
 fn describe_all() {
     describe_gauge!("shardcast_connections", "Open transport connections (Engine.IO sessions), all shards.");
     describe_gauge!("shardcast_sockets", "Socket.IO sockets that completed CONNECT, all shards.");
@@ -133,7 +160,7 @@ fn describe_all() {
     describe_counter!("shardcast_events_received_total", "Client events received, by event name (other: unknown names).");
     describe_counter!("shardcast_requests_rejected_total", "Client requests refused, by error code.");
     describe_counter!("shardcast_broadcasts_total", "Publishes and relays, by scope (all, room, user, socket).");
-    describe_counter!("shardcast_messages_delivered_total", "Messages queued to a recipient connection by a broadcast, relay or send.");
+    describe_counter!("shardcast_messages_delivered_total", "Messages queued to recipient connections by deliveries: broadcasts, relays, private messages, presence and room announcements.");
     describe_counter!("shardcast_messages_dropped_total", "Messages not queued because the recipient's outbound queue was full.");
     describe_counter!("shardcast_bytes_received_total", Unit::Bytes, "Bytes read from client sockets.");
     describe_counter!("shardcast_bytes_sent_total", Unit::Bytes, "Bytes written to client sockets.");

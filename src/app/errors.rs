@@ -23,6 +23,18 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// Every code of SPEC §2.
+    pub const CODES: [&'static str; 8] = [
+        "VALIDATION_ERROR",
+        "UNAUTHENTICATED",
+        "AUTH_FAILED",
+        "NOT_IN_ROOM",
+        "USER_OFFLINE",
+        "RATE_LIMITED",
+        "LIMIT_EXCEEDED",
+        "UNKNOWN_EVENT",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             RequestError::Validation(_) => "VALIDATION_ERROR",

@@ -454,7 +454,7 @@ impl SocketSession {
 const CONNECT_HOOK_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The events of SPEC §2.
-const BUILTIN_EVENTS: [&str; 6] = ["authenticate", "join-room", "leave-room", "private-message", "custom-event", "ping"];
+pub const BUILTIN_EVENTS: [&str; 6] = ["authenticate", "join-room", "leave-room", "private-message", "custom-event", "ping"];
 
 /// The metric label of a client event: its name if it is one of ours,
 /// `other` for anything else (labels must stay a small, fixed set).

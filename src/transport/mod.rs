@@ -35,6 +35,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every value [`CloseReason::label`] can return.
+    pub const LABELS: [&'static str; 8] = [
+        "client_close",
+        "transport_error",
+        "ping_timeout",
+        "connect_timeout",
+        "protocol_error",
+        "payload_too_large",
+        "slow_consumer",
+        "server_shutdown",
+    ];
+
     /// A short, bounded label for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
