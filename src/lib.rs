@@ -11,6 +11,7 @@
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine_http;
