@@ -191,7 +191,10 @@ async fn websocket(
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
-        let (mut stream, already_read) = (parts.io.into_inner(), parts.read_buf);
+        // A copy: `read_buf` is a view into hyper's whole read buffer, which
+        // would otherwise stay allocated for the life of the connection.
+        let (mut stream, already_read) = (parts.io.into_inner(), Bytes::copy_from_slice(&parts.read_buf));
+        drop(parts.read_buf);
         if taken {
             use tokio::io::AsyncWriteExt;
             let close = crate::protocol::wsframe::OutFrame::close(1008, "session already upgraded");

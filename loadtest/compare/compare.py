@@ -1,0 +1,511 @@
+#!/usr/bin/env python3
+"""Runs the same load scenarios against shardcast, Node socket.io and
+socketioxide, server pinned to core 0 and load generator to core 1, and
+prints a side-by-side markdown table with the ratios shardcast/other.
+
+Started by run.sh (which builds everything first); standard library only.
+Every knob is an environment variable, listed in README.md beside this file.
+"""
+
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+
+def env_str(name, default):
+    value = os.environ.get(name, "")
+    return value if value != "" else default
+
+
+def env_num(name, default, kind=float):
+    return kind(env_str(name, str(default)))
+
+
+QUICK = env_str("QUICK", "0") not in ("0", "", "false", "no")
+
+# ---- settings (full mode / QUICK=1) -------------------------------------------------
+RUNS = env_num("RUNS", 1 if QUICK else 3, int)
+IDLE_CONNECTIONS = env_num("IDLE_CONNECTIONS", 2000 if QUICK else 5000, int)
+ROOMS_PER_CONN = env_num("ROOMS_PER_CONN", 2, int)
+HANDSHAKE_DURATION = env_num("HANDSHAKE_DURATION", 3 if QUICK else 10)
+HANDSHAKE_CONCURRENCY = env_num("HANDSHAKE_CONCURRENCY", 64, int)
+FANOUT_DURATION = env_num("FANOUT_DURATION", 3 if QUICK else 8)
+SUBS_SMALL = env_num("SUBS_SMALL", 1000, int)
+SUBS_LARGE = env_num("SUBS_LARGE", 10000, int)
+P99_BOUND_SMALL_MS = env_num("P99_BOUND_SMALL_MS", 100)
+P99_BOUND_LARGE_MS = env_num("P99_BOUND_LARGE_MS", 1000)
+# Search: publishes/s to start from; each step multiplies the rate by FACTOR
+# until a step fails, then REFINE bisection steps between the last pass and
+# the first failure. Runs after the first start from the first run's answer
+# and step by NUDGE (x1.15) up or down.
+START_RATE_SMALL = env_num("START_RATE_SMALL", 100 if QUICK else 50)
+START_RATE_LARGE = env_num("START_RATE_LARGE", 10 if QUICK else 4)
+FACTOR = env_num("FACTOR", 3 if QUICK else 2)
+REFINE = env_num("REFINE", 0 if QUICK else 2, int)
+NUDGE = env_num("NUDGE", 1.15)
+MAX_STEPS = env_num("MAX_STEPS", 3 if QUICK else 9, int)
+MAX_RATE = env_num("MAX_RATE", 100000)
+# Fixed rates every server carries, for server CPU per delivery.
+FIXED_RATE_SMALL = env_num("FIXED_RATE_SMALL", 50)
+LOWLOAD_RATE = env_num("LOWLOAD_RATE", 2)
+LOWLOAD_DURATION = env_num("LOWLOAD_DURATION", 4 if QUICK else 10)
+SERVER_CPUS = env_str("SERVER_CPUS", "0")
+LOADGEN_CPUS = env_str("LOADGEN_CPUS", "1")
+PORT_BASE = env_num("PORT_BASE", 39100, int)
+OUT_DIR = env_str("OUT_DIR", os.path.join(HERE, "out"))
+SERVERS_WANTED = env_str("SERVERS", "shardcast,socket.io,socketioxide,shardcast-2").split(",")
+SCENARIOS_WANTED = env_str("SCENARIOS", "idle,handshake,fixed,fanout-small,fanout-large,lowload").split(",")
+# shardcast runs without presence broadcasts by default: the two other servers
+# implement only the three events and broadcast nothing on authenticate.
+SHARDCAST_ENV = env_str("SHARDCAST_ENV", "PRESENCE_EVENTS=off")
+
+LOADGEN = env_str("LOADGEN", os.path.join(ROOT, "target", "release", "loadgen"))
+SHARDCAST = env_str("SHARDCAST", os.path.join(ROOT, "target", "release", "shardcast"))
+SOCKETIOXIDE = env_str(
+    "SOCKETIOXIDE", os.path.join(HERE, "socketioxide", "target", "release", "socketioxide-compare")
+)
+NODE = env_str("NODE", "node")
+
+
+def kv(spec):
+    return dict(item.split("=", 1) for item in spec.split() if "=" in item)
+
+
+SERVERS = {
+    "shardcast": {
+        "label": "shardcast SHARDS=1",
+        "cmd": [SHARDCAST],
+        "env": {"SHARDS": "1", "HOST": "127.0.0.1", "RUST_LOG": "warn", **kv(SHARDCAST_ENV)},
+        "cpus": SERVER_CPUS,
+    },
+    "socket.io": {
+        "label": "socket.io 4.8",
+        "cmd": [NODE, os.path.join(HERE, "node", "server.mjs")],
+        "env": {"HOST": "127.0.0.1", "NODE_ENV": "production"},
+        "cpus": SERVER_CPUS,
+    },
+    "socketioxide": {
+        "label": "socketioxide 0.18",
+        "cmd": [SOCKETIOXIDE],
+        "env": {"HOST": "127.0.0.1"},
+        "cpus": SERVER_CPUS,
+    },
+    "shardcast-2": {
+        "label": "shardcast SHARDS=2 (cores 0,1; shares core 1 with the load generator)",
+        "cmd": [SHARDCAST],
+        "env": {"SHARDS": "2", "HOST": "127.0.0.1", "RUST_LOG": "warn", **kv(SHARDCAST_ENV)},
+        "cpus": SERVER_CPUS + "," + LOADGEN_CPUS,
+    },
+}
+
+_port_counter = 0
+LOG = None
+
+
+def log(msg):
+    line = time.strftime("%H:%M:%S ") + msg
+    print(line, file=sys.stderr, flush=True)
+    if LOG:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+def next_port():
+    global _port_counter
+    _port_counter += 1
+    return PORT_BASE + (_port_counter % 400)
+
+
+def wait_listening(port, proc, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(server, args, timeout):
+    """Starts a fresh server, runs one loadgen invocation, stops the server.
+    Returns the loadgen JSON (plus loadgen_cpu_percent), or {"error": ...}."""
+    spec = SERVERS[server]
+    port = next_port()
+    env = dict(os.environ)
+    env.update(spec["env"])
+    env["PORT"] = str(port)
+    server_log = open(os.path.join(OUT_DIR, f"server-{server}.log"), "ab")
+    proc = subprocess.Popen(
+        ["taskset", "-c", spec["cpus"]] + spec["cmd"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        if not wait_listening(port, proc):
+            return {"error": f"{server} did not listen on {port} (see out/server-{server}.log)"}
+        time.sleep(0.3)  # let a JIT / allocator settle before the 'before' sample
+        cmd = ["taskset", "-c", LOADGEN_CPUS, LOADGEN, "--url", f"http://127.0.0.1:{port}",
+               "--server-pid", str(proc.pid)] + [str(a) for a in args]
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"loadgen timed out after {timeout:.0f} s"}
+        wall = time.time() - started
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            tail = (done.stderr or "").strip().splitlines()[-3:]
+            return {"error": f"loadgen exit {done.returncode}: {' | '.join(tail)}"}
+        lines = [l for l in done.stdout.strip().splitlines() if l.startswith("{")]
+        if not lines:
+            return {"error": "loadgen printed no JSON"}
+        result = json.loads(lines[-1])
+        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        result["loadgen_cpu_percent_whole_run"] = round(cpu / wall * 100, 1)
+        if proc.poll() is not None:
+            result["error"] = f"{server} exited during the run (code {proc.returncode})"
+        return result
+    finally:
+        stop(proc)
+        server_log.close()
+
+
+def short(result, keys):
+    if "error" in result:
+        return "ERROR " + result["error"]
+    parts = []
+    for k in keys:
+        if k in result:
+            v = result[k]
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+FANOUT_KEYS = ["publishes_per_sec", "deliveries_per_sec", "lost", "p50_ms", "p99_ms", "max_ms",
+               "server_cpu_percent", "loadgen_cpu_percent_whole_run"]
+
+
+def fanout(server, subs, rate, duration):
+    timeout = duration + 60 + subs / 200
+    r = measure(server, ["--scenario", "fanout", "--connections", subs, "--rooms-per-conn", 1,
+                         "--duration", duration, "--rate", fmt_rate(rate)], timeout)
+    r["rate_asked"] = rate
+    return r
+
+
+def fmt_rate(rate):
+    return f"{rate:.3f}".rstrip("0").rstrip(".")
+
+
+def sustained(result, bound_ms):
+    if "error" in result or "deliveries_per_sec" not in result:
+        return False
+    return (result.get("lost", 1) == 0 and result.get("deliveries", 0) > 0
+            and result.get("p99_ms", 1e9) <= bound_ms
+            and result.get("publishes_per_sec", 0) >= 0.9 * result["rate_asked"])
+
+
+def search(server, subs, bound_ms, start, hint):
+    """Highest publish rate kept up with (nothing lost, p99 <= bound). Returns
+    (best result or None, trials)."""
+    trials = []
+
+    def trial(rate):
+        r = fanout(server, subs, rate, FANOUT_DURATION)
+        ok = sustained(r, bound_ms)
+        trials.append(r)
+        log(f"    {server} fanout {subs} subs @ {fmt_rate(rate)}/s: {'ok  ' if ok else 'FAIL'} "
+            f"{short(r, FANOUT_KEYS)}")
+        return ok, r
+
+    best, fail_rate = None, None
+    if hint is None:
+        rate, factor, steps = start, FACTOR, MAX_STEPS
+    else:
+        rate, factor, steps = hint, NUDGE, 4
+    ok, r = trial(rate)
+    steps -= 1
+    if ok:
+        best = r
+        while steps > 0 and rate * factor <= MAX_RATE:
+            rate *= factor
+            ok, r = trial(rate)
+            steps -= 1
+            if not ok:
+                fail_rate = rate
+                break
+            best = r
+    else:
+        fail_rate = rate
+        while steps > 0 and rate / factor >= 0.05:
+            rate /= factor
+            ok, r = trial(rate)
+            steps -= 1
+            if ok:
+                best = r
+                break
+            fail_rate = rate
+    if hint is None and best is not None and fail_rate is not None:
+        for _ in range(REFINE):
+            mid = (best["rate_asked"] + fail_rate) / 2
+            ok, r = trial(mid)
+            if ok:
+                best = r
+            else:
+                fail_rate = mid
+    return best, trials
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def run_server(server, results):
+    res = results.setdefault(server, {})
+    scen = SCENARIOS_WANTED
+    log(f"== {SERVERS[server]['label']}")
+    if "idle" in scen:
+        runs = []
+        for i in range(RUNS):
+            r = measure(server, ["--scenario", "idle", "--connections", IDLE_CONNECTIONS,
+                                 "--rooms-per-conn", ROOMS_PER_CONN, "--concurrency", 64],
+                        60 + IDLE_CONNECTIONS / 100)
+            log(f"  idle {IDLE_CONNECTIONS} conns x {ROOMS_PER_CONN} rooms, run {i + 1}: "
+                f"{short(r, ['rss_per_connection_kib', 'server_rss_kib'])}")
+            runs.append(r)
+        res["idle"] = runs
+    if "handshake" in scen:
+        runs = []
+        for i in range(RUNS):
+            r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
+                                 "--concurrency", HANDSHAKE_CONCURRENCY], HANDSHAKE_DURATION + 60)
+            log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
+                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent_whole_run'])}")
+            runs.append(r)
+        res["handshake"] = runs
+    if "fixed" in scen:
+        runs = []
+        for i in range(RUNS):
+            r = fanout(server, SUBS_SMALL, FIXED_RATE_SMALL, FANOUT_DURATION)
+            log(f"  fixed fanout {SUBS_SMALL} subs @ {fmt_rate(FIXED_RATE_SMALL)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
+            runs.append(r)
+        res["fixed"] = runs
+    for key, subs, bound, start in (("fanout-small", SUBS_SMALL, P99_BOUND_SMALL_MS, START_RATE_SMALL),
+                                    ("fanout-large", SUBS_LARGE, P99_BOUND_LARGE_MS, START_RATE_LARGE)):
+        if key not in scen:
+            continue
+        bests, hint = [], None
+        for i in range(RUNS):
+            log(f"  sustained fanout to {subs} (p99 <= {bound:g} ms, nothing lost), run {i + 1}")
+            best, trials = search(server, subs, bound, start, hint)
+            bests.append(best)
+            res.setdefault(key + "-trials", []).append(trials)
+            if best is not None and hint is None:
+                hint = best["rate_asked"]
+            log(f"  -> run {i + 1}: " + (short(best, FANOUT_KEYS) if best else "no rate kept up with"))
+        res[key] = bests
+    if "lowload" in scen:
+        runs = []
+        for i in range(RUNS):
+            r = fanout(server, SUBS_LARGE, LOWLOAD_RATE, LOWLOAD_DURATION)
+            log(f"  low load {SUBS_LARGE} subs @ {fmt_rate(LOWLOAD_RATE)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
+            runs.append(r)
+        res["lowload"] = runs
+
+
+# ---- figures and table --------------------------------------------------------------
+
+def ok_runs(runs):
+    return [r for r in runs or [] if r and "error" not in r]
+
+
+def fig_idle(res):
+    return median([r.get("rss_per_connection_kib") for r in ok_runs(res.get("idle"))])
+
+
+def fig_handshake(res):
+    return median([r.get("handshakes_per_sec") for r in ok_runs(res.get("handshake"))])
+
+
+def us_per_delivery(r):
+    if r.get("server_cpu_percent") is None or not r.get("deliveries_per_sec"):
+        return None
+    return r["server_cpu_percent"] / 100 / r["deliveries_per_sec"] * 1e6
+
+
+def fig_fixed_cpu(res):
+    return median([us_per_delivery(r) for r in ok_runs(res.get("fixed"))])
+
+
+def fig_fixed_p99(res):
+    return median([r.get("p99_ms") for r in ok_runs(res.get("fixed"))])
+
+
+def fig_sustained(key):
+    def f(res):
+        runs = res.get(key)
+        if runs is None:
+            return None
+        # A run where no rate was kept up with counts as 0.
+        return median([(r or {}).get("deliveries_per_sec", 0.0) for r in runs])
+    return f
+
+
+def fig_sustained_field(key, field):
+    def f(res):
+        return median([r.get(field) for r in ok_runs(res.get(key))])
+    return f
+
+
+def fig_lowload(field):
+    def f(res):
+        return median([r.get(field) for r in ok_runs(res.get("lowload"))])
+    return f
+
+
+def fig_broadcast_ms(res):
+    """Server CPU per broadcast at low load (ms of one core per publish)."""
+    vals = []
+    for r in ok_runs(res.get("lowload")):
+        if r.get("server_cpu_percent") is not None and r.get("publishes_per_sec"):
+            vals.append(r["server_cpu_percent"] / 100 / r["publishes_per_sec"] * 1000)
+    return median(vals)
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def table(results):
+    small, large = SUBS_SMALL, SUBS_LARGE
+    # (label, figure, higher is better, target ratio vs socket.io, target ratio vs socketioxide)
+    rows = [
+        (f"idle memory per connection in {ROOMS_PER_CONN} rooms, KiB ({IDLE_CONNECTIONS:,} conns)",
+         fig_idle, False, 0.5, 0.25),
+        (f"handshakes/s (connect + CONNECT + authenticate ack, {HANDSHAKE_CONCURRENCY} in flight)",
+         fig_handshake, True, None, 1.5),
+        (f"fan-out to {small:,}: sustained deliveries/s (p99 <= {P99_BOUND_SMALL_MS:g} ms, none lost)",
+         fig_sustained("fanout-small"), True, None, 1.5),
+        ("  p99 ms at that rate", fig_sustained_field("fanout-small", "p99_ms"), False, None, None),
+        ("  server CPU % at that rate", fig_sustained_field("fanout-small", "server_cpu_percent"), False, None, None),
+        ("  load generator CPU % (whole run) at that rate",
+         fig_sustained_field("fanout-small", "loadgen_cpu_percent_whole_run"), None, None, None),
+        (f"fan-out to {large:,}: sustained deliveries/s (p99 <= {P99_BOUND_LARGE_MS:g} ms, none lost)",
+         fig_sustained("fanout-large"), True, None, 1.5),
+        ("  p99 ms at that rate", fig_sustained_field("fanout-large", "p99_ms"), False, None, None),
+        ("  server CPU % at that rate", fig_sustained_field("fanout-large", "server_cpu_percent"), False, None, None),
+        ("  load generator CPU % (whole run) at that rate",
+         fig_sustained_field("fanout-large", "loadgen_cpu_percent_whole_run"), None, None, None),
+        (f"server CPU µs per delivery, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s",
+         fig_fixed_cpu, False, None, None),
+        (f"  p99 ms, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s", fig_fixed_p99, False, None, None),
+        (f"low load: p99 ms, {large:,} subs at {fmt_rate(LOWLOAD_RATE)} publishes/s",
+         fig_lowload("p99_ms"), False, None, 0.25),
+        ("  p50 ms", fig_lowload("p50_ms"), False, None, None),
+        (f"  server CPU ms per broadcast to {large:,}", fig_broadcast_ms, False, None, None),
+    ]
+    cols = [s for s in ("shardcast", "socket.io", "socketioxide") if s in results]
+    extra = [s for s in ("shardcast-2",) if s in results]
+    head = ["", *[SERVERS[c]["label"] for c in cols]]
+    if "shardcast" in results:
+        for other in ("socket.io", "socketioxide"):
+            if other in results:
+                head.append(f"shardcast / {other}")
+    head += ["target"] + ["shardcast SHARDS=2" for _ in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, fig, higher, t_io, t_sx in rows:
+        vals = {c: fig(results[c]) for c in results}
+        cells = [label] + [fmt(vals[c]) for c in cols]
+        targets = []
+        if "shardcast" in results:
+            for other, target in (("socket.io", t_io), ("socketioxide", t_sx)):
+                if other not in results:
+                    continue
+                a, b = vals.get("shardcast"), vals.get(other)
+                if a is None or not b:
+                    cells.append("—")
+                    continue
+                ratio = a / b
+                mark = ""
+                if target is not None:
+                    met = ratio >= target if higher else ratio <= target
+                    mark = " ✓" if met else " ✗"
+                cells.append(f"{ratio:.2f}×{mark}")
+        if t_io is not None:
+            targets.append(f"{'≥' if higher else '≤'} {t_io:g}× socket.io")
+        if t_sx is not None:
+            targets.append(f"{'≥' if higher else '≤'} {t_sx:g}× socketioxide")
+        cells.append(", ".join(targets) or "")
+        cells += [fmt(vals[c]) for c in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe():
+    return (
+        f"mode {'QUICK' if QUICK else 'full'}, median of {RUNS} run(s); server on core(s) {SERVER_CPUS}, "
+        f"load generator on core {LOADGEN_CPUS}; idle {IDLE_CONNECTIONS} connections; handshake "
+        f"{HANDSHAKE_DURATION:g} s; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s; "
+        f"shardcast env: SHARDS=1 {SHARDCAST_ENV}"
+    )
+
+
+def main():
+    global LOG
+    os.makedirs(OUT_DIR, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    LOG = open(os.path.join(OUT_DIR, f"run-{stamp}.log"), "w")
+    for path in (LOADGEN, SHARDCAST, SOCKETIOXIDE):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"missing {path}: run loadtest/compare/run.sh (it builds everything)")
+    started = time.time()
+    log(describe())
+    results = {}
+    for server in SERVERS_WANTED:
+        if server not in SERVERS:
+            sys.exit(f"unknown server {server!r}; known: {', '.join(SERVERS)}")
+        run_server(server, results)
+        with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
+            json.dump({"settings": describe(), "results": results}, f, indent=1)
+    md = table(results)
+    elapsed = time.time() - started
+    text = (f"{describe()}; took {elapsed / 60:.1f} min; "
+            f"{os.cpu_count()} cores, {os.uname().release}\n\n{md}\n")
+    with open(os.path.join(OUT_DIR, f"table-{stamp}.md"), "w") as f:
+        f.write(text)
+    log(f"raw results: {os.path.join(OUT_DIR, f'results-{stamp}.json')}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Compares shardcast with Node socket.io 4.8 and socketioxide 0.18 on the same
+# scenarios: builds what is needed, then runs compare.py (server pinned to
+# core 0, load generator to core 1) and prints a markdown table.
+#
+#   loadtest/compare/run.sh            # full run (about an hour), median of 3
+#   QUICK=1 loadtest/compare/run.sh    # smoke run, a few minutes, one run
+#
+# Knobs (environment): see loadtest/compare/README.md. SKIP_BUILD=1 skips the builds.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+
+if [ "$(nproc)" -lt 2 ]; then
+  echo "needs at least 2 cores (server on core 0, load generator on core 1)" >&2
+  exit 1
+fi
+for tool in taskset node npm cargo python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+
+if [ "${SKIP_BUILD:-0}" = "0" ]; then
+  echo "== building (npm ci, socketioxide, shardcast + loadgen)" >&2
+  (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  CARGO_TARGET_DIR="$here/socketioxide/target" \
+    cargo build --release --manifest-path "$here/socketioxide/Cargo.toml" >&2
+  (cd "$root" && cargo build --release --bin shardcast --bin loadgen >&2)
+fi
+
+# Every subscriber is a socket on both sides; leave room for a few more.
+big=${SUBS_LARGE:-10000}; idle=${IDLE_CONNECTIONS:-5000}
+want=$(( (big > idle ? big : idle) + 2048 ))
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
+  ulimit -n "$want" 2>/dev/null || echo "warning: ulimit -n is $(ulimit -n), below $want" >&2
+fi
+
+exec python3 "$here/compare.py"
