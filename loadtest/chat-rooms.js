@@ -260,8 +260,8 @@ export default function (data) {
     onConnectError: () => finish(),
     onClose: () => { if (!finished) { closedEarly = true; finish(); } },
   }, {
-    ignore: ['42["user-online"', '42["user-offline"', '42["user-joined"', '42["user-left"',
-      '42["message-sent"', '42["room-joined"', '42["authenticated"', '42["connected"'],
+    ignore: ['user-online', 'user-offline', 'user-joined', 'user-left',
+      'message-sent', 'room-joined', 'authenticated', 'connected'],
   });
 
   later(() => { if (!started) finish(); }, READY_TIMEOUT_MS);

@@ -74,7 +74,9 @@ export class SioSocket {
   constructor(url, handlers, opts) {
     this.h = handlers || {};
     this.opts = opts || {};
-    this.ignore = this.opts.ignore || [];
+    // Event names to drop before JSON.parse (a lookup on the raw name).
+    this.ignore = {};
+    (this.opts.ignore || []).forEach((n) => { this.ignore[n] = true; });
     this.acks = new Map();
     this.nextAckId = 1;
     this.sid = null;
@@ -138,12 +140,12 @@ export class SioSocket {
   _packet(data) {
     const type = data.charCodeAt(1);
     if (type === 50) { // '2' EVENT
-      for (let i = 0; i < this.ignore.length; i++) {
-        if (data.startsWith(this.ignore[i])) return;
-      }
-      if (!this.h.onEvent) return;
       let j = 2;
       while (j < data.length && data.charCodeAt(j) >= 48 && data.charCodeAt(j) <= 57) j++;
+      // data[j] is '[', data[j+1] the quote opening the event name (event
+      // names with escaped quotes are not ignorable, only parsed).
+      if (this.ignore[data.slice(j + 2, data.indexOf('"', j + 2))] === true) return;
+      if (!this.h.onEvent) return;
       const arr = JSON.parse(data.slice(j));
       this.h.onEvent(arr[0], arr[1], data);
     } else if (type === 51) { // '3' ACK

@@ -497,24 +497,3 @@ impl RateLimiter {
         }
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        fn size<F: std::future::Future>(_: &F) -> usize { std::mem::size_of::<F>() }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (router, _inboxes) = crate::shard::Router::new(1);
-            let shared = std::sync::Arc::new(crate::shard::Shared { config: std::sync::Arc::new(crate::config::Config::defaults()), router, presence: None, connections: Default::default() });
-            let shard = std::rc::Rc::new(crate::shard::Shard::new(0, shared));
-            let ctx = std::sync::Arc::new(super::AppContext { auth: super::Authenticator::new(None), namespaces: super::Namespaces::builtin("/") });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (s, _) = listener.accept().await.unwrap();
-            let fut = super::serve_websocket(shard.clone(), ctx, s, bytes::Bytes::new());
-            eprintln!("serve_websocket future: {} bytes", size(&fut));
-            eprintln!("EngineSession: {} bytes, SocketSession: {}, Conn: {}, Outbox: {}", std::mem::size_of::<super::EngineSession>(), std::mem::size_of::<super::SocketSession>(), std::mem::size_of::<crate::shard::Conn>(), std::mem::size_of::<crate::transport::outbox::Outbox>());
-        });
-    }
-}
