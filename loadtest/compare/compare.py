@@ -160,30 +160,38 @@ def cpu_seconds(pid):
         return None
 
 
-def sample_peaks(pids, gen, timeout, every=0.25, window=1.0):
-    """Until `gen` exits: samples each pid's CPU time, returns the highest CPU %
-    over any `window` seconds (one core = 100). The peak shows which side
-    saturates: the server, or the load generator."""
+def sample_cpu(pids, gen, timeout, every=0.25):
+    """Until `gen` exits: samples each pid's CPU time (user + system, seconds)."""
     samples = {name: [] for name in pids}
     deadline = time.time() + timeout
-    peaks = {name: 0.0 for name in pids}
     while gen.poll() is None and time.time() < deadline:
         now = time.time()
         for name, pid in pids.items():
             cpu = cpu_seconds(pid)
-            if cpu is None:
-                continue
-            s = samples[name]
-            s.append((now, cpu))
-            while len(s) > 1 and now - s[0][0] > window + every / 2:
-                s.pop(0)
-            if len(s) > 1 and now - s[0][0] >= window - every / 2:
-                peaks[name] = max(peaks[name], (cpu - s[0][1]) / (now - s[0][0]) * 100)
+            if cpu is not None:
+                samples[name].append((now, cpu))
         time.sleep(every)
-    return {name: round(v, 1) for name, v in peaks.items()}
+    return samples
 
 
-def measure(server, args, timeout):
+def tail_percent(samples, window):
+    """CPU % (one core = 100) over the last `window` seconds sampled: the
+    measurement phase of a fanout or handshake run (setup comes first, and a
+    run where nothing is lost ends right after the last delivery)."""
+    if len(samples) < 2 or not window:
+        return None
+    t_end, c_end = samples[-1]
+    start = samples[0]
+    for t, c in samples:
+        if t_end - t <= window:
+            start = (t, c)
+            break
+    if t_end - start[0] < 0.2:
+        return None
+    return round((c_end - start[1]) / (t_end - start[0]) * 100, 1)
+
+
+def measure(server, args, timeout, window=None):
     """Starts a fresh server, runs one loadgen invocation, stops the server.
     Returns the loadgen JSON (plus loadgen_cpu_percent), or {"error": ...}."""
     spec = SERVERS[server]
@@ -211,7 +219,7 @@ def measure(server, args, timeout):
         err_path = os.path.join(OUT_DIR, "loadgen.stderr")
         with open(out_path, "w") as out, open(err_path, "w") as err:
             gen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-            peaks = sample_peaks({"loadgen": gen.pid, "server": proc.pid}, gen, timeout)
+            samples = sample_cpu({"loadgen": gen.pid, "server": proc.pid}, gen, timeout)
             if gen.poll() is None:
                 gen.kill()
                 gen.wait()
@@ -228,8 +236,9 @@ def measure(server, args, timeout):
         result = json.loads(lines[-1])
         cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
         result["loadgen_cpu_percent_whole_run"] = round(cpu / wall * 100, 1)
-        result["loadgen_cpu_peak_percent"] = peaks["loadgen"]
-        result["server_cpu_peak_percent"] = peaks["server"]
+        if window:
+            result["loadgen_cpu_percent"] = tail_percent(samples["loadgen"], window)
+            result["server_cpu_percent_sampled"] = tail_percent(samples["server"], window)
         if proc.poll() is not None:
             result["error"] = f"{server} exited during the run (code {proc.returncode})"
         return result
@@ -250,13 +259,13 @@ def short(result, keys):
 
 
 FANOUT_KEYS = ["publishes_per_sec", "deliveries_per_sec", "lost", "p50_ms", "p99_ms", "max_ms",
-               "server_cpu_percent", "server_cpu_peak_percent", "loadgen_cpu_peak_percent"]
+               "server_cpu_percent", "server_cpu_percent_sampled", "loadgen_cpu_percent"]
 
 
 def fanout(server, subs, rate, duration):
     timeout = duration + 60 + subs / 200
     r = measure(server, ["--scenario", "fanout", "--connections", subs, "--rooms-per-conn", 1,
-                         "--duration", duration, "--rate", fmt_rate(rate)], timeout)
+                         "--duration", duration, "--rate", fmt_rate(rate)], timeout, window=duration)
     r["rate_asked"] = rate
     return r
 
@@ -347,9 +356,10 @@ def run_server(server, results):
         runs = []
         for i in range(RUNS):
             r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
-                                 "--concurrency", HANDSHAKE_CONCURRENCY], HANDSHAKE_DURATION + 60)
+                                 "--concurrency", HANDSHAKE_CONCURRENCY], HANDSHAKE_DURATION + 60,
+                        window=HANDSHAKE_DURATION)
             log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
-                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_peak_percent'])}")
+                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent'])}")
             runs.append(r)
         res["handshake"] = runs
     if "fixed" in scen:
@@ -426,6 +436,16 @@ def fig_sustained_field(key, field):
     return f
 
 
+def fig_pair(key, a, b):
+    def f(res):
+        runs = ok_runs(res.get(key))
+        va, vb = median([r.get(a) for r in runs]), median([r.get(b) for r in runs])
+        if va is None and vb is None:
+            return None
+        return f"{fmt(va)} / {fmt(vb)}"
+    return f
+
+
 def fig_lowload(field):
     def f(res):
         return median([r.get(field) for r in ok_runs(res.get("lowload"))])
@@ -444,6 +464,8 @@ def fig_broadcast_ms(res):
 def fmt(v, digits=3):
     if v is None:
         return "—"
+    if isinstance(v, str):
+        return v
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.{digits}g}"
@@ -457,18 +479,20 @@ def table(results):
          fig_idle, False, 0.5, 0.25),
         (f"handshakes/s (connect + CONNECT + authenticate ack, {HANDSHAKE_CONCURRENCY} in flight)",
          fig_handshake, True, None, 1.5),
+        ("  server CPU % / load generator CPU %", fig_pair("handshake", "server_cpu_percent", "loadgen_cpu_percent"),
+         None, None, None),
         (f"fan-out to {small:,}: sustained deliveries/s (p99 <= {P99_BOUND_SMALL_MS:g} ms, none lost)",
          fig_sustained("fanout-small"), True, None, 1.5),
         ("  p99 ms at that rate", fig_sustained_field("fanout-small", "p99_ms"), False, None, None),
         ("  server CPU % at that rate", fig_sustained_field("fanout-small", "server_cpu_percent"), False, None, None),
-        ("  peak CPU % over 1 s, server / load generator",
-         fig_peaks("fanout-small"), None, None, None),
+        ("  load generator CPU % at that rate", fig_sustained_field("fanout-small", "loadgen_cpu_percent"),
+         None, None, None),
         (f"fan-out to {large:,}: sustained deliveries/s (p99 <= {P99_BOUND_LARGE_MS:g} ms, none lost)",
          fig_sustained("fanout-large"), True, None, 1.5),
         ("  p99 ms at that rate", fig_sustained_field("fanout-large", "p99_ms"), False, None, None),
         ("  server CPU % at that rate", fig_sustained_field("fanout-large", "server_cpu_percent"), False, None, None),
-        ("  peak CPU % over 1 s, server / load generator",
-         fig_peaks("fanout-large"), None, None, None),
+        ("  load generator CPU % at that rate", fig_sustained_field("fanout-large", "loadgen_cpu_percent"),
+         None, None, None),
         (f"server CPU µs per delivery, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s",
          fig_fixed_cpu, False, None, None),
         (f"  p99 ms, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s", fig_fixed_p99, False, None, None),
@@ -495,7 +519,10 @@ def table(results):
                 if other not in results:
                     continue
                 a, b = vals.get("shardcast"), vals.get(other)
-                if a is None or not b:
+                if higher is None:
+                    cells.append("")
+                    continue
+                if a is None or not b or isinstance(a, str) or isinstance(b, str):
                     cells.append("—")
                     continue
                 ratio = a / b
