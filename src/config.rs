@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_EVENTS", value_enum, default_value = "on", ignore_case = true)]
     pub presence_events: Switch,
 
+    /// `user-joined` / `user-left` to the other members of a room: on or off
+    /// (off for large notification rooms, where each join would otherwise
+    /// be announced to every member).
+    #[arg(long, env = "ROOM_EVENTS", value_enum, default_value = "on", ignore_case = true)]
+    pub room_events: Switch,
+
     /// Redis URL for cluster mode.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
@@ -215,6 +221,10 @@ impl Config {
 
     pub fn presence_enabled(&self) -> bool {
         self.presence_events.is_on()
+    }
+
+    pub fn room_events_enabled(&self) -> bool {
+        self.room_events.is_on()
     }
 
     pub fn is_development(&self) -> bool {

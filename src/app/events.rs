@@ -49,6 +49,10 @@ struct CustomEventIn<'a> {
 }
 
 impl SocketSession {
+    fn room_events(&self) -> bool {
+        self.shard.config().room_events_enabled()
+    }
+
     fn require_user(&self) -> Result<Arc<str>, RequestError> {
         self.conn.user().ok_or(RequestError::Unauthenticated)
     }
@@ -86,8 +90,8 @@ impl SocketSession {
                     )));
                 }
             }
-            let announce = self.room_change_frame("user-joined", &room, &user);
-            let count = self.shard.join_room(&self.conn, room.clone(), Some(announce)).await;
+            let announce = self.room_events().then(|| self.room_change_frame("user-joined", &room, &user));
+            let count = self.shard.join_room(&self.conn, room.clone(), announce).await;
             self.emit("room-joined", &json!({ "roomName": &*room, "memberCount": count, "timestamp": timestamp() }));
             count
         };
@@ -102,8 +106,8 @@ impl SocketSession {
         if !self.conn.in_room(&room) {
             return Err(RequestError::NotInRoom(room.to_string()));
         }
-        let announce = self.room_change_frame("user-left", &room, &user);
-        self.shard.leave_room(&self.conn, &room, Some(announce));
+        let announce = self.room_events().then(|| self.room_change_frame("user-left", &room, &user));
+        self.shard.leave_room(&self.conn, &room, announce);
         self.emit("room-left", &json!({ "roomName": &*room, "timestamp": timestamp() }));
         Ok(json!({ "success": true, "roomName": &*room }))
     }

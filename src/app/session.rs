@@ -428,7 +428,7 @@ impl SocketSession {
         if !self.registered.replace(false) {
             return;
         }
-        let user = self.conn.user();
+        let user = self.conn.user().filter(|_| self.shard.config().room_events_enabled());
         self.shard.remove_conn(&self.conn, |room| {
             user.as_ref().map(|user| self.room_change_frame("user-left", room, user))
         });

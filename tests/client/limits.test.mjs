@@ -5,7 +5,7 @@
 import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, connect, connectAs, connectExpectingError, emitWithAck, waitForEvent,
-  assertFailure, assertSuccess, uid, sleep, WebSocket,
+  assertFailure, assertSuccess, uid, sleep, WebSocket, received,
 } from './helpers.mjs';
 
 describe('RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST', () => {
@@ -104,5 +104,28 @@ describe('/health, /ready and shutdown', () => {
     assert.ok(['transport close', 'io server disconnect'].includes(reason), reason);
     await server.exitPromise;
     assert.equal(server.exited.code, 0);
+  });
+});
+
+describe('ROOM_EVENTS=off', () => {
+  let server;
+  before(async () => { server = await startServer({ ROOM_EVENTS: 'off' }); });
+  after(() => server.stop());
+
+  it('joins and leaves are not announced to other members; joins, acks and relays still work', async () => {
+    const room = uid('r');
+    const a = await connectAs(server.url, uid('a'), { transports: ['websocket'] });
+    const b = await connectAs(server.url, uid('b'), { transports: ['websocket'] });
+    assertSuccess(await emitWithAck(a, 'join-room', { roomName: room }));
+    const joined = await emitWithAck(b, 'join-room', { roomName: room });
+    assert.equal(joined.memberCount, 2);
+    const relay = waitForEvent(a, 'typing', 3000);
+    assertSuccess(await emitWithAck(b, 'custom-event', { event: 'typing', data: { x: 1 }, roomName: room }));
+    assert.deepEqual(await relay, { x: 1 });
+    assertSuccess(await emitWithAck(b, 'leave-room', { roomName: room }));
+    b.disconnect();
+    await sleep(300);
+    assert.equal(received(a, 'user-joined').length, 0, 'no user-joined');
+    assert.equal(received(a, 'user-left').length, 0, 'no user-left');
   });
 });
