@@ -51,14 +51,14 @@ impl Socket<'_> {
     /// Sends an event to this socket.
     pub fn emit(&self, event: &str, payload: &Payload) {
         for frame in socketio::payload_frames(self.namespace, socketio::Reply::Event(event), &payload.args, &payload.attachments) {
-            self.outbox.push(frame);
+            self.outbox.push_or_close(frame);
         }
     }
 
     /// Answers the client's ack request.
     pub fn ack(&self, ack: Ack, payload: &Payload) {
         for frame in socketio::payload_frames(self.namespace, socketio::Reply::Ack(ack.0), &payload.args, &payload.attachments) {
-            self.outbox.push(frame);
+            self.outbox.push_or_close(frame);
         }
     }
 }

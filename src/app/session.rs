@@ -189,7 +189,7 @@ impl EngineSession {
                     return Err(protocol_error("CONNECT to a namespace already connected"));
                 }
                 let Some(handlers) = self.context.namespaces.get(packet.namespace) else {
-                    self.outbox.push(socketio::connect_error_frame(packet.namespace, "Invalid namespace"));
+                    self.outbox.push_or_close(socketio::connect_error_frame(packet.namespace, "Invalid namespace"));
                     return Ok(());
                 };
                 let socket = Rc::new(SocketSession::new(self, packet.namespace, handlers.clone()));

@@ -93,8 +93,10 @@ impl Conn {
         self.rooms.borrow().iter().any(|r| &**r == room)
     }
 
+    /// Queues a reply or event for this socket alone: it must arrive, so a
+    /// full queue closes the connection instead of dropping it.
     pub fn send(&self, frame: OutFrame) -> Pushed {
-        self.outbox.push(frame)
+        self.outbox.push_or_close(frame)
     }
 }
 
@@ -435,7 +437,8 @@ impl Shard {
         let (mut delivered, mut dropped) = (0u64, 0u64);
         let mut push = |conn: &Rc<Conn>| {
             if delivery.wants(conn) {
-                match conn.send(delivery.frame.clone()) {
+                // Broadcasts may be dropped for a slow client (and counted).
+                match conn.outbox.push(delivery.frame.clone()) {
                     Pushed::Queued => delivered += 1,
                     Pushed::Dropped => dropped += 1,
                     Pushed::Closed => {}

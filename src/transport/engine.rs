@@ -46,11 +46,11 @@ pub struct EngineSocket<'a> {
 
 impl EngineSocket<'_> {
     pub fn send_text(&self, text: &str) {
-        self.outbox.push(engineio::control_frame(b'4', text));
+        self.outbox.push_or_close(engineio::control_frame(b'4', text));
     }
 
     pub fn send_binary(&self, data: &[u8]) {
-        self.outbox.push(crate::protocol::wsframe::OutFrame::new(fastwebsockets::OpCode::Binary, data));
+        self.outbox.push_or_close(crate::protocol::wsframe::OutFrame::new(fastwebsockets::OpCode::Binary, data));
     }
 }
 
@@ -135,7 +135,7 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
         // Clients ping only to probe a transport during an upgrade; the
         // upgrade code answers those before packets reach this point.
         Ok(engineio::Packet::Ping(data)) => {
-            handler.outbox().push(engineio::control_frame(engineio::PONG, data));
+            handler.outbox().push_or_close(engineio::control_frame(engineio::PONG, data));
             Ok(())
         }
         Ok(engineio::Packet::Close) => Err(CloseReason::ClientClose),
@@ -181,7 +181,7 @@ pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_
             Some(sent) if now >= sent + settings.ping_timeout => return CloseReason::PingTimeout,
             Some(_) => {}
             None if now >= next_ping => {
-                handler.outbox().push(engineio::control_frame(engineio::PING, ""));
+                handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
                 ping_sent = Some(now);
             }
             None => {}

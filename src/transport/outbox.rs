@@ -76,6 +76,17 @@ impl Outbox {
         Pushed::Queued
     }
 
+    /// Queues a frame that must not be dropped (a reply the client waits
+    /// for, a heartbeat): if the queue is full, the client is not reading,
+    /// and the connection is closed rather than left waiting forever.
+    pub fn push_or_close(&self, frame: OutFrame) -> Pushed {
+        let pushed = self.push(frame);
+        if pushed == Pushed::Dropped {
+            self.abort(CloseReason::SlowConsumer);
+        }
+        pushed
+    }
+
     /// Sends what is queued, then `last` (typically a close frame), then ends.
     pub fn close_after(&self, last: Option<OutFrame>, reason: CloseReason) {
         if self.closing.borrow().is_some() {
@@ -207,6 +218,14 @@ mod tests {
         assert_eq!(outbox.push(frame()), Pushed::Dropped);
         assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
         assert_eq!(outbox.push(frame()), Pushed::Closed);
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_closes_the_connection() {
+        let outbox = Outbox::new(1);
+        assert_eq!(outbox.push(frame()), Pushed::Queued);
+        assert_eq!(outbox.push_or_close(frame()), Pushed::Dropped);
+        assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
     }
 
     #[test]

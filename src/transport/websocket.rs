@@ -45,13 +45,21 @@ pub async fn run<H: EngineHandler>(
     traffic: &Traffic,
     handler: &H,
 ) -> CloseReason {
-    handler.outbox().push(engineio::open_frame(&settings.open_info(sid, &[])));
+    handler.outbox().push_or_close(engineio::open_frame(&settings.open_info(sid, &[])));
     let last_pong = Cell::new(Instant::now());
     let heartbeat = supervise(settings, handler, &last_pong);
-    tokio::pin!(heartbeat);
+    let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
+    tokio::pin!(heartbeat, session);
     tokio::select! {
-        reason = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong) => reason,
-        reason = &mut heartbeat => reason,
+        reason = &mut session => reason,
+        reason = &mut heartbeat => {
+            // A missed deadline: say why with a close frame (if the client
+            // can still read it) and let the writer finish, briefly.
+            let close = reason.close_frame().map(|(code, text)| OutFrame::close(code, text));
+            handler.outbox().close_after(close, reason.clone());
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut session).await;
+            reason
+        }
     }
 }
 
@@ -90,7 +98,7 @@ pub async fn run_upgrade<H: EngineHandler>(
                 }
                 traffic.sent(reply.wire().len());
                 // The client pauses polling before it upgrades: release its pending GET.
-                handler.outbox().push(engineio::control_frame(b'6', ""));
+                handler.outbox().push_or_close(engineio::control_frame(b'6', ""));
             }
             Ok(engineio::Packet::Upgrade) => break,
             _ => return CloseReason::ProtocolError("expected 2probe or 5 during the upgrade".into()),
@@ -198,7 +206,7 @@ async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &C
         }
         Message::Binary(data) => handler.on_binary(data).await,
         Message::Ping(data) => {
-            handler.outbox().push(OutFrame::new(OpCode::Pong, &data));
+            handler.outbox().push_or_close(OutFrame::new(OpCode::Pong, &data));
             Ok(())
         }
         Message::Pong => Ok(()),
