@@ -26,8 +26,8 @@
 import http from 'k6/http';
 import { check, fail } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { setTimeout, clearTimeout, setInterval, clearInterval } from 'k6/timers';
 import { SioSocket, wsUrl, baseUrl, envInt } from './lib/socketio.js';
+import { Timers } from './lib/timers.js';
 
 const VUS = envInt('VUS', 200);
 const ROOM_SIZE = Math.max(1, envInt('ROOM_SIZE', 10));
@@ -125,18 +125,17 @@ export default function (data) {
   let sending = false;
   let finished = false;
   let closedEarly = false;
+  let errorEvents = 0;
   let authOk = false;
   let joinOk = false;
-  const timers = [];
+  const timers = new Timers(100);
   const intervals = [];
-
-  const later = (fn, ms) => { const t = setTimeout(fn, ms); timers.push(t); return t; };
+  const later = (fn, ms) => timers.after(ms, fn);
 
   const finish = () => {
     if (finished) return;
     finished = true;
-    timers.forEach(clearTimeout);
-    intervals.forEach(clearInterval);
+    timers.cancelAll();
     roomReady.add(started);
     if (started) {
       for (let p = 0; p < size; p++) {
@@ -158,19 +157,21 @@ export default function (data) {
     check(null, {
       'authenticate ack success': () => authOk,
       'join-room ack success': () => joinOk,
-      'custom-event acks success': () => customAcksOk === customAcks,
-      'private-message acks success': () => pmAcksOk === pmAcks,
+      'custom-event acks: all arrived, all success': () => customAcks === relaySeq && customAcksOk === customAcks,
+      'private-message acks: all arrived, all success': () => pmAcks === pmSeq && pmAcksOk === pmAcks,
       'relays in order, no duplicates': () => outOfOrder === 0 && recv.every((n, p) => doneSent[p] < 0 || n <= doneSent[p]),
       'not closed by the server': () => !closedEarly,
+      'no error events': () => errorEvents === 0,
     });
     sock.close();
   };
 
   const maybeDone = () => {
-    if (!sending && started && donesSeen === peers && pmDone >= 0) finish();
+    if (!sending && started && donesSeen === peers && pmDone >= 0 && customAcks === relaySeq && pmAcks === pmSeq) finish();
   };
 
   const sendRelay = () => {
+    if (!sending) return;
     const s = relaySeq++;
     relaysSent.add(1);
     const t = Date.now();
@@ -178,10 +179,12 @@ export default function (data) {
       customAcks++;
       customAckMs.add(Date.now() - t);
       if (ack && ack.success === true) customAcksOk++;
+      maybeDone();
     });
   };
 
   const sendPm = () => {
+    if (!sending) return;
     const s = pmSeq++;
     pmsSent.add(1);
     const t = Date.now();
@@ -189,6 +192,7 @@ export default function (data) {
       pmAcks++;
       pmAckMs.add(Date.now() - t);
       if (ack && ack.success === true) pmAcksOk++;
+      maybeDone();
     });
   };
 
@@ -196,14 +200,15 @@ export default function (data) {
     if (started) return;
     started = true;
     sending = true;
+    timers.cancel(readyTimer);
     if (peers > 0) {
       // Random phase so the members of a room do not all send in the same tick.
-      later(() => { sendRelay(); intervals.push(setInterval(sendRelay, MSG_INTERVAL_MS)); }, Math.random() * MSG_INTERVAL_MS);
-      later(() => { sendPm(); intervals.push(setInterval(sendPm, PM_INTERVAL_MS)); }, Math.random() * PM_INTERVAL_MS);
+      later(() => { if (sending) { sendRelay(); intervals.push(timers.every(MSG_INTERVAL_MS, sendRelay)); } }, Math.random() * MSG_INTERVAL_MS);
+      later(() => { if (sending) { sendPm(); intervals.push(timers.every(PM_INTERVAL_MS, sendPm)); } }, Math.random() * PM_INTERVAL_MS);
     }
     later(() => {
       sending = false;
-      intervals.forEach(clearInterval);
+      intervals.forEach((t) => timers.cancel(t));
       if (peers > 0) {
         // The end markers follow this sender's last messages on the same
         // connection, so everything before them has been handled.
@@ -255,6 +260,9 @@ export default function (data) {
         maybeDone();
       } else if (name === 'chat-ready') {
         start();
+      } else if (name === 'error') {
+        errorEvents++;
+        if (errorEvents === 1) console.warn(`${me}: error event ${JSON.stringify(arg)}`);
       }
     },
     onConnectError: () => finish(),
@@ -264,5 +272,5 @@ export default function (data) {
       'message-sent', 'room-joined', 'authenticated', 'connected'],
   });
 
-  later(() => { if (!started) finish(); }, READY_TIMEOUT_MS);
+  const readyTimer = later(() => { if (!started) finish(); }, READY_TIMEOUT_MS);
 }

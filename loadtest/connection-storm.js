@@ -3,11 +3,11 @@
 // disconnect — over and over, for DURATION. It measures what a reconnect
 // wave (deploy, network blip) costs: handshake latency and handshakes/s.
 //
-//   k6 run -e BASE_URL=http://127.0.0.1:3000 -e VUS=200 -e DURATION=30s loadtest/connection-storm.js
+//   k6 run -e BASE_URL=http://127.0.0.1:3000 -e VUS=100 -e DURATION=30s loadtest/connection-storm.js
 //
 // Environment (all optional):
 //   BASE_URL / WS_URL  broker (default http://127.0.0.1:3000)
-//   VUS        concurrent virtual users, one connection each (200)
+//   VUS        concurrent virtual users, one connection each (100)
 //   RAMP       time to ramp from 0 to VUS (5s)
 //   DURATION   time at VUS after the ramp (30s)
 //   HOLD_MS    time a connection stays after its join ack (500)
@@ -17,17 +17,18 @@
 import http from 'k6/http';
 import { check, fail } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { setTimeout, clearTimeout } from 'k6/timers';
 import { SioSocket, wsUrl, baseUrl, envInt } from './lib/socketio.js';
+import { Timers } from './lib/timers.js';
 
-const VUS = envInt('VUS', 200);
+const VUS = envInt('VUS', 100);
 const HOLD_MS = envInt('HOLD_MS', 500);
 const ROOMS = envInt('ROOMS', 20);
 const TIMEOUT_MS = envInt('TIMEOUT_MS', 10000);
 const WS_URL = wsUrl();
 
 // new WebSocket() → Socket.IO CONNECT reply `40{"sid":..}`: TCP, HTTP
-// upgrade, Engine.IO open packet, CONNECT round trip.
+// upgrade, then the CONNECT round trip (CONNECT is sent as soon as the
+// WebSocket is open; see lib/socketio.js).
 const connectMs = new Trend('storm_connect_ms', true);
 // authenticate emitted → its ack.
 const authAckMs = new Trend('storm_auth_ack_ms', true);
@@ -74,15 +75,14 @@ export default function (data) {
   const t0 = Date.now();
   const user = `storm-${data.run}-${__VU}-${__ITER}`;
   const room = `storm-${data.run}-${__VU % ROOMS}`;
-  const st = { connected: false, connectedEvent: false, auth: false, join: false, closedEarly: false };
+  const st = { connected: false, connectedEvent: false, auth: false, join: false, closedEarly: false, errors: 0 };
   let done = false;
-  let holdTimer = null;
+  const timers = new Timers(50);
 
   const finish = () => {
     if (done) return;
     done = true;
-    clearTimeout(deadline);
-    if (holdTimer !== null) clearTimeout(holdTimer);
+    timers.cancelAll();
     sessionOk.add(st.connected && st.auth && st.join);
     check(st, {
       'CONNECT reply': (s) => s.connected,
@@ -90,6 +90,7 @@ export default function (data) {
       'authenticate ack success': (s) => s.auth,
       'join-room ack success': (s) => s.join,
       'not closed by the server': (s) => !s.closedEarly,
+      'no error events': (s) => s.errors === 0,
     });
     sock.close();
   };
@@ -111,12 +112,16 @@ export default function (data) {
           joinAckMs.add(Date.now() - tj);
           st.join = !!jack && jack.success === true && jack.roomName === room && jack.memberCount >= 1;
           if (!st.join) { finish(); return; }
-          holdTimer = setTimeout(finish, HOLD_MS);
+          timers.after(HOLD_MS, finish);
         });
       });
     },
-    onEvent: (name) => {
+    onEvent: (name, arg) => {
       if (name === 'connected') st.connectedEvent = true;
+      else if (name === 'error') {
+        st.errors++;
+        console.warn(`${user}: error event ${JSON.stringify(arg)}`);
+      }
     },
     onConnectError: () => finish(),
     onClose: () => {
@@ -127,5 +132,5 @@ export default function (data) {
     ignore: ['user-online', 'user-offline', 'user-joined', 'user-left'],
   });
 
-  const deadline = setTimeout(finish, TIMEOUT_MS);
+  timers.after(TIMEOUT_MS, finish);
 }

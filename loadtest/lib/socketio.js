@@ -2,7 +2,8 @@
 // k6/experimental/websockets (k6 >= 0.5x; the module k6 1.1.0 ships).
 //
 // It speaks only what the load scripts need, on the default namespace "/":
-//   server → `0{...}` (Engine.IO open)        client → `40` (Socket.IO CONNECT)
+//   WebSocket open                            client → `40` (Socket.IO CONNECT)
+//   server → `0{...}` (Engine.IO open; may be lost by k6, see onopen below)
 //   server → `40{"sid":..}`                   (CONNECT reply: onConnect)
 //   server → `44{...}`                        (CONNECT refused: onConnectError)
 //   server → `2` (ping)                       client → `3` (pong)
@@ -12,6 +13,11 @@
 // batches), so no payload splitting is needed.
 
 import { WebSocket } from 'k6/experimental/websockets';
+import { Counter } from 'k6/metrics';
+
+// Engine.IO open packets k6 dropped (the CONNECT reply came, the open packet
+// sent before it never reached the script): k6's race, not the broker's.
+const openPacketsDropped = new Counter('k6_ws_open_packet_dropped');
 
 /** The ws:// Socket.IO endpoint from WS_URL, or derived from BASE_URL. */
 export function wsUrl() {
@@ -61,14 +67,14 @@ export function apiHeaders() {
  * handlers (all optional):
  *   onConnect(sid)              CONNECT reply received
  *   onConnectError(data)        CONNECT refused (`44`)
- *   onEvent(name, arg, raw)     server event; not called for raw frames that
- *                               start with one of `ignore` (cheap filtering of
- *                               chatty announcements without JSON.parse)
+ *   onEvent(name, arg, raw)     server event; not called for the event
+ *                               names in `ignore` (cheap filtering of chatty
+ *                               announcements, without JSON.parse)
  *   onClose(code)               WebSocket closed (either side)
  *   onError(err)                WebSocket error
  * opts:
  *   auth     object sent in the CONNECT packet (`40{...}`)
- *   ignore   array of raw prefixes to drop, e.g. ['42["user-joined"']
+ *   ignore   event names to drop unparsed, e.g. ['user-joined', 'user-online']
  */
 export class SioSocket {
   constructor(url, handlers, opts) {
@@ -79,12 +85,23 @@ export class SioSocket {
     (this.opts.ignore || []).forEach((n) => { this.ignore[n] = true; });
     this.acks = new Map();
     this.nextAckId = 1;
-    this.sid = null;
+    this.sid = null; // Socket.IO socket id, from the CONNECT reply
+    this.eioSid = null; // Engine.IO session id, from the open packet
     this.open = false;
     this.closed = false;
     this.startedAt = Date.now();
     this.ws = new WebSocket(url);
-    this.ws.onopen = () => { this.open = true; this.openedAt = Date.now(); };
+    this.ws.onopen = () => {
+      this.open = true;
+      this.openedAt = Date.now();
+      // CONNECT right away instead of after the Engine.IO open packet: k6's
+      // WebSocket (k6/experimental/websockets, 1.1.0) starts reading before
+      // it marks the socket OPEN and silently drops a message read in that
+      // window — sometimes the open packet, which the server sends first.
+      // Nothing sent after `open` fires is lost, and the server does not
+      // need the client to have seen its open packet.
+      this.ws.send(this.opts.auth ? `40${JSON.stringify(this.opts.auth)}` : '40');
+    };
     this.ws.onmessage = (e) => this._frame(e.data);
     this.ws.onclose = (e) => {
       this.closed = true;
@@ -120,8 +137,8 @@ export class SioSocket {
   _frame(data) {
     if (typeof data !== 'string' || data.length === 0) return;
     switch (data.charCodeAt(0)) {
-      case 48: // '0' Engine.IO open
-        this.ws.send(this.opts.auth ? `40${JSON.stringify(this.opts.auth)}` : '40');
+      case 48: // '0' Engine.IO open (CONNECT was already sent on `open`)
+        try { this.eioSid = JSON.parse(data.slice(1)).sid; } catch (_) { /* diagnostics only */ }
         return;
       case 50: // '2' ping
         this.ws.send('3');
@@ -161,6 +178,7 @@ export class SioSocket {
       const body = data.length > 2 ? JSON.parse(data.slice(2)) : {};
       this.sid = body.sid;
       this.connectedAt = Date.now();
+      if (this.eioSid === null) openPacketsDropped.add(1);
       if (this.h.onConnect) this.h.onConnect(this.sid);
     } else if (type === 52) { // '4' CONNECT_ERROR
       const body = data.length > 2 ? JSON.parse(data.slice(2)) : {};
