@@ -10,6 +10,7 @@ Every knob is an environment variable, listed in README.md beside this file.
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -54,10 +55,21 @@ REFINE = env_num("REFINE", 0 if QUICK else 2, int)
 NUDGE = env_num("NUDGE", 1.15)
 MAX_STEPS = env_num("MAX_STEPS", 2 if QUICK else 9, int)
 MAX_RATE = env_num("MAX_RATE", 100000)
+DOWN_STEPS = env_num("DOWN_STEPS", 1 if QUICK else 3, int)  # when the start rate already fails
 # Fixed rates every server carries, for server CPU per delivery.
 FIXED_RATE_SMALL = env_num("FIXED_RATE_SMALL", 50)
 LOWLOAD_RATE = env_num("LOWLOAD_RATE", 2)
 LOWLOAD_DURATION = env_num("LOWLOAD_DURATION", 4 if QUICK else 10)
+# Passed to loadgen fanout as --read-interval-ms when set (batched reads make
+# the generator cheaper per delivery, at up to that much added latency).
+READ_INTERVAL_MS = env_str("READ_INTERVAL_MS", "")
+# A measurement during which other processes used more than this much CPU
+# (% of one core, user space) is repeated after a pause, then kept and flagged.
+OTHER_CPU_LIMIT = env_num("OTHER_CPU_LIMIT", 10)
+DISTURBED_RETRIES = env_num("DISTURBED_RETRIES", 2, int)
+DISTURBED_PAUSE = env_num("DISTURBED_PAUSE", 5)
+QUIET_TIMEOUT = env_num("QUIET_TIMEOUT", 120)  # per measurement
+QUIET_BUDGET = env_num("QUIET_BUDGET", 900)  # in all
 SERVER_CPUS = env_str("SERVER_CPUS", "0")
 LOADGEN_CPUS = env_str("LOADGEN_CPUS", "1")
 PORT_BASE = env_num("PORT_BASE", 21000, int)  # below the ephemeral port range
@@ -66,7 +78,7 @@ SERVERS_WANTED = env_str("SERVERS", "shardcast,socket.io,socketioxide,shardcast-
 SCENARIOS_WANTED = env_str("SCENARIOS", "idle,handshake,fixed,fanout-small,fanout-large,lowload").split(",")
 # shardcast runs without presence broadcasts by default: the two other servers
 # implement only the three events and broadcast nothing on authenticate.
-SHARDCAST_ENV = env_str("SHARDCAST_ENV", "PRESENCE_EVENTS=off")
+SHARDCAST_ENV = env_str("SHARDCAST_ENV", "PRESENCE_EVENTS=off ROOM_EVENTS=off")
 
 LOADGEN = env_str("LOADGEN", os.path.join(ROOT, "target", "release", "loadgen"))
 SHARDCAST = env_str("SHARDCAST", os.path.join(ROOT, "target", "release", "shardcast"))
@@ -160,17 +172,64 @@ def cpu_seconds(pid):
         return None
 
 
+def user_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[11]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_user_seconds():
+    """User-space CPU time of the whole machine (user + nice, all cores)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[1]) + int(fields[2])) / CLK_TCK
+
+
+BUSY_NAMES = {"rustc", "cc1", "cc1plus", "ld", "ld.lld", "mold", "rust-lld"}
+
+
+def compilers_running():
+    """Names of compiler processes on the machine: they would steal the cores."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name in BUSY_NAMES:
+                found.add(name)
+    return found
+
+
 def sample_cpu(pids, gen, timeout, every=0.25):
-    """Until `gen` exits: samples each pid's CPU time (user + system, seconds)."""
+    """Until `gen` exits: samples each pid's CPU time (user + system, seconds);
+    also notes compilers running meanwhile (samples["busy"])."""
     samples = {name: [] for name in pids}
+    busy = set()
     deadline = time.time() + timeout
+    n = 0
+    samples["other_user"] = []
     while gen.poll() is None and time.time() < deadline:
         now = time.time()
+        ours = 0.0
         for name, pid in pids.items():
             cpu = cpu_seconds(pid)
             if cpu is not None:
                 samples[name].append((now, cpu))
+            ours += user_seconds(pid) or 0.0
+        # User-space CPU of every other process (kernel threads have none, so
+        # loopback softirq work does not count): another load test or build
+        # running beside this one shows up here.
+        samples["other_user"].append((now, machine_user_seconds() - ours))
+        if n % 4 == 0:
+            busy |= compilers_running()
+        n += 1
         time.sleep(every)
+    samples["busy"] = sorted(busy)
     return samples
 
 
@@ -191,7 +250,46 @@ def tail_percent(samples, window):
     return round((c_end - start[1]) / (t_end - start[0]) * 100, 1)
 
 
+def wait_quiet():
+    """Waits (up to QUIET_TIMEOUT seconds) until other processes use less than
+    OTHER_CPU_LIMIT % of a core, measured over one second."""
+    global QUIET_BUDGET
+    started = time.time()
+    deadline = started + min(QUIET_TIMEOUT, QUIET_BUDGET)
+    told = False
+    while True:
+        u0, t0 = machine_user_seconds(), time.time()
+        time.sleep(1.0)
+        other = (machine_user_seconds() - u0) / (time.time() - t0) * 100
+        if other <= OTHER_CPU_LIMIT or time.time() > deadline:
+            QUIET_BUDGET = max(0.0, QUIET_BUDGET - (time.time() - started))
+            if other > OTHER_CPU_LIMIT:
+                log(f"    still busy (other processes at {other:.0f}% of a core): measuring anyway")
+            elif told:
+                log("    the machine is quiet again")
+            return
+        if not told:
+            log(f"    other processes use {other:.0f}% of a core: waiting for them (up to {QUIET_TIMEOUT:g} s)")
+            told = True
+        time.sleep(2.0)
+
+
 def measure(server, args, timeout, window=None):
+    """measure_once, again (after a pause) while other work on the machine
+    disturbed it, up to DISTURBED_RETRIES times."""
+    for attempt in range(DISTURBED_RETRIES + 1):
+        wait_quiet()
+        result = measure_once(server, args, timeout, window)
+        if not result.get("disturbed_by"):
+            return result
+        log(f"    warning: disturbed by {', '.join(result['disturbed_by'])}"
+            + (f"; again in {DISTURBED_PAUSE:g} s" if attempt < DISTURBED_RETRIES else "; kept, flagged"))
+        if attempt < DISTURBED_RETRIES:
+            time.sleep(DISTURBED_PAUSE)
+    return result
+
+
+def measure_once(server, args, timeout, window=None):
     """Starts a fresh server, runs one loadgen invocation, stops the server.
     Returns the loadgen JSON (plus loadgen_cpu_percent), or {"error": ...}."""
     spec = SERVERS[server]
@@ -236,6 +334,13 @@ def measure(server, args, timeout, window=None):
         result = json.loads(lines[-1])
         cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
         result["loadgen_cpu_percent_whole_run"] = round(cpu / wall * 100, 1)
+        other = tail_percent(samples["other_user"], window or wall)
+        result["other_cpu_percent"] = other
+        disturbed = list(samples["busy"])
+        if other is not None and other > OTHER_CPU_LIMIT:
+            disturbed.append(f"other processes at {other:.0f}% of a core")
+        if disturbed:
+            result["disturbed_by"] = disturbed
         if window:
             result["loadgen_cpu_percent"] = tail_percent(samples["loadgen"], window)
             result["server_cpu_percent_sampled"] = tail_percent(samples["server"], window)
@@ -259,13 +364,16 @@ def short(result, keys):
 
 
 FANOUT_KEYS = ["publishes_per_sec", "deliveries_per_sec", "lost", "p50_ms", "p99_ms", "max_ms",
-               "server_cpu_percent", "server_cpu_percent_sampled", "loadgen_cpu_percent"]
+               "server_cpu_percent", "server_cpu_percent_sampled", "loadgen_cpu_percent", "other_cpu_percent"]
 
 
 def fanout(server, subs, rate, duration):
     timeout = duration + 60 + subs / 200
-    r = measure(server, ["--scenario", "fanout", "--connections", subs, "--rooms-per-conn", 1,
-                         "--duration", duration, "--rate", fmt_rate(rate)], timeout, window=duration)
+    args = ["--scenario", "fanout", "--connections", subs, "--rooms-per-conn", 1,
+            "--duration", duration, "--rate", fmt_rate(rate)]
+    if READ_INTERVAL_MS:
+        args += ["--read-interval-ms", READ_INTERVAL_MS]
+    r = measure(server, args, timeout, window=duration)
     r["rate_asked"] = rate
     return r
 
@@ -299,7 +407,7 @@ def search(server, subs, bound_ms, start, hint):
     if hint is None:
         rate, factor, steps = start, FACTOR, MAX_STEPS
     else:
-        rate, factor, steps = hint, NUDGE, 4
+        rate, factor, steps = hint, NUDGE, MAX_STEPS
     ok, r = trial(rate)
     steps -= 1
     if ok:
@@ -314,6 +422,7 @@ def search(server, subs, bound_ms, start, hint):
             best = r
     else:
         fail_rate = rate
+        steps = min(steps, DOWN_STEPS)
         while steps > 0 and rate / factor >= 0.05:
             rate /= factor
             ok, r = trial(rate)
@@ -349,7 +458,7 @@ def run_server(server, results):
                                  "--rooms-per-conn", ROOMS_PER_CONN, "--concurrency", 64],
                         60 + IDLE_CONNECTIONS / 100)
             log(f"  idle {IDLE_CONNECTIONS} conns x {ROOMS_PER_CONN} rooms, run {i + 1}: "
-                f"{short(r, ['rss_per_connection_kib', 'server_rss_kib'])}")
+                f"{short(r, ['rss_per_connection_kib', 'server_rss_kib', 'other_cpu_percent'])}")
             runs.append(r)
         res["idle"] = runs
     if "handshake" in scen:
@@ -359,7 +468,7 @@ def run_server(server, results):
                                  "--concurrency", HANDSHAKE_CONCURRENCY], HANDSHAKE_DURATION + 60,
                         window=HANDSHAKE_DURATION)
             log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
-                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent'])}")
+                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
             runs.append(r)
         res["handshake"] = runs
     if "fixed" in scen:
@@ -382,6 +491,9 @@ def run_server(server, results):
             if best is not None and hint is None:
                 hint = best["rate_asked"]
             log(f"  -> run {i + 1}: " + (short(best, FANOUT_KEYS) if best else "no rate kept up with"))
+            if best is None and hint is None:
+                log("  (no rate kept up with in the first run: the other runs are skipped)")
+                break
         res[key] = bests
     if "lowload" in scen:
         runs = []
@@ -547,7 +659,32 @@ def describe():
         f"load generator on core {LOADGEN_CPUS}; idle {IDLE_CONNECTIONS} connections; handshake "
         f"{HANDSHAKE_DURATION:g} s; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s; "
         f"shardcast env: SHARDS=1 {SHARDCAST_ENV}"
+        + (f"; loadgen --read-interval-ms {READ_INTERVAL_MS}" if READ_INTERVAL_MS else "")
     )
+
+
+def flatten(runs):
+    for r in runs or []:
+        if isinstance(r, list):
+            yield from flatten(r)
+        else:
+            yield r
+
+
+def snapshot_binaries():
+    """Copies the binaries under test, so a rebuild during the run changes nothing."""
+    global LOADGEN
+    bin_dir = os.path.join(OUT_DIR, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    copies = {}
+    for name, path in (("loadgen", LOADGEN), ("shardcast", SHARDCAST), ("socketioxide-compare", SOCKETIOXIDE)):
+        copy = os.path.join(bin_dir, name)
+        shutil.copy2(path, copy + ".tmp")
+        os.replace(copy + ".tmp", copy)
+        copies[path] = copy
+    LOADGEN = copies[LOADGEN]
+    for spec in SERVERS.values():
+        spec["cmd"] = [copies.get(spec["cmd"][0], spec["cmd"][0])] + spec["cmd"][1:]
 
 
 def main():
@@ -558,6 +695,7 @@ def main():
     for path in (LOADGEN, SHARDCAST, SOCKETIOXIDE):
         if not os.access(path, os.X_OK):
             sys.exit(f"missing {path}: run loadtest/compare/run.sh (it builds everything)")
+    snapshot_binaries()
     started = time.time()
     log(describe())
     results = {}
@@ -568,6 +706,11 @@ def main():
         with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
             json.dump({"settings": describe(), "results": results}, f, indent=1)
     md = table(results)
+    disturbed = sum(1 for res in results.values() for runs in res.values() for r in flatten(runs)
+                    if isinstance(r, dict) and r.get("disturbed_by"))
+    if disturbed:
+        md += (f"\n\n{disturbed} measurement(s) ran while other work (a build, another load test) used "
+               "the machine: their figures are disturbed (see the raw results, `disturbed_by`).")
     elapsed = time.time() - started
     text = (f"{describe()}; took {elapsed / 60:.1f} min; "
             f"{os.cpu_count()} cores, {os.uname().release}\n\n{md}\n")
