@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope};
 use crate::clock::iso8601;
 use crate::config::Config;
+use crate::server::{self, BodyError};
 use crate::shard::{ConnectionInfo, RoomInfo};
 
 /// Largest request body accepted, in bytes (a batch can hold many events).
@@ -223,14 +224,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+    match server::read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             format!("request body over {MAX_BODY_BYTES} bytes"),
         )),
-        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+        Err(BodyError::Unreadable) => Err(ApiError::invalid("the request body could not be read")),
     }
 }
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -27,7 +27,7 @@ use crate::app;
 use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
 use crate::protocol::engineio::HandshakeError;
-use crate::server::json_response;
+use crate::server::{json_response, read_body, BodyError};
 use crate::shard::{Shard, ShardMsg, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
 use crate::transport::polling::{self, PollError};
@@ -120,9 +120,10 @@ async fn polling(
         (Method::POST, Some(sid)) => {
             // One byte over the limit is enough to know it is too much.
             let limit = shard.config().max_payload_bytes as usize + 1;
-            let body = match Limited::new(request.into_body(), limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => Bytes::from(vec![0u8; limit]),
+            let body = match read_body(request.into_body(), limit).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => Bytes::from(vec![0u8; limit]),
+                Err(BodyError::Unreadable) => return engine_error(HandshakeError::BadRequest),
             };
             reply(
                 on_session_shard(shard, &sid, move |owner, sid| async move { poll_post(&owner, &sid, body).await })

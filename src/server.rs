@@ -263,6 +263,52 @@ async fn route(
     }
 }
 
+/// Why a request body could not be taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Longer than the limit; the rest was read and thrown away.
+    TooLarge,
+    /// The connection failed while the body was arriving.
+    Unreadable,
+}
+
+/// How much of an over-size body is read and discarded, and for how long,
+/// before the answer goes out anyway.
+const DISCARD_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+const DISCARD_LIMIT_TIME: Duration = Duration::from_secs(2);
+
+/// Reads a request body of at most `limit` bytes.
+///
+/// A body over the limit is not kept, but the rest of it is still read (up to
+/// `DISCARD_LIMIT_BYTES` / `DISCARD_LIMIT_TIME`) before the 413 goes out:
+/// closing a socket with unread bytes in it makes the kernel send a reset,
+/// and the client would then see a broken pipe instead of our answer.
+pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    loop {
+        let Some(frame) = body.frame().await else { return Ok(kept.freeze()) };
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if kept.len() + data.len() > limit {
+            break;
+        }
+        kept.extend_from_slice(&data);
+    }
+    drop(kept);
+    let discard = async {
+        let mut discarded = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            discarded += frame.data_ref().map_or(0, Bytes::len);
+            if discarded > DISCARD_LIMIT_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_LIMIT_TIME, discard).await;
+    Err(BodyError::TooLarge)
+}
+
 pub(crate) fn json_response(status: StatusCode, body: String) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -38,11 +38,20 @@ export const CONFIG_VARS = [
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 let uidCounter = 0;
+const issuedUids = new Set();
 /** A name unique within this test process (safe as userId / roomName). */
 export function uid(prefix = 'x') {
   uidCounter += 1;
-  return `${prefix}-${uidCounter}-${randomBytes(3).toString('hex')}`;
+  const name = `${prefix}-${uidCounter}-${randomBytes(3).toString('hex')}`;
+  issuedUids.add(name);
+  return name;
 }
+
+/**
+ * Whether `name` came from uid() — in a test that shares a server with
+ * earlier ones, events about those tests' users may still arrive.
+ */
+export const isIssuedUid = (name) => issuedUids.has(name);
 
 // ---------------------------------------------------------------------------
 // Test wrapper: closes the clients a test opened and, when the test fails,
