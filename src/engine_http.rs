@@ -27,7 +27,7 @@ use crate::app;
 use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
 use crate::protocol::engineio::HandshakeError;
-use crate::server::{json_response, read_body, BodyError};
+use crate::server::{json_response, read_body, BodyError, SocketFd};
 use crate::shard::{Shard, ShardMsg, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
 use crate::transport::polling::{self, PollError};
@@ -168,6 +168,11 @@ async fn websocket(
         Ok(pair) => pair,
         Err(_) => return engine_error(HandshakeError::BadRequest),
     };
+    if let (None, Some(SocketFd(fd))) = (&sid, request.extensions().get::<SocketFd>()) {
+        // A new session's open packet follows the 101 at once: `websocket::run`
+        // sends both in one segment.
+        websocket::cork(*fd, true);
+    }
     let shard = shard.clone();
     let endpoint = endpoint.clone();
     tokio::task::spawn_local(async move {

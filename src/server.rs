@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -196,10 +197,19 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
     }
 }
 
+/// The connection's socket, attached to WebSocket upgrade requests (see
+/// `websocket::cork`).
+#[derive(Clone, Copy)]
+pub(crate) struct SocketFd(pub RawFd);
+
 async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream, peer: SocketAddr) {
     let broker = Broker::new(shard.shared.clone());
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let fd = stream.as_raw_fd();
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let (shard, services, broker) = (shard.clone(), services.clone(), broker.clone());
+        if fastwebsockets::upgrade::is_upgrade_request(&request) {
+            request.extensions_mut().insert(SocketFd(fd));
+        }
         async move {
             let label = route_label(request.uri().path());
             let response = route(&shard, &services, &broker, peer, request).await;

@@ -151,7 +151,7 @@ impl EngineHandler for EngineSession {
         self.ever_connected.get()
     }
 
-    fn outbox(&self) -> &Outbox {
+    fn outbox(&self) -> &Rc<Outbox> {
         &self.outbox
     }
 

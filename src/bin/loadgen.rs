@@ -46,7 +46,8 @@ struct Args {
     /// Seconds of measurement (handshake, fanout).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Publishes per second, or `max` to publish as fast as acks return (fanout).
+    /// Publishes per second, or `max` to publish as fast as acks return
+    /// (fanout); handshakes per second, or `max` (handshake).
     #[arg(long, default_value = "max")]
     rate: String,
     /// Parallel handshake loops; also how many connections are opened at once.
@@ -199,12 +200,23 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let before = args.server_pid.and_then(process_usage);
     let started = Instant::now();
+    // At a fixed rate, handshake n starts at n / rate seconds (if a loop is free).
+    let rate: Option<f64> = args.rate.parse().ok();
+    let issued = Rc::new(Cell::new(0u64));
     let loops: Vec<_> = (0..args.concurrency)
         .map(|l| {
-            let (done, failed) = (done.clone(), failed.clone());
+            let (done, failed, issued) = (done.clone(), failed.clone(), issued.clone());
             async move {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
+                    if let Some(rate) = rate {
+                        let n = issued.get();
+                        issued.set(n + 1);
+                        tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
                     i += 1;
                     match connect_user(addr, &format!("hs-{l}-{i}")).await {
                         Ok(client) => {
@@ -221,12 +233,16 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
     let elapsed = started.elapsed().as_secs_f64();
     let mut out = json!({
         "scenario": "handshake",
+        "rate": args.rate,
         "concurrency": args.concurrency,
         "handshakes": done.get(),
         "failed": failed.get(),
         "handshakes_per_sec": done.get() as f64 / elapsed,
     });
     add_cpu(&mut out, args.server_pid, before, elapsed);
+    if let (Some(cpu), true) = (out["server_cpu_percent"].as_f64(), done.get() > 0) {
+        out["server_cpu_us_per_handshake"] = json!(cpu / 100.0 * elapsed * 1e6 / done.get() as f64);
+    }
     out
 }
 

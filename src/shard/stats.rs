@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::transport::engine::Traffic;
@@ -30,7 +31,7 @@ pub struct ShardCounters {
     broadcasts: LabelCounts,
     pub messages_delivered: Cell<u64>,
     pub messages_dropped: Cell<u64>,
-    pub traffic: Traffic,
+    pub traffic: Rc<Traffic>,
     latency_samples: RefCell<Vec<f64>>,
     /// Samples past the cap, per bucket (the last slot is above every bound).
     latency_overflow: RefCell<[u64; LATENCY_BUCKETS.len() + 1]>,

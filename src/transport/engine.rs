@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ pub trait EngineHandler {
     /// timeout applies.
     fn is_established(&self) -> bool;
     /// The session's outbound queue.
-    fn outbox(&self) -> &Outbox;
+    fn outbox(&self) -> &Rc<Outbox>;
     /// The session moved from polling to WebSocket.
     fn on_upgraded(&self) {}
 }
@@ -57,12 +58,12 @@ impl EngineSocket<'_> {
 /// Runs an [`EngineApp`] as a session's handler.
 pub struct AppSession {
     app: Box<dyn EngineApp>,
-    outbox: Outbox,
+    outbox: Rc<Outbox>,
 }
 
 impl AppSession {
     pub fn new(app: Box<dyn EngineApp>, outbox_limit: usize) -> AppSession {
-        AppSession { app, outbox: Outbox::new(outbox_limit) }
+        AppSession { app, outbox: Rc::new(Outbox::new(outbox_limit)) }
     }
 }
 
@@ -82,7 +83,7 @@ impl EngineHandler for AppSession {
         true
     }
 
-    fn outbox(&self) -> &Outbox {
+    fn outbox(&self) -> &Rc<Outbox> {
         &self.outbox
     }
 }

@@ -13,6 +13,7 @@
 //! implements [`engine::EngineHandler`].
 
 pub mod engine;
+mod flusher;
 pub mod outbox;
 pub mod polling;
 pub mod websocket;

@@ -147,7 +147,8 @@ impl<H: EngineHandler> PollingSession<H> {
                 break;
             }
         }
-        let frames = outbox.take_all();
+        // Polling never writes part of a frame: no offset to carry.
+        let (frames, _) = outbox.take_all();
         outbox.progressed();
         let mut packets: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
         for frame in &frames {
@@ -241,7 +242,7 @@ impl<H: EngineHandler> PollingSession<H> {
     /// Runs the WebSocket that took the session over (after [`Self::begin_upgrade`]).
     /// If the probe fails the session stays on polling; once upgraded, the
     /// end of the WebSocket is the end of the session.
-    pub async fn upgrade(&self, stream: TcpStream, already_read: Bytes, traffic: &Traffic) -> CloseReason {
+    pub async fn upgrade(&self, stream: TcpStream, already_read: Bytes, traffic: &Rc<Traffic>) -> CloseReason {
         let reason = websocket::run_upgrade(
             stream,
             already_read,
@@ -275,7 +276,7 @@ pub trait PollingEndpoint {
     fn abandon_upgrade(&self);
     /// Ends the session now (its HTTP side lost a response it could not resend).
     fn abort(&self, reason: CloseReason);
-    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason>;
+    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Rc<Traffic>) -> LocalFuture<'a, CloseReason>;
 }
 
 impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
@@ -303,7 +304,7 @@ impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
         self.handler.outbox().abort(reason);
     }
 
-    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, CloseReason> {
+    fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Rc<Traffic>) -> LocalFuture<'a, CloseReason> {
         Box::pin(PollingSession::upgrade(self, stream, already_read, traffic))
     }
 }

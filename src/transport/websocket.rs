@@ -12,6 +12,8 @@
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
-use super::outbox::Outbox;
+use super::outbox::{advance, fill_slices, Outbox, MAX_IOVECS};
 use super::CloseReason;
 use crate::protocol::engineio;
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
@@ -31,21 +33,47 @@ use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
 const READ_CHUNK: usize = 4096;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Frames per vectored write (Linux accepts up to 1024 iovecs).
-const MAX_IOVECS: usize = 64;
+
+/// Holds (`true`) or releases (`false`) what is written to `fd` in the
+/// kernel (`TCP_CORK`). The HTTP layer holds the 101 response of a new
+/// session so that [`run`] can send it and the open packet as one segment:
+/// one loopback transmit and one client wake-up fewer per handshake, about a
+/// seventh of a handshake's server CPU. The kernel releases held data after
+/// 200 ms whatever happens.
+pub fn cork(fd: RawFd, hold: bool) {
+    let value: libc::c_int = hold.into();
+    // SAFETY: a plain setsockopt on a socket the caller owns; failure only
+    // means the segments go out separately.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 /// Runs a whole session over a WebSocket and says why it ended. Sends the
-/// open packet first; `upgrades` is what it advertises (nothing: a session
-/// that starts on WebSocket has nowhere to upgrade to).
+/// open packet first (and releases the corked 101 response with it); a
+/// session that starts on WebSocket has nowhere to upgrade to.
 pub async fn run<H: EngineHandler>(
-    stream: TcpStream,
+    mut stream: TcpStream,
     already_read: Bytes,
     sid: &str,
     settings: &Settings,
-    traffic: &Traffic,
+    traffic: &Rc<Traffic>,
     handler: &H,
 ) -> CloseReason {
-    handler.outbox().push_or_close(engineio::open_frame(&settings.open_info(sid, &[])));
+    // Written before anything can be queued: nothing else can come first.
+    let open = engineio::open_frame(&settings.open_info(sid, &[]));
+    let written = stream.write_all(open.wire()).await;
+    cork(stream.as_raw_fd(), false);
+    if written.is_err() {
+        return CloseReason::TransportError;
+    }
+    traffic.sent(open.wire().len());
     let last_pong = Cell::new(Instant::now());
     let heartbeat = supervise(settings, handler, &last_pong);
     let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
@@ -71,7 +99,7 @@ pub async fn run_upgrade<H: EngineHandler>(
     mut stream: TcpStream,
     already_read: Bytes,
     settings: &Settings,
-    traffic: &Traffic,
+    traffic: &Rc<Traffic>,
     handler: &H,
     last_pong: &Cell<Instant>,
     upgraded: impl FnOnce(),
@@ -113,7 +141,7 @@ async fn serve<H: EngineHandler>(
     stream: TcpStream,
     buf: BytesMut,
     settings: &Settings,
-    traffic: &Traffic,
+    traffic: &Rc<Traffic>,
     handler: &H,
     last_pong: &Cell<Instant>,
 ) -> CloseReason {
@@ -214,8 +242,10 @@ async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &C
     }
 }
 
-/// Drains the outbox to the socket until the session closes.
-async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Outbox, traffic: &Traffic) -> CloseReason {
+/// Drains the outbox to the socket until the session closes. While it waits,
+/// the shard's flusher may write to the socket directly.
+async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Rc<Outbox>, traffic: &Rc<Traffic>) -> CloseReason {
+    let _direct = outbox.write_directly(write_half.as_ref().as_raw_fd(), traffic);
     loop {
         outbox.ready().await;
         if flush(&mut write_half, outbox, traffic).await.is_err() {
@@ -230,43 +260,28 @@ async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Outbox, traffic: &T
     }
 }
 
-/// Writes everything queued, coalescing frames into vectored writes.
+/// Writes everything queued, coalescing frames into vectored writes, waiting
+/// for the socket as long as it takes.
 async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traffic) -> io::Result<()> {
     loop {
-        let mut batch = outbox.take_all();
+        let (mut batch, mut offset) = outbox.take_all();
         if batch.is_empty() {
             outbox.set_writing(false);
             return Ok(());
         }
         outbox.set_writing(true);
-        let mut offset = 0;
         while !batch.is_empty() {
             let written = {
-                let slices: Vec<IoSlice<'_>> = batch
-                    .iter()
-                    .take(MAX_IOVECS)
-                    .enumerate()
-                    .map(|(i, frame)| IoSlice::new(if i == 0 { &frame.wire()[offset..] } else { frame.wire() }))
-                    .collect();
-                write_half.write_vectored(&slices).await?
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let (count, _) = fill_slices(&batch, offset, &mut slices);
+                write_half.write_vectored(&slices[..count]).await?
             };
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             traffic.sent(written);
             outbox.progressed();
-            let mut left = written;
-            while left > 0 {
-                let remaining_in_front = batch[0].wire().len() - offset;
-                if left >= remaining_in_front {
-                    left -= remaining_in_front;
-                    batch.pop_front();
-                    offset = 0;
-                } else {
-                    offset += left;
-                    left = 0;
-                }
-            }
+            advance(&mut batch, &mut offset, written);
         }
     }
 }
