@@ -663,6 +663,20 @@ def describe():
     )
 
 
+def render(results):
+    md = table(results)
+    seen = {}
+    for res in results.values():
+        for runs in res.values():
+            for r in flatten(runs):
+                if isinstance(r, dict) and r.get("disturbed_by"):
+                    seen[json.dumps(r, sort_keys=True)] = r  # a best run is also a trial
+    if seen:
+        md += (f"\n\n{len(seen)} measurement(s) ran while other work (a build, another load test) used "
+               "the machine: their figures are disturbed (see the raw results, `disturbed_by`).")
+    return md
+
+
 def flatten(runs):
     for r in runs or []:
         if isinstance(r, list):
@@ -705,12 +719,7 @@ def main():
         run_server(server, results)
         with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
             json.dump({"settings": describe(), "results": results}, f, indent=1)
-    md = table(results)
-    disturbed = sum(1 for res in results.values() for runs in res.values() for r in flatten(runs)
-                    if isinstance(r, dict) and r.get("disturbed_by"))
-    if disturbed:
-        md += (f"\n\n{disturbed} measurement(s) ran while other work (a build, another load test) used "
-               "the machine: their figures are disturbed (see the raw results, `disturbed_by`).")
+    md = render(results)
     elapsed = time.time() - started
     text = (f"{describe()}; took {elapsed / 60:.1f} min; "
             f"{os.cpu_count()} cores, {os.uname().release}\n\n{md}\n")
@@ -721,4 +730,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        # Re-renders the table of a finished run: compare.py --table out/results-*.json
+        with open(sys.argv[2]) as f:
+            print(render(json.load(f)["results"]))
+    else:
+        main()

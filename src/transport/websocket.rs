@@ -285,3 +285,64 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Frames reach the socket whole and in order whichever way they go out:
+    /// straight from the flusher, or through the writer task once the socket
+    /// pushes back (partial writes included), and back again.
+    #[test]
+    fn flusher_and_writer_hand_over_without_losing_or_reordering_bytes() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let (_read_half, write_half) = server.into_split();
+            let outbox = Rc::new(Outbox::new(100_000));
+            let traffic = Rc::new(Traffic::default());
+            let writer = tokio::task::spawn_local({
+                let (outbox, traffic) = (outbox.clone(), traffic.clone());
+                async move { write_loop(write_half, &outbox, &traffic).await }
+            });
+            tokio::task::yield_now().await; // the writer registers its socket
+
+            let mut expected = Vec::new();
+            let mut push = |i: usize, size: usize| {
+                let payload = vec![b'a' + (i % 26) as u8; size];
+                let frame = OutFrame::new(OpCode::Text, &payload);
+                expected.extend_from_slice(frame.wire());
+                outbox.push(frame);
+            };
+            // Small frames, one pass at a time: the flusher writes them.
+            for i in 0..100 {
+                push(i, 10);
+                tokio::task::yield_now().await;
+            }
+            // Far more than the socket buffers hold while nobody reads.
+            for i in 0..3000 {
+                push(i, 3000 + i % 7);
+            }
+            tokio::task::yield_now().await;
+            // Then small ones again, queued behind the backlog.
+            for i in 0..100 {
+                push(i, 5);
+            }
+            let mut received = Vec::new();
+            while received.len() < expected.len() {
+                let mut buf = vec![0u8; 65536];
+                let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await.unwrap().unwrap();
+                assert!(n > 0, "connection closed early");
+                received.extend_from_slice(&buf[..n]);
+            }
+            assert!(received == expected, "bytes differ from the frames pushed, in order");
+            assert_eq!(traffic.bytes_out.get(), expected.len() as u64);
+            outbox.close_after(None, CloseReason::ServerShutdown);
+            assert_eq!(writer.await.unwrap(), CloseReason::ServerShutdown);
+        });
+    }
+}
