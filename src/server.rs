@@ -101,6 +101,7 @@ impl Server {
             connections: AtomicUsize::new(0),
         });
 
+        ensure_port_free(addr)?;
         let first = bind_reuseport(addr)?;
         let local_addr = first.local_addr().map_err(|source| StartError::Bind { addr, source })?;
         let mut listeners = vec![first];
@@ -136,6 +137,22 @@ impl Server {
             let _ = thread.join();
         }
     }
+}
+
+/// Shards share the port through `SO_REUSEPORT`, which would just as
+/// happily share it with another broker already running there, splitting
+/// the clients between the two. A plain bind first makes that an error.
+fn ensure_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    probe().map_err(|source| StartError::Bind { addr, source })
 }
 
 fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {

@@ -430,6 +430,21 @@ describe('configuration (SPEC §7)', () => {
     });
   }
 
+  it('a second broker on a port already in use refuses to start instead of sharing it', async () => {
+    const first = await startServer({ SHARDS: 2 });
+    try {
+      const res = await runToExit({ PORT: String(first.port), SHARDS: 2 }, { timeoutMs: 10000 });
+      assert.equal(res.timedOut, false, `still running after 10 s; stdout: ${res.stdout}`);
+      assert.doesNotMatch(res.stdout, /listening on/, 'must not start listening');
+      assert.notEqual(res.code, 0, `exit code ${res.code}; stderr: ${res.stderr}`);
+      assert.match(res.stderr, new RegExp(`${first.port}.*(in use|os error 98)`, 'i'));
+      const s = await connectAs(first.url, uid('still-first'));
+      assertSuccess(await emitWithAck(s, 'ping'));
+    } finally {
+      await first.stop();
+    }
+  });
+
   it('valid explicit values are applied (open packet reflects them)', async () => {
     const server = await startServer({
       WEBSOCKET_NAMESPACE: '/', WEBSOCKET_TRANSPORTS: 'websocket', SHARDS: 3, PING_INTERVAL_MS: 1000,
