@@ -8,6 +8,7 @@ Every knob is an environment variable, listed in README.md beside this file.
 """
 
 import json
+import re
 import os
 import resource
 import shutil
@@ -39,6 +40,9 @@ IDLE_CONNECTIONS = env_num("IDLE_CONNECTIONS", 2000 if QUICK else 5000, int)
 ROOMS_PER_CONN = env_num("ROOMS_PER_CONN", 2, int)
 HANDSHAKE_DURATION = env_num("HANDSHAKE_DURATION", 3 if QUICK else 10)
 HANDSHAKE_CONCURRENCY = env_num("HANDSHAKE_CONCURRENCY", 64, int)
+# Handshakes/s every server carries (socket.io tops out near 2,300/s here),
+# for server CPU per handshake when the load generator limits the maximum.
+HANDSHAKE_FIXED_RATE = env_num("HANDSHAKE_FIXED_RATE", 2000)
 FANOUT_DURATION = env_num("FANOUT_DURATION", 3 if QUICK else 8)
 SUBS_SMALL = env_num("SUBS_SMALL", 1000, int)
 SUBS_LARGE = env_num("SUBS_LARGE", 3000 if QUICK else 10000, int)
@@ -75,7 +79,8 @@ LOADGEN_CPUS = env_str("LOADGEN_CPUS", "1")
 PORT_BASE = env_num("PORT_BASE", 21000, int)  # below the ephemeral port range
 OUT_DIR = env_str("OUT_DIR", os.path.join(HERE, "out"))
 SERVERS_WANTED = env_str("SERVERS", "shardcast,socket.io,socketioxide,shardcast-2").split(",")
-SCENARIOS_WANTED = env_str("SCENARIOS", "idle,handshake,fixed,fanout-small,fanout-large,lowload").split(",")
+SCENARIOS_WANTED = env_str(
+    "SCENARIOS", "idle,handshake,handshake-fixed,fixed,fanout-small,fanout-large,lowload").split(",")
 # shardcast runs without presence broadcasts by default: the two other servers
 # implement only the three events and broadcast nothing on authenticate.
 SHARDCAST_ENV = env_str("SHARDCAST_ENV", "PRESENCE_EVENTS=off ROOM_EVENTS=off")
@@ -471,6 +476,16 @@ def run_server(server, results):
                 f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
             runs.append(r)
         res["handshake"] = runs
+    if "handshake-fixed" in scen:
+        runs = []
+        for i in range(RUNS):
+            r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
+                                 "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE],
+                        HANDSHAKE_DURATION + 60, window=HANDSHAKE_DURATION)
+            log(f"  handshake @ {fmt_rate(HANDSHAKE_FIXED_RATE)}/s, run {i + 1}: "
+                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_us_per_handshake', 'other_cpu_percent'])}")
+            runs.append(r)
+        res["handshake-fixed"] = runs
     if "fixed" in scen:
         runs = []
         for i in range(RUNS):
@@ -516,6 +531,13 @@ def fig_idle(res):
 
 def fig_handshake(res):
     return median([r.get("handshakes_per_sec") for r in ok_runs(res.get("handshake"))])
+
+
+def fig_handshake_cpu(res):
+    # Only runs that kept the rate: a server that fell behind did less work.
+    kept = [r for r in ok_runs(res.get("handshake-fixed"))
+            if r.get("handshakes_per_sec", 0) >= 0.95 * HANDSHAKE_FIXED_RATE and not r.get("failed")]
+    return median([r.get("server_cpu_us_per_handshake") for r in kept])
 
 
 def us_per_delivery(r):
@@ -593,6 +615,8 @@ def table(results):
          fig_handshake, True, None, 1.5),
         ("  server CPU % / load generator CPU %", fig_pair("handshake", "server_cpu_percent", "loadgen_cpu_percent"),
          None, None, None),
+        (f"server CPU µs per handshake at {fmt_rate(HANDSHAKE_FIXED_RATE)} handshakes/s",
+         fig_handshake_cpu, False, None, 1 / 1.5),
         (f"fan-out to {small:,}: sustained deliveries/s (p99 <= {P99_BOUND_SMALL_MS:g} ms, none lost)",
          fig_sustained("fanout-small"), True, None, 1.5),
         ("  p99 ms at that rate", fig_sustained_field("fanout-small", "p99_ms"), False, None, None),
@@ -644,9 +668,9 @@ def table(results):
                     mark = " ✓" if met else " ✗"
                 cells.append(f"{ratio:.2f}×{mark}")
         if t_io is not None:
-            targets.append(f"{'≥' if higher else '≤'} {t_io:g}× socket.io")
+            targets.append(f"{'≥' if higher else '≤'} {t_io:.2g}× socket.io")
         if t_sx is not None:
-            targets.append(f"{'≥' if higher else '≤'} {t_sx:g}× socketioxide")
+            targets.append(f"{'≥' if higher else '≤'} {t_sx:.2g}× socketioxide")
         cells.append(", ".join(targets) or "")
         cells += [fmt(vals[c]) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
@@ -663,8 +687,29 @@ def describe():
     )
 
 
-def render(results):
+FLOOR = env_str("FLOOR", os.path.join(ROOT, "target", "release", "examples", "loopback_floor"))
+
+
+def measure_floor():
+    """The kernel's CPU per small send to a loopback socket (examples/loopback_floor)."""
+    if not os.access(FLOOR, os.X_OK):
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sockets = min(SUBS_LARGE, (soft - 200) // 2)
+    wait_quiet()
+    out = subprocess.run([FLOOR, str(sockets), "10"], capture_output=True, text=True, timeout=300).stdout
+    m = re.search(r"= ([0-9.]+) µs of CPU per send", out)
+    log(f"loopback floor, {sockets} sockets: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+    return {"sockets": sockets, "us_per_send": float(m.group(1))} if m else None
+
+
+def render(results, floor=None):
     md = table(results)
+    if floor:
+        md += (f"\n\nThe kernel's share, measured apart (`examples/loopback_floor`: one `send` of a 60-byte "
+               f"frame to each of {floor['sockets']:,} loopback sockets, reader on the other core): "
+               f"{floor['us_per_send']:.2f} µs of CPU per send, so {floor['us_per_send'] * SUBS_LARGE / 1000:.0f} ms "
+               f"for one broadcast to {SUBS_LARGE:,} before any server does any work of its own.")
     seen = {}
     for res in results.values():
         for runs in res.values():
@@ -713,13 +758,14 @@ def main():
     started = time.time()
     log(describe())
     results = {}
+    floor = measure_floor()
     for server in SERVERS_WANTED:
         if server not in SERVERS:
             sys.exit(f"unknown server {server!r}; known: {', '.join(SERVERS)}")
         run_server(server, results)
         with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
-            json.dump({"settings": describe(), "results": results}, f, indent=1)
-    md = render(results)
+            json.dump({"settings": describe(), "results": results, "floor": floor}, f, indent=1)
+    md = render(results, floor)
     elapsed = time.time() - started
     text = (f"{describe()}; took {elapsed / 60:.1f} min; "
             f"{os.cpu_count()} cores, {os.uname().release}\n\n{md}\n")
@@ -733,6 +779,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--table":
         # Re-renders the table of a finished run: compare.py --table out/results-*.json
         with open(sys.argv[2]) as f:
-            print(render(json.load(f)["results"]))
+            saved = json.load(f)
+            print(render(saved["results"], saved.get("floor")))
     else:
         main()

@@ -25,7 +25,7 @@ if [ "${SKIP_BUILD:-0}" = "0" ]; then
   (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error >&2)
   CARGO_TARGET_DIR="$here/socketioxide/target" \
     cargo build --release --manifest-path "$here/socketioxide/Cargo.toml" >&2
-  (cd "$root" && cargo build --release --bin shardcast --bin loadgen >&2)
+  (cd "$root" && cargo build --release --bin shardcast --bin loadgen --example loopback_floor >&2)
 fi
 
 # Every subscriber is a socket on both sides; leave room for a few more.
