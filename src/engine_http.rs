@@ -207,12 +207,17 @@ async fn websocket(
             let _ = stream.write_all(close.wire()).await;
             return;
         }
+        // The session runs as a task of its own: this one (which held the
+        // handshake's state) ends, and an idle connection keeps only the
+        // session's future, not the largest of every branch here.
         match sid {
-            None => serve_websocket(shard, endpoint, stream, already_read).await,
+            None => {
+                tokio::task::spawn_local(serve_websocket(shard, endpoint, stream, already_read));
+            }
             Some(sid) => {
                 let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
                 if owner == shard.index {
-                    upgrade_polling(shard, sid, stream, already_read).await;
+                    tokio::task::spawn_local(upgrade_polling(shard, sid, stream, already_read));
                     return;
                 }
                 // The session lives on another shard: move the socket there.

@@ -186,8 +186,13 @@ fn run_shard(
         let listener = TcpListener::from_std(listener).expect("listener is non-blocking");
         tokio::task::spawn_local(inbox.run(shard.clone()));
         let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), services, listener));
+        let mut ticks = 0u32;
         while !shard.is_shutting_down() {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            ticks += 1;
+            if ticks % 20 == 0 {
+                release_freed_memory();
+            }
         }
         acceptor.abort();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
@@ -195,6 +200,15 @@ fn run_shard(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// Returns this thread's freed memory to the OS. mimalloc purges freed pages
+/// only when the thread allocates again, so after a burst (a wave of
+/// handshakes) an idle shard would keep the memory of connections long gone:
+/// about 1.3 KiB per live connection in the idle-memory measurement.
+fn release_freed_memory() {
+    // SAFETY: a plain call into the allocator, on the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
 async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpListener) {

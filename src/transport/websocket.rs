@@ -202,7 +202,7 @@ async fn read_loop<H: EngineHandler>(
                 Err(FrameError::TooBig { .. }) => return CloseReason::PayloadTooLarge,
                 Err(e) => return CloseReason::ProtocolError(e.to_string()),
             };
-            if let Err(reason) = on_frame(message, handler, last_pong).await {
+            if let Err(reason) = Box::pin(on_frame(message, handler, last_pong)).await {
                 return reason;
             }
         }
@@ -272,7 +272,10 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
         outbox.set_writing(true);
         while !batch.is_empty() {
             let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                // On the heap: an array here would live in every connection's
+                // future, idle or not (this is the slow path; the flusher
+                // does the common writes).
+                let mut slices = Box::new([IoSlice::new(&[]); MAX_IOVECS]);
                 let (count, _) = fill_slices(&batch, offset, &mut slices);
                 write_half.write_vectored(&slices[..count]).await?
             };
