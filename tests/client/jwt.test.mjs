@@ -5,7 +5,7 @@ import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, connect, connectExpectingError, emitWithAck, waitForEvent,
   expectNoEvent, assertNoEvent, assertTimestamp, assertFailure, assertSuccess, signJwt, nowSec,
-  uid, sleep,
+  uid, sleep, waitUntil,
 } from './helpers.mjs';
 
 const SECRET = 'shardcast-test-secret-3f9c1b7e0a';
@@ -174,8 +174,13 @@ describe('development mode (no JWT_SECRET)', () => {
   after(async () => { await server?.stop(); });
 
   it('says so loudly at start-up (a WARN line naming JWT_SECRET or development mode)', async () => {
-    const lines = server.logs.filter((l) => /warn/i.test(l.line) && /(JWT_SECRET|development)/i.test(l.line));
-    assert.ok(lines.length > 0, `no development-mode warning in the start-up output:\n${server.logs.map((l) => l.line).join('\n')}`);
+    // Written to stderr before the listening line goes to stdout; the two
+    // pipes are read independently, so allow the stderr line a moment.
+    await waitUntil(
+      () => server.logs.some((l) => /warn/i.test(l.line) && /(JWT_SECRET|development)/i.test(l.line)),
+      2000,
+      () => `no development-mode warning in the start-up output:\n${server.logs.map((l) => l.line).join('\n')}`,
+    );
   });
 
   it('auth { userId } at CONNECT authenticates: connected, then authenticated', async () => {
