@@ -121,8 +121,8 @@ async fn polling(
             // One byte over the limit is enough to know it is too much.
             let limit = shard.config().max_payload_bytes as usize + 1;
             let body = match read_body(request.into_body(), limit).await {
-                Ok(body) => body,
-                Err(BodyError::TooLarge) => Bytes::from(vec![0u8; limit]),
+                Ok(body) => Some(body),
+                Err(BodyError::TooLarge) => None,
                 Err(BodyError::Unreadable) => return engine_error(HandshakeError::BadRequest),
             };
             reply(
@@ -279,13 +279,19 @@ async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
     }
 }
 
-async fn poll_post(shard: &Shard, sid: &str, body: Bytes) -> PollReply {
-    match polling::find(sid) {
-        None => PollReply::UnknownSession,
-        Some(session) => match session.post(body, &shard.counters.traffic).await {
-            Ok(()) => PollReply::Ok,
-            Err(error) => PollReply::Refused(error),
-        },
+/// `body` is `None` when it was over the limit (and not kept).
+async fn poll_post(shard: &Shard, sid: &str, body: Option<Bytes>) -> PollReply {
+    let Some(session) = polling::find(sid) else { return PollReply::UnknownSession };
+    let result = match body {
+        Some(body) => session.post(body, &shard.counters.traffic).await,
+        None => {
+            session.abort(crate::transport::CloseReason::PayloadTooLarge);
+            Err(PollError::TooLarge)
+        }
+    };
+    match result {
+        Ok(()) => PollReply::Ok,
+        Err(error) => PollReply::Refused(error),
     }
 }
 
