@@ -27,7 +27,8 @@ use crate::app;
 use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
 use crate::protocol::engineio::HandshakeError;
-use crate::server::{json_response, read_body, BodyError, SocketFd};
+use crate::protocol::http_upgrade::Upgrade;
+use crate::server::{json_response, read_body, BodyError, PrefixedStream};
 use crate::shard::{Shard, ShardMsg, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
 use crate::transport::polling::{self, PollError};
@@ -168,11 +169,6 @@ async fn websocket(
         Ok(pair) => pair,
         Err(_) => return engine_error(HandshakeError::BadRequest),
     };
-    if let (None, Some(SocketFd(fd))) = (&sid, request.extensions().get::<SocketFd>()) {
-        // A new session's open packet follows the 101 at once: `websocket::run`
-        // sends both in one segment.
-        websocket::cork(*fd, true);
-    }
     let shard = shard.clone();
     let endpoint = endpoint.clone();
     tokio::task::spawn_local(async move {
@@ -192,14 +188,15 @@ async fn websocket(
                 return;
             }
         };
-        // Take the TCP stream back from hyper, with whatever it read past the handshake.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        // Take the TCP stream back from hyper, with whatever was read past the handshake.
+        let Ok(parts) = upgraded.downcast::<TokioIo<PrefixedStream>>() else {
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
+        let (mut stream, unread) = parts.io.into_inner().into_parts();
         // A copy: `read_buf` is a view into hyper's whole read buffer, which
         // would otherwise stay allocated for the life of the connection.
-        let (mut stream, already_read) = (parts.io.into_inner(), Bytes::copy_from_slice(&parts.read_buf));
+        let already_read = Bytes::from([&parts.read_buf[..], &unread[..]].concat());
         drop(parts.read_buf);
         if taken {
             use tokio::io::AsyncWriteExt;
@@ -212,7 +209,7 @@ async fn websocket(
         // session's future, not the largest of every branch here.
         match sid {
             None => {
-                tokio::task::spawn_local(serve_websocket(shard, endpoint, stream, already_read));
+                tokio::task::spawn_local(serve_websocket(shard, endpoint, stream, already_read, Vec::new()));
             }
             Some(sid) => {
                 let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
@@ -235,16 +232,38 @@ async fn websocket(
     response.map(|_| Full::new(Bytes::new()))
 }
 
-/// A session that starts on WebSocket, served until it ends.
-async fn serve_websocket(shard: Rc<Shard>, endpoint: Endpoint, stream: TcpStream, already_read: Bytes) {
+/// Whether the listener may open a session for this WebSocket upgrade
+/// itself (see `protocol::http_upgrade`): a new session that hyper's path
+/// would accept as it is. Anything else — a sid to look up, an error to
+/// answer, a refused origin — is left to [`handle`].
+pub fn opens_directly(shard: &Shard, request: &Upgrade<'_>) -> bool {
+    let config = shard.config();
+    query_param(request.query, "EIO") == Some("4")
+        && query_param(request.query, "transport") == Some("websocket")
+        && query_param(request.query, "sid").is_none()
+        && config.websocket_transports.websocket
+        && !shard.is_shutting_down()
+        && origin_allowed(config, request.origin)
+}
+
+/// A session that starts on WebSocket, served until it ends. `preamble`:
+/// the 101 response when the listener answered the upgrade, else empty.
+pub(crate) async fn serve_websocket(
+    shard: Rc<Shard>,
+    endpoint: Endpoint,
+    stream: TcpStream,
+    already_read: Bytes,
+    preamble: Vec<u8>,
+) {
     match endpoint {
-        Endpoint::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read).await,
+        Endpoint::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read, preamble).await,
         Endpoint::App(factory) => {
             let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
             let sid = SocketId::generate(shard.index).to_string();
             let settings = engine_settings(&shard);
             shard.counters.connection_opened();
-            let reason = websocket::run(stream, already_read, &sid, &settings, &shard.counters.traffic, &session).await;
+            let traffic = &shard.counters.traffic;
+            let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
             shard.counters.connection_closed(reason.label());
             log_close(&sid, &reason);
         }

@@ -7,14 +7,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -33,6 +34,7 @@ use crate::app;
 use crate::config::Config;
 use crate::engine_http;
 use crate::metrics::Metrics;
+use crate::protocol::http_upgrade::{self, Head};
 use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
 
 /// How long shutdown waits for connections to close before leaving anyway.
@@ -162,11 +164,35 @@ fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, StartError>
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Accepted sockets inherit it: one `setsockopt` fewer per connection.
+        // Small frames must leave at once; Nagle would add up to 40 ms.
+        socket.set_tcp_nodelay(true)?;
+        defer_accept(&socket);
         socket.bind(&addr.into())?;
         socket.listen(4096)?;
         Ok(socket.into())
     };
     bind().map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Lets `accept` return a connection only once its first bytes have arrived
+/// (every client of ours speaks first): the accept and the request's read
+/// happen on one wake-up instead of two. A connection that sends nothing is
+/// still accepted after the delay, and then times out like any other.
+fn defer_accept(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let seconds: libc::c_int = 5;
+    // SAFETY: a plain setsockopt on a socket we own; failing only costs the
+    // optimisation.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 fn run_shard(
@@ -222,25 +248,135 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
                 continue;
             }
         };
-        // Small frames must leave at once; Nagle would add up to 40 ms.
-        let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(serve_http(shard.clone(), services.clone(), stream, peer));
+        // (TCP_NODELAY comes from the listener.)
+        tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer));
     }
 }
 
-/// The connection's socket, attached to WebSocket upgrade requests (see
-/// `websocket::cork`).
-#[derive(Clone, Copy)]
-pub(crate) struct SocketFd(pub RawFd);
+/// What a connection's first read may take before hyper gets the connection
+/// (browsers' upgrade requests, cookies included, are well under this).
+const FIRST_READ_BYTES: usize = 4096;
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream, peer: SocketAddr) {
-    let broker = Broker::new(shard.shared.clone());
-    let fd = stream.as_raw_fd();
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        let (shard, services, broker) = (shard.clone(), services.clone(), broker.clone());
-        if fastwebsockets::upgrade::is_upgrade_request(&request) {
-            request.extensions_mut().insert(SocketFd(fd));
+/// Serves one accepted connection. Its request head is read here first: a
+/// new session's WebSocket upgrade is answered without hyper (see
+/// `protocol::http_upgrade`); anything else goes to hyper, with the bytes
+/// already read put back in front.
+async fn serve_connection(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream, peer: SocketAddr) {
+    let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    // The listener accepts once the request has arrived (TCP_DEFER_ACCEPT),
+    // so this read usually finds it. It bypasses tokio, which does not know
+    // the new socket is readable until its reactor has polled.
+    let mut received = recv_now(&stream, &mut head);
+    loop {
+        match received {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
+        match http_upgrade::parse(&head) {
+            Head::Incomplete if head.len() < head.capacity() => {}
+            Head::Upgrade(request) => {
+                let endpoint = endpoint_for(&services, request.path);
+                if let Some(endpoint) = endpoint.filter(|_| engine_http::opens_directly(&shard, &request)) {
+                    shard.counters.http_request(route_label(request.path), 101);
+                    let response = request.response();
+                    let already_read = Bytes::copy_from_slice(&head[request.head_len..]);
+                    let (shard, endpoint) = (shard.clone(), endpoint.clone());
+                    // Its own task: this one, sized for hyper's connection, ends.
+                    tokio::task::spawn_local(engine_http::serve_websocket(shard, endpoint, stream, already_read, response));
+                    return;
+                }
+                break;
+            }
+            _ => break,
+        }
+        if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+            return;
+        }
+        received = stream.try_read_buf(&mut head);
+    }
+    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer).await
+}
+
+/// One non-blocking `recv` into `buf`'s spare room.
+fn recv_now(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let received = socket2::SockRef::from(stream).recv(buf.spare_capacity_mut())?;
+    // SAFETY: the kernel initialised `received` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + received) };
+    Ok(received)
+}
+
+/// A TCP stream with bytes already read from it put back in front, for hyper.
+pub(crate) struct PrefixedStream {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl PrefixedStream {
+    fn new(prefix: Bytes, stream: TcpStream) -> PrefixedStream {
+        PrefixedStream { prefix, stream }
+    }
+
+    /// The stream, and the bytes put back that were not read again.
+    pub(crate) fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.stream, self.prefix)
+    }
+}
+
+impl tokio::io::AsyncRead for PrefixedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let taken = this.prefix.split_to(this.prefix.len().min(buf.remaining()));
+        buf.put_slice(&taken);
+        if this.prefix.is_empty() {
+            // Let go of the first read's buffer: a keep-alive connection lives long.
+            this.prefix = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefixedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: PrefixedStream, peer: SocketAddr) {
+    let broker = Broker::new(shard.shared.clone());
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let (shard, services, broker) = (shard.clone(), services.clone(), broker.clone());
         async move {
             let label = route_label(request.uri().path());
             let response = route(&shard, &services, &broker, peer, request).await;
@@ -250,11 +386,23 @@ async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+/// The Engine.IO endpoint at `path`, if any.
+fn endpoint_for<'a>(services: &'a Services, path: &str) -> Option<&'a Endpoint> {
+    match path {
+        "/socket.io/" | "/socket.io" => Some(&services.socket_io),
+        _ => services
+            .engine_apps
+            .iter()
+            .find(|(app_path, _)| app_path.trim_end_matches('/') == path.trim_end_matches('/'))
+            .map(|(_, endpoint)| endpoint),
     }
 }
 
@@ -283,8 +431,10 @@ async fn route(
     if path == "/api" || path.starts_with("/api/") {
         return api::handle(broker, shard.config(), peer, request).await;
     }
+    if let Some(endpoint) = endpoint_for(services, path) {
+        return engine_http::handle(shard, endpoint, request).await;
+    }
     match path {
-        "/socket.io/" | "/socket.io" => engine_http::handle(shard, &services.socket_io, request).await,
         "/metrics" if request.method() == Method::GET => {
             let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker).await)));
             response
@@ -297,10 +447,7 @@ async fn route(
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into())
         }
         "/ready" => json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()),
-        _ => match services.engine_apps.iter().find(|(app_path, _)| app_path.trim_end_matches('/') == path.trim_end_matches('/')) {
-            Some((_, endpoint)) => engine_http::handle(shard, endpoint, request).await,
-            None => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found","code":"NOT_FOUND"}"#.into()),
-        },
+        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found","code":"NOT_FOUND"}"#.into()),
     }
 }
 
@@ -355,4 +502,44 @@ pub(crate) fn json_response(status: StatusCode, body: String) -> HttpResponse {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small frames must leave at once: accepted sockets must have Nagle off
+    /// although only the listener sets `TCP_NODELAY`.
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        // The listener defers accept until the client speaks.
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+
+    #[test]
+    fn bytes_put_back_are_read_first_then_the_socket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client.write_all(b" world").await.unwrap();
+            let mut stream = PrefixedStream::new(Bytes::from_static(b"hello"), server);
+            let mut first = [0u8; 3];
+            stream.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, b"hel");
+            let mut rest = [0u8; 8];
+            stream.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"lo world");
+            let (_, unread) = stream.into_parts();
+            assert!(unread.is_empty());
+        });
+    }
 }

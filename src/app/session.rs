@@ -58,12 +58,19 @@ pub fn log_close(sid: &str, reason: &CloseReason) {
 }
 
 /// Serves one WebSocket connection that opened a session (no `sid`) until it ends.
-pub async fn serve_websocket(shard: Rc<Shard>, context: Arc<AppContext>, stream: TcpStream, already_read: Bytes) {
+pub async fn serve_websocket(
+    shard: Rc<Shard>,
+    context: Arc<AppContext>,
+    stream: TcpStream,
+    already_read: Bytes,
+    preamble: Vec<u8>,
+) {
     let settings = engine_settings(&shard);
     let session = EngineSession::new(shard.clone(), context, "websocket");
     let sid = SocketId::generate(shard.index).to_string();
     shard.counters.connection_opened();
-    let reason = websocket::run(stream, already_read, &sid, &settings, &shard.counters.traffic, &session).await;
+    let traffic = &shard.counters.traffic;
+    let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
     shard.counters.connection_closed(reason.label());
     log_close(&sid, &reason);
     session.close_all();

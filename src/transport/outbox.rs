@@ -335,7 +335,7 @@ pub fn advance(frames: &mut VecDeque<OutFrame>, offset: &mut usize, mut written:
 /// One non-blocking `sendmsg`. Hand-written rather than through tokio: the
 /// flusher writes outside any task, and `sendmsg` skips the VFS layer that
 /// `writev` goes through (about 5 % of a loopback write, measured with perf).
-fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+pub(super) fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
     // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the slices and
     // the header outlive the call; `fd` is open while the outbox holds it.
     let sent = unsafe {

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
-use super::outbox::{advance, fill_slices, Outbox, MAX_IOVECS};
+use super::outbox::{advance, fill_slices, send_vectored, Outbox, MAX_IOVECS};
 use super::CloseReason;
 use crate::protocol::engineio;
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
@@ -34,33 +34,14 @@ const READ_CHUNK: usize = 4096;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Holds (`true`) or releases (`false`) what is written to `fd` in the
-/// kernel (`TCP_CORK`). The HTTP layer holds the 101 response of a new
-/// session so that [`run`] can send it and the open packet as one segment:
-/// one loopback transmit and one client wake-up fewer per handshake, about a
-/// seventh of a handshake's server CPU. The kernel releases held data after
-/// 200 ms whatever happens.
-pub fn cork(fd: RawFd, hold: bool) {
-    let value: libc::c_int = hold.into();
-    // SAFETY: a plain setsockopt on a socket the caller owns; failure only
-    // means the segments go out separately.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 /// Runs a whole session over a WebSocket and says why it ended. Sends the
-/// open packet first (and releases the corked 101 response with it); a
+/// open packet first, behind `preamble` (the 101 response when the listener
+/// answered the upgrade itself, else empty): both leave in one segment. A
 /// session that starts on WebSocket has nowhere to upgrade to.
 pub async fn run<H: EngineHandler>(
     mut stream: TcpStream,
     already_read: Bytes,
+    preamble: Vec<u8>,
     sid: &str,
     settings: &Settings,
     traffic: &Rc<Traffic>,
@@ -68,8 +49,9 @@ pub async fn run<H: EngineHandler>(
 ) -> CloseReason {
     // Written before anything can be queued: nothing else can come first.
     let open = engineio::open_frame(&settings.open_info(sid, &[]));
-    let written = stream.write_all(open.wire()).await;
-    cork(stream.as_raw_fd(), false);
+    let written = write_first(&mut stream, &preamble, open.wire()).await;
+    // Not kept for the life of the connection.
+    drop(preamble);
     if written.is_err() {
         return CloseReason::TransportError;
     }
@@ -89,6 +71,25 @@ pub async fn run<H: EngineHandler>(
             reason
         }
     }
+}
+
+/// Writes `first` then `second` with one `sendmsg` if the socket takes them
+/// (a new connection's empty send buffer always does), else the rest through
+/// tokio. Sent straight away rather than through tokio: a socket accepted a
+/// moment ago is not known writable to tokio until its reactor has polled,
+/// which would cost a round through the reactor per handshake.
+async fn write_first(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let total = first.len() + second.len();
+    let sent = match send_vectored(stream.as_raw_fd(), &[IoSlice::new(first), IoSlice::new(second)]) {
+        Ok(sent) => sent,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(error) => return Err(error),
+    };
+    if sent < total {
+        let rest = [first, second].concat();
+        stream.write_all(&rest[sent..]).await?;
+    }
+    Ok(())
 }
 
 /// Takes over a long-polling session: answers the client's `2probe` with
@@ -186,7 +187,7 @@ async fn next_message(
 }
 
 async fn read_loop<H: EngineHandler>(
-    read_half: OwnedReadHalf,
+    mut read_half: OwnedReadHalf,
     mut buf: BytesMut,
     settings: &Settings,
     traffic: &Traffic,
@@ -216,11 +217,12 @@ async fn read_loop<H: EngineHandler>(
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        match read_half.try_read_buf(&mut buf) {
-            Ok(0) => return CloseReason::TransportError,
+        // `read_buf`, not `try_read_buf`: after a short read tokio takes the
+        // socket as drained (it is, with epoll) and waits for the next event,
+        // instead of one more `recv` that fails with EAGAIN for every message.
+        match read_half.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return CloseReason::TransportError,
             Ok(n) => traffic.received(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return CloseReason::TransportError,
         }
     }
 }
@@ -245,15 +247,23 @@ async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &C
 /// Drains the outbox to the socket until the session closes. While it waits,
 /// the shard's flusher may write to the socket directly.
 async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Rc<Outbox>, traffic: &Rc<Traffic>) -> CloseReason {
+    let reason = write_until_closed(&mut write_half, outbox, traffic).await;
+    // No `shutdown`: the socket is closed as the session ends, which sends
+    // the FIN after what was written; a shutdown first is one more syscall
+    // per connection (which fails when the client has already gone).
+    write_half.forget();
+    reason
+}
+
+async fn write_until_closed(write_half: &mut OwnedWriteHalf, outbox: &Rc<Outbox>, traffic: &Rc<Traffic>) -> CloseReason {
     let _direct = outbox.write_directly(write_half.as_ref().as_raw_fd(), traffic);
     loop {
         outbox.ready().await;
-        if flush(&mut write_half, outbox, traffic).await.is_err() {
+        if flush(write_half, outbox, traffic).await.is_err() {
             return CloseReason::TransportError;
         }
         if let Some(reason) = outbox.close_reason() {
             if outbox.is_empty() {
-                let _ = write_half.shutdown().await;
                 return reason;
             }
         }

@@ -77,6 +77,124 @@ describe('Engine.IO open packet and Socket.IO CONNECT', () => {
 });
 
 // ---------------------------------------------------------------------------
+// The listener answers a new session's upgrade itself when the request is
+// plain, and leaves the rest to hyper: a client must not be able to tell.
+describe('the WebSocket handshake, however the request arrives', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  const KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+  const ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='; // RFC 6455 §1.3
+  const head = (extra = '') => 'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
+    + `Host: 127.0.0.1:${server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
+    + `Sec-WebSocket-Key: ${KEY}\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
+  // A masked client text frame.
+  const clientFrame = (text) => {
+    const payload = Buffer.from(text);
+    const mask = Buffer.from([1, 2, 3, 4]);
+    return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload.map((b, i) => b ^ mask[i % 4])]);
+  };
+
+  /** Sends `chunks` (with a pause between them), then reads the 101 head and
+   * `frames` server frames. */
+  function handshake(chunks, { pauseMs = 0, frames = 1, timeoutMs = 5000 } = {}) {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect(server.port, '127.0.0.1');
+      let buf = Buffer.alloc(0);
+      let response = null;
+      const texts = [];
+      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no answer in ${timeoutMs} ms; got ${JSON.stringify(buf.toString())}`)); }, timeoutMs);
+      socket.on('error', (e) => { clearTimeout(timer); reject(e); });
+      socket.on('data', (data) => {
+        buf = Buffer.concat([buf, data]);
+        if (response === null) {
+          const end = buf.indexOf('\r\n\r\n');
+          if (end < 0) return;
+          response = buf.subarray(0, end).toString();
+          buf = buf.subarray(end + 4);
+        }
+        while (buf.length >= 2 && texts.length < frames) {
+          const len = buf[1] & 0x7f;
+          assert.ok(len < 126, 'short frames only here');
+          if (buf.length < 2 + len) break;
+          texts.push(buf.subarray(2, 2 + len).toString());
+          buf = buf.subarray(2 + len);
+        }
+        if (texts.length === frames) { clearTimeout(timer); socket.destroy(); resolve({ response, texts }); }
+      });
+      (async () => {
+        for (const [i, chunk] of chunks.entries()) {
+          if (i > 0 && pauseMs) await sleep(pauseMs);
+          socket.write(chunk);
+        }
+      })();
+    });
+  }
+
+  function assertOpened({ response, texts }) {
+    const [status, ...headers] = response.split('\r\n');
+    assert.equal(status, 'HTTP/1.1 101 Switching Protocols');
+    const map = Object.fromEntries(headers.map((h) => [h.slice(0, h.indexOf(':')).toLowerCase(), h.slice(h.indexOf(':') + 1).trim()]));
+    assert.equal(map['sec-websocket-accept'], ACCEPT);
+    assert.equal(map.upgrade.toLowerCase(), 'websocket');
+    assert.equal(map.connection.toLowerCase(), 'upgrade');
+    assert.equal(texts[0][0], '0', 'an Engine.IO open packet');
+    const open = JSON.parse(texts[0].slice(1));
+    assert.match(open.sid, /^[A-Za-z0-9_-]{22}$/);
+    assert.deepEqual(open.upgrades, []);
+    assert.equal(open.pingInterval, 25000);
+  }
+
+  it('a request in one piece: 101 with the RFC accept key, then the open packet', async () => {
+    assertOpened(await handshake([head()]));
+  });
+
+  it('a request cut into pieces that arrive apart is answered once it is whole', async () => {
+    const request = head();
+    const cuts = [0, 5, 60, request.length - 3, request.length];
+    const chunks = cuts.slice(1).map((end, i) => request.slice(cuts[i], end));
+    assertOpened(await handshake(chunks, { pauseMs: 60 }));
+  });
+
+  it('a client that connects and waits before sending its request is served', async () => {
+    assertOpened(await handshake(['', head()], { pauseMs: 700 }));
+  });
+
+  it('a CONNECT sent in the same segment as the request is not lost', async () => {
+    const result = await handshake([Buffer.concat([Buffer.from(head()), clientFrame('40')])], { frames: 2 });
+    assertOpened(result);
+    assert.match(result.texts[1], /^40\{"sid":"[A-Za-z0-9_-]{22}"\}$/);
+  });
+
+  it('a request head larger than the first read (8 KiB of cookies) is answered like any other', async () => {
+    const result = await handshake([head(`Cookie: c=${'x'.repeat(8192)}\r\n`) + '', clientFrame('40')], { frames: 2 });
+    assertOpened(result);
+    assert.match(result.texts[1], /^40\{"sid"/);
+  });
+
+  it('a request with many headers is answered like any other', async () => {
+    const extra = Array.from({ length: 40 }, (_, i) => `X-Header-${i}: ${i}\r\n`).join('');
+    assertOpened(await handshake([head(extra)]));
+  });
+
+  it('an upgrade without Sec-WebSocket-Key gets 400, not a WebSocket', async () => {
+    const request = head().replace(`Sec-WebSocket-Key: ${KEY}\r\n`, '');
+    const answer = await new Promise((resolve, reject) => {
+      const socket = net.connect(server.port, '127.0.0.1', () => socket.write(request));
+      let text = '';
+      const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no answer; got ${JSON.stringify(text)}`)); }, 5000);
+      socket.on('data', (d) => {
+        text += d;
+        if (text.includes('"message":"Bad request"}')) { clearTimeout(timer); socket.destroy(); resolve(text); }
+      });
+      socket.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 400 /);
+  });
+});
+
+// ---------------------------------------------------------------------------
 describe('namespaces', () => {
   describe('default namespace /', () => {
     let server;
