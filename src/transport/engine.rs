@@ -151,6 +151,9 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 /// Sends heartbeats and enforces the ping and connect deadlines; returns
 /// only when one is missed. Pings go through the outbox, so they travel on
 /// whichever transport the session uses at the time.
+/// How late a heartbeat timer may fire and still count as on time.
+const TIMER_SLACK: Duration = Duration::from_millis(5);
+
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &Cell<Instant>) -> CloseReason {
     let opened = Instant::now();
     let connect_deadline = opened + settings.connect_timeout;
@@ -183,7 +186,11 @@ pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_
             Some(_) => {}
             None if now >= next_ping => {
                 handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
-                ping_sent = Some(now);
+                // The pong is due `ping_timeout` after the ping's scheduled
+                // time, as clients count it, not after the timer's own few
+                // ms of lateness; a shard far behind still gives its clients
+                // (almost) their whole timeout.
+                ping_sent = Some(next_ping.max(now - TIMER_SLACK));
             }
             None => {}
         }
