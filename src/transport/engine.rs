@@ -148,12 +148,12 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
     }
 }
 
-/// Sends heartbeats and enforces the ping and connect deadlines; returns
-/// only when one is missed. Pings go through the outbox, so they travel on
-/// whichever transport the session uses at the time.
 /// How late a heartbeat timer may fire and still count as on time.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
 
+/// Sends heartbeats and enforces the ping and connect deadlines; returns
+/// only when one is missed. Pings go through the outbox, so they travel on
+/// whichever transport the session uses at the time.
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &Cell<Instant>) -> CloseReason {
     let opened = Instant::now();
     let connect_deadline = opened + settings.connect_timeout;
