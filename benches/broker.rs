@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardcast::protocol::wsframe::FrameDecoder;
 use shardcast::protocol::{engineio, socketio};
-use shardcast::shard::{Conn, Delivery, Router, Shard, ShardMsg, Shared, SocketId, Target};
+use shardcast::shard::{run_inbox, Conn, Delivery, Router, Shard, ShardMsg, Shared, SocketId, Target};
 use shardcast::transport::outbox::Outbox;
 use shardcast::Config;
 
@@ -47,11 +47,11 @@ fn codecs(c: &mut Criterion) {
 }
 
 fn shard_with_members(members: usize, room: &Arc<str>) -> (Rc<Shard>, Vec<Rc<Conn>>) {
-    let (router, _inboxes) = Router::new(1);
+    let (router, mut inboxes) = Router::new(1);
     let mut config = Config::defaults();
     config.shards = std::num::NonZeroUsize::new(1);
     let shared = Arc::new(Shared { config: Arc::new(config), router, presence: None, connections: Default::default() });
-    let shard = Rc::new(Shard::new(0, shared));
+    let shard = Rc::new(Shard::new(0, shared, inboxes.pop().unwrap()));
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let conns: Vec<Rc<Conn>> = (0..members)
         .map(|_| {
@@ -108,8 +108,8 @@ fn cross_shard_handoff(c: &mut Criterion) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async move {
-            let shard = Rc::new(Shard::new(1, receiver_shared));
-            tokio::task::spawn_local(inbox.run(shard));
+            let shard = Rc::new(Shard::new(1, receiver_shared, inbox));
+            tokio::task::spawn_local(run_inbox(shard));
             let _ = stop_rx.await;
         });
     });

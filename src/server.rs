@@ -208,9 +208,9 @@ fn run_shard(
         .expect("a single-threaded runtime can always be built");
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let shard = Rc::new(Shard::new(index, shared));
+        let shard = Rc::new(Shard::new(index, shared, inbox));
         let listener = TcpListener::from_std(listener).expect("listener is non-blocking");
-        tokio::task::spawn_local(inbox.run(shard.clone()));
+        tokio::task::spawn_local(crate::shard::run_inbox(shard.clone()));
         let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), services, listener));
         let mut ticks = 0u32;
         while !shard.is_shutting_down() {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -32,10 +32,24 @@ struct RoomIn<'a> {
 struct PrivateMessageIn<'a> {
     #[serde(borrow, rename = "targetUserId")]
     target_user_id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    // `null` must reach the checks as a value: it is refused, not "absent".
+    #[serde(borrow, default, deserialize_with = "validate::present")]
     message: Option<&'a RawValue>,
-    #[serde(borrow, rename = "messageType")]
+    #[serde(borrow, default, deserialize_with = "validate::present", rename = "messageType")]
     message_type: Option<&'a RawValue>,
+}
+
+/// The `private-message` event; `message` goes out byte for byte as the
+/// sender wrote it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PrivateMessageOut<'a> {
+    message_id: &'a str,
+    from_user_id: &'a str,
+    target_user_id: &'a str,
+    message: &'a RawValue,
+    message_type: &'a str,
+    timestamp: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -98,7 +112,7 @@ impl SocketSession {
         Ok(json!({ "success": true, "roomName": &*room, "memberCount": member_count }))
     }
 
-    pub(super) fn leave_room(&self, payload: Option<&RawValue>) -> Result<Value, RequestError> {
+    pub(super) async fn leave_room(&self, payload: Option<&RawValue>) -> Result<Value, RequestError> {
         let input: RoomIn = validate::object(payload)?;
         let room = validate::name("roomName", input.room_name)?;
         let user = self.require_user()?;
@@ -107,7 +121,7 @@ impl SocketSession {
             return Err(RequestError::NotInRoom(room.to_string()));
         }
         let announce = self.room_events().then(|| self.room_change_frame("user-left", &room, &user));
-        self.shard.leave_room(&self.conn, &room, announce);
+        self.shard.leave_room(&self.conn, &room, announce).await;
         self.emit("room-left", &json!({ "roomName": &*room, "timestamp": timestamp() }));
         Ok(json!({ "success": true, "roomName": &*room }))
     }
@@ -120,18 +134,15 @@ impl SocketSession {
         let from = self.require_user()?;
         let message_id = SocketId::generate(self.shard.index).to_string();
         let sent_at = timestamp();
-        let frame = socketio::event_frame(
-            self.namespace(),
-            "private-message",
-            &json!({
-                "messageId": message_id,
-                "fromUserId": &*from,
-                "targetUserId": target,
-                "message": message,
-                "messageType": message_type,
-                "timestamp": sent_at,
-            }),
-        );
+        let delivered = PrivateMessageOut {
+            message_id: &message_id,
+            from_user_id: &from,
+            target_user_id: &target,
+            message,
+            message_type,
+            timestamp: &sent_at,
+        };
+        let frame = socketio::event_frame(self.namespace(), "private-message", &delivered);
         self.shard.counters.broadcast("user");
         if !self.shard.send_to_user(Arc::from(target.as_str()), frame).await {
             return Err(RequestError::UserOffline(target));

@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod errors;
 mod events;
+#[cfg(test)]
+mod interleavings;
 pub mod namespace;
 pub mod session;
 pub mod validate;

@@ -171,7 +171,7 @@ impl EngineHandler for EngineSession {
 }
 
 impl EngineSession {
-    fn new(shard: Rc<Shard>, context: Arc<AppContext>, transport: &'static str) -> EngineSession {
+    pub(crate) fn new(shard: Rc<Shard>, context: Arc<AppContext>, transport: &'static str) -> EngineSession {
         let outbox = Rc::new(Outbox::new(shard.config().outbox_limit as usize));
         EngineSession {
             shard,
@@ -189,6 +189,9 @@ impl EngineSession {
     }
 
     async fn dispatch(&self, packet: &Packet<'_>, attachments: Vec<Bytes>) -> Result<(), CloseReason> {
+        // Whatever reached this shard before the packet was read takes effect
+        // before it (the shard runtime's ordering rule 2).
+        self.shard.catch_up();
         let socket = self.socket(packet.namespace);
         match packet.kind {
             PacketType::Connect => {
@@ -420,7 +423,7 @@ impl SocketSession {
         let result = match name.as_str() {
             "authenticate" => self.authenticate(payload).await,
             "join-room" => self.join_room(payload).await,
-            "leave-room" => self.leave_room(payload),
+            "leave-room" => self.leave_room(payload).await,
             "private-message" => self.private_message(payload).await,
             "custom-event" => self.custom_event(payload),
             "ping" => Ok(self.ping()),

@@ -78,16 +78,27 @@ pub fn string(field: &str, value: Option<&RawValue>) -> Result<String, RequestEr
         .map_err(|_| RequestError::Validation(format!("{field} must be a string, got {}", json_kind(raw))))
 }
 
-/// A required, non-empty `message` string.
-pub fn message(value: Option<&RawValue>) -> Result<String, RequestError> {
-    let text = string("message", value)?;
-    if text.is_empty() {
-        return Err(RequestError::Validation("message must not be empty".into()));
-    }
-    Ok(text)
+/// For a field that may be absent but, when present, is kept as written:
+/// serde's `Option` would read `null` as absent.
+pub fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(value).map(Some)
 }
 
-/// `messageType`: one of [`MESSAGE_TYPES`], `text` when absent.
+/// The required `message`: any JSON value but `null` and the empty string
+/// (chat clients send rich objects), passed on exactly as sent.
+pub fn message(value: Option<&RawValue>) -> Result<&RawValue, RequestError> {
+    let Some(raw) = value else {
+        return Err(RequestError::Validation("message is required".into()));
+    };
+    match raw.get() {
+        "null" => Err(RequestError::Validation("message must not be null".into())),
+        "\"\"" => Err(RequestError::Validation("message must not be empty".into())),
+        _ => Ok(raw),
+    }
+}
+
+/// `messageType`: one of [`MESSAGE_TYPES`], `text` when absent (`null` is
+/// not absent: it is refused like any other value outside the list).
 pub fn message_type(value: Option<&RawValue>) -> Result<&'static str, RequestError> {
     let Some(raw) = value else { return Ok("text") };
     let text = string("messageType", Some(raw))?;
@@ -141,6 +152,19 @@ mod tests {
     }
 
     #[test]
+    fn null_is_a_value_not_an_absence() {
+        #[derive(Deserialize)]
+        struct P<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            field: Option<&'a RawValue>,
+        }
+        let absent: P = serde_json::from_str("{}").unwrap();
+        assert!(absent.field.is_none());
+        let null: P = serde_json::from_str("{\"field\":null}").unwrap();
+        assert_eq!(null.field.unwrap().get(), "null");
+    }
+
+    #[test]
     fn payload_must_be_an_object() {
         #[derive(Deserialize, Debug)]
         struct P {}
@@ -156,7 +180,13 @@ mod tests {
         assert_eq!(message_type(None).unwrap(), "text");
         assert_eq!(message_type(Some(&raw("\"image\""))).unwrap(), "image");
         assert!(err_text(message_type(Some(&raw("\"video\"")))).contains("messageType must be one of"));
+        assert!(err_text(message_type(Some(&raw("null")))).contains("messageType must be a string, got null"));
         assert!(err_text(message(Some(&raw("\"\"")))).contains("message must not be empty"));
+        assert!(err_text(message(Some(&raw("null")))).contains("message must not be null"));
+        assert!(err_text(message(None)).contains("message is required"));
+        for rich in ["{\"text\":\"hi\",\"attachments\":[]}", "[1,2]", "0", "false", "\"hi\""] {
+            assert_eq!(message(Some(&raw(rich))).unwrap().get(), rich);
+        }
         assert!(err_text(custom_event_name(Some(&raw("\"user-joined\"")))).contains("reserved"));
         assert_eq!(custom_event_name(Some(&raw("\"typing\""))).unwrap(), "typing");
     }

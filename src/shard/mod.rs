@@ -15,6 +15,21 @@
 //! and sends the matching message to the home shard in the same synchronous
 //! step, before awaiting anything. Messages between two shards are FIFO, so
 //! a home sees a connection's joins, leaves and detaches in order.
+//!
+//! Rules that keep shards invisible to clients (the order one socket.io
+//! process gives; README "Ordering"):
+//! 1. *An answer follows its effects.* A request is answered (ack, or the
+//!    reply a publish waits for) only once every delivery it causes has been
+//!    pushed to the outboxes of this shard or sent to the other shards'
+//!    inboxes. Where the effect passes through a home shard (leave, private
+//!    message, authenticate, join), the request waits for the home's reply,
+//!    and the home replies after it has sent the deliveries.
+//! 2. *A request sees everything sent before it.* Before a shard handles a
+//!    client's request it applies every message already in its inbox
+//!    ([`Shard::catch_up`]). An inbox is one queue, so whatever effect a
+//!    client could have heard of before sending (rule 1: its ack came after
+//!    the send) is applied here before the request — a member cannot leave a
+//!    room ahead of an announcement already on its way to it.
 
 pub mod id;
 mod router;
@@ -35,7 +50,7 @@ use crate::transport::outbox::{Outbox, Pushed};
 use crate::transport::CloseReason;
 
 pub use id::SocketId;
-pub use router::{Router, ShardInbox};
+pub use router::{run_inbox, Router, ShardInbox};
 pub use stats::{CounterSnapshot, ShardCounters};
 
 type Map<K, V> = HashMap<K, V, ahash::RandomState>;
@@ -156,16 +171,17 @@ pub enum ShardMsg {
     /// it orders them: the joiner hears of every later join, of no earlier one.
     RoomJoinConfirmed { room: Arc<str>, socket: SocketId, members: u32, reply: oneshot::Sender<u32> },
     /// To a room's home: a socket left (or went away); `announce` goes to the
-    /// remaining members.
-    RoomLeft { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame> },
+    /// remaining members, then `reply` (if any) says it has gone out.
+    RoomLeft { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>> },
     /// To a room's home: how many sockets are in it?
     RoomSize { room: Arc<str>, reply: oneshot::Sender<u32> },
-    /// To a user's home: a socket on `shard` is now this user's.
+    /// To a user's home: a socket on `shard` is now this user's (`reply`
+    /// once the home counts it, and `user-online` has gone out if it is the first).
     UserAttached { user: Arc<str>, shard: usize, reply: oneshot::Sender<()> },
     /// To a user's home: one of the user's sockets on `shard` went away.
     UserDetached { user: Arc<str>, shard: usize },
-    /// To a user's home: deliver to all the user's sockets; replies whether
-    /// the user had any.
+    /// To a user's home: deliver to all the user's sockets; replies, once the
+    /// deliveries are sent, whether the user had any.
     SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
     /// Like `Deliver`, replying with the number of sockets reached here.
     /// `count_as` names the broadcast scope on the one copy that counts it.
@@ -173,7 +189,8 @@ pub enum ShardMsg {
     /// A question about this shard's tables (see [`Query`]).
     Query { query: Query, reply: oneshot::Sender<Answer> },
     /// Work to run on the receiving shard's thread (polling requests and
-    /// upgrades for sessions that live there).
+    /// upgrades for sessions that live there). It must only start tasks, not
+    /// wait: it runs inside [`Shard::catch_up`] too.
     Run(Box<dyn FnOnce(&Rc<Shard>) + Send>),
     /// Close every connection and stop.
     Shutdown,
@@ -268,12 +285,60 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub counters: ShardCounters,
     tables: RefCell<Tables>,
+    inbox: ShardInbox,
+    /// The inbox is being applied (a nested [`Shard::catch_up`] returns at once).
+    applying_inbox: Cell<bool>,
     shutting_down: Cell<bool>,
 }
 
 impl Shard {
-    pub fn new(index: usize, shared: Arc<Shared>) -> Shard {
-        Shard { index, shared, counters: ShardCounters::default(), tables: RefCell::default(), shutting_down: Cell::new(false) }
+    pub fn new(index: usize, shared: Arc<Shared>, inbox: ShardInbox) -> Shard {
+        Shard {
+            index,
+            shared,
+            counters: ShardCounters::default(),
+            tables: RefCell::default(),
+            inbox,
+            applying_inbox: Cell::new(false),
+            shutting_down: Cell::new(false),
+        }
+    }
+
+    pub(super) fn inbox(&self) -> &ShardInbox {
+        &self.inbox
+    }
+
+    /// Applies every message already in this shard's inbox. Called before a
+    /// client's request is handled (rule 2 in the module doc): whatever was
+    /// sent to this shard before the request was read — a `user-left` for a
+    /// member about to leave, a relay for a member about to leave, a join
+    /// confirmation — takes effect first.
+    pub fn catch_up(self: &Rc<Self>) {
+        let waiting = self.inbox.len();
+        if waiting > 0 {
+            self.apply_inbox(waiting);
+        }
+    }
+
+    /// Applies up to `limit` messages from the inbox, oldest first; `true`
+    /// if more are waiting.
+    pub fn apply_inbox(self: &Rc<Self>, limit: usize) -> bool {
+        // Only `Run` work could nest (it must not), and a nested pass would
+        // apply later messages before the one in hand.
+        if self.applying_inbox.replace(true) {
+            return false;
+        }
+        let mut applied = 0;
+        while applied < limit {
+            let Some(msg) = self.inbox.try_next() else { break };
+            match msg {
+                ShardMsg::Run(work) => work(self),
+                msg => self.handle(msg),
+            }
+            applied += 1;
+        }
+        self.applying_inbox.set(false);
+        applied == limit && self.inbox.len() > 0
     }
 
     pub fn config(&self) -> &Config {
@@ -304,7 +369,7 @@ impl Shard {
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
         for room in &rooms {
             self.leave_local(conn, room);
-            self.notify_room_left(conn, room.clone(), announce(room));
+            self.notify_room_left(conn, room.clone(), announce(room), None);
         }
         if let Some(user) = conn.user() {
             self.detach_user(conn, user);
@@ -362,13 +427,16 @@ impl Shard {
     }
 
     /// Removes `conn` from `room`; the home sends `announce` to the remaining
-    /// members. `false` if it was not a member.
-    pub fn leave_room(&self, conn: &Rc<Conn>, room: &str, announce: Option<OutFrame>) -> bool {
+    /// members, and this returns once it has (rule 1). `false` if it was not
+    /// a member.
+    pub async fn leave_room(&self, conn: &Rc<Conn>, room: &str, announce: Option<OutFrame>) -> bool {
         let position = conn.rooms.borrow().iter().position(|r| &**r == room);
         let Some(position) = position else { return false };
         let room = conn.rooms.borrow_mut().swap_remove(position);
         self.leave_local(conn, &room);
-        self.notify_room_left(conn, room, announce);
+        let (tx, rx) = oneshot::channel();
+        self.notify_room_left(conn, room, announce, Some(tx));
+        let _ = rx.await;
         true
     }
 
@@ -389,9 +457,9 @@ impl Shard {
         }
     }
 
-    fn notify_room_left(&self, conn: &Conn, room: Arc<str>, announce: Option<OutFrame>) {
+    fn notify_room_left(&self, conn: &Conn, room: Arc<str>, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>>) {
         let user = conn.user().unwrap_or_else(|| Arc::from(""));
-        self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user, socket: conn.id, announce });
+        self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user, socket: conn.id, announce, reply });
     }
 
     fn announce_to_room(&self, room: &Arc<str>, except: SocketId, announce: Option<OutFrame>) {
@@ -540,7 +608,7 @@ impl Shard {
                 }
                 let _ = reply.send(members);
             }
-            ShardMsg::RoomLeft { room, user, socket, announce } => {
+            ShardMsg::RoomLeft { room, user, socket, announce, reply } => {
                 {
                     let mut tables = self.tables.borrow_mut();
                     if let Some(home) = tables.home_rooms.get_mut(&room) {
@@ -558,6 +626,9 @@ impl Shard {
                     }
                 }
                 self.announce_to_room(&room, socket, announce);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
             }
             ShardMsg::RoomSize { room, reply } => {
                 let size = self.tables.borrow().home_rooms.get(&room).map_or(0, |r| r.members);
@@ -574,10 +645,10 @@ impl Shard {
                     }
                     first
                 };
-                let _ = reply.send(());
                 if first {
                     self.announce_presence(&user, true);
                 }
+                let _ = reply.send(());
             }
             ShardMsg::UserDetached { user, shard } => {
                 let last = {
@@ -604,17 +675,17 @@ impl Shard {
                     Some(home) => home.shards.iter().map(|(s, _)| *s).collect(),
                     None => Vec::new(),
                 };
-                let _ = reply.send(!shards.is_empty());
                 let delivery = Delivery::new(Target::User(user), frame);
-                for shard in shards {
+                for &shard in &shards {
                     if shard == self.index {
                         self.deliver_local(&delivery);
                     } else {
                         self.shared.router.send(shard, ShardMsg::Deliver(delivery.clone()));
                     }
                 }
+                let _ = reply.send(!shards.is_empty());
             }
-            // Only the inbox runs work (it holds the shard's `Rc`); nothing routes it here.
+            // Only `apply_inbox` runs work (it holds the shard's `Rc`); nothing routes it here.
             ShardMsg::Run(_) => tracing::error!("work sent to Shard::handle instead of the inbox; dropped"),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }

@@ -4,6 +4,11 @@
 //! its inbox task. Unbounded because a shard must never block its own thread
 //! waiting for another shard (two shards doing so would deadlock); the queue
 //! depth is watched instead.
+//!
+//! A channel is one queue, not one queue per sender: a message whose `send`
+//! finished before another's began is received first, whoever sent them.
+//! The ordering rule of the shard runtime ([`Shard::catch_up`]) is built on
+//! that.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ pub struct Router {
     hasher: ahash::RandomState,
 }
 
-/// The receiving end of one shard's inbox.
+/// The receiving end of one shard's inbox, owned by its [`Shard`].
 pub struct ShardInbox {
     rx: Receiver<ShardMsg>,
     wake: Arc<Notify>,
@@ -67,22 +72,25 @@ impl Router {
 }
 
 impl ShardInbox {
-    /// Handles messages for `shard` until every sender is gone.
-    pub async fn run(self, shard: Rc<Shard>) {
-        loop {
-            let mut handled = 0;
-            while let Ok(msg) = self.rx.try_recv() {
-                match msg {
-                    ShardMsg::Run(work) => work(&shard),
-                    msg => shard.handle(msg),
-                }
-                handled += 1;
-                if handled == INBOX_BATCH {
-                    handled = 0;
-                    tokio::task::yield_now().await;
-                }
-            }
-            self.wake.notified().await;
+    /// The next waiting message, if any.
+    pub(super) fn try_next(&self) -> Option<ShardMsg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Messages waiting now.
+    pub(super) fn len(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+/// The shard's inbox task: applies messages as they arrive, in batches, so
+/// that connections get their turn between batches. Requests that cannot
+/// wait for it apply the inbox themselves ([`Shard::catch_up`]).
+pub async fn run_inbox(shard: Rc<Shard>) {
+    loop {
+        while shard.apply_inbox(INBOX_BATCH) {
+            tokio::task::yield_now().await;
         }
+        shard.inbox().wake.notified().await;
     }
 }
