@@ -10,6 +10,10 @@
 //! - `fanout`: N subscribers in one room, one publisher relaying
 //!   `custom-event`s with its send time inside; deliveries per second,
 //!   end-to-end latency percentiles, messages lost, server CPU.
+//! - `acks`: N clients, each looping join-room, custom-event,
+//!   private-message, leave-room over rooms of 10 for `--duration` seconds;
+//!   request → ack latency percentiles per event and requests per second
+//!   (what waiting for a room's or user's home shard costs a client).
 //!
 //! Single-threaded on purpose: pin it to one core with `taskset`.
 
@@ -28,6 +32,7 @@ enum Scenario {
     Idle,
     Handshake,
     Fanout,
+    Acks,
 }
 
 #[derive(Debug, Parser)]
@@ -77,6 +82,7 @@ fn main() {
             Scenario::Idle => idle(&args, addr).await,
             Scenario::Handshake => handshake(&args, addr).await,
             Scenario::Fanout => fanout(&args, addr).await,
+            Scenario::Acks => acks(&args, addr).await,
         }
     });
     println!("{result}");
@@ -372,4 +378,60 @@ async fn add_drain_wait(received: &Cell<u64>, expected: u64) {
             break;
         }
     }
+}
+
+async fn acks(args: &Args, addr: SocketAddr) -> Value {
+    const EVENTS: [&str; 4] = ["join-room", "custom-event", "private-message", "leave-room"];
+    let clients = open_many(addr, args.connections, args.concurrency, |_| Vec::new()).await;
+    let histograms: Rc<Vec<RefCell<Histogram<u64>>>> = Rc::new(
+        EVENTS.iter().map(|_| RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"))).collect(),
+    );
+    let before = args.server_pid.and_then(process_usage);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let count = args.connections;
+    let loops: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let histograms = histograms.clone();
+            async move {
+                let room = format!("acks-{}", i / 10);
+                let peer = format!("load-{}", (i + 1) % count);
+                let requests = [
+                    json!({ "roomName": room }),
+                    json!({ "roomName": room, "event": "note", "data": { "from": i } }),
+                    json!({ "targetUserId": peer, "message": "hi" }),
+                    json!({ "roomName": room }),
+                ];
+                while Instant::now() < deadline {
+                    for (e, (event, data)) in EVENTS.iter().zip(&requests).enumerate() {
+                        let sent = Instant::now();
+                        let ack = client.request(event, data).await.expect("request");
+                        assert_eq!(ack["success"], true, "{event} failed: {ack}");
+                        let _ = histograms[e].borrow_mut().record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                }
+            }
+        })
+        .collect();
+    futures_join_all(loops).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let total: u64 = histograms.iter().map(|h| h.borrow().len()).sum();
+    let mut out = json!({
+        "scenario": "acks",
+        "connections": count,
+        "requests": total,
+        "requests_per_sec": total as f64 / elapsed,
+    });
+    for (event, histogram) in EVENTS.iter().zip(histograms.iter()) {
+        let h = histogram.borrow();
+        out[event] = json!({
+            "p50_us": h.value_at_quantile(0.5),
+            "p99_us": h.value_at_quantile(0.99),
+            "max_us": h.max(),
+        });
+    }
+    add_cpu(&mut out, args.server_pid, before, elapsed);
+    out
 }
