@@ -6,6 +6,7 @@
 //! - [`events`]: the handlers of `authenticate`, `join-room`, `leave-room`,
 //!   `private-message`, `custom-event` and `ping`.
 //! - [`validate`], [`auth`], [`errors`]: payload rules, identities, error codes.
+//! - [`rate_limit`]: the per-connection token bucket, told the time.
 
 pub mod auth;
 pub mod errors;
@@ -13,6 +14,7 @@ mod events;
 #[cfg(test)]
 mod interleavings;
 pub mod namespace;
+mod rate_limit;
 pub mod session;
 pub mod validate;
 

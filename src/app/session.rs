@@ -16,9 +16,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::auth::Authenticator;
+use super::rate_limit::TokenBucket;
 use super::errors::RequestError;
 use super::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
 use super::timestamp;
@@ -245,7 +246,7 @@ pub struct SocketSession {
     handlers: Namespace,
     /// Registered in the shard's tables (built-in namespaces only).
     registered: Cell<bool>,
-    rate: Option<RateLimiter>,
+    rate: Option<RefCell<TokenBucket>>,
 }
 
 fn protocol_error(detail: &str) -> CloseReason {
@@ -266,7 +267,8 @@ impl SocketSession {
         let config = shard.config();
         let conn = Rc::new(Conn::new(SocketId::generate(shard.index), engine.outbox.clone(), engine.transport.get()));
         let rate = config.rate_limit_per_sec.map(|per_sec| {
-            RateLimiter::new(per_sec as f64, config.rate_limit_burst.unwrap_or(per_sec) as f64)
+            let burst = config.rate_limit_burst.unwrap_or(per_sec);
+            RefCell::new(TokenBucket::new(per_sec as f64, burst as f64, Instant::now()))
         });
         SocketSession {
             shard,
@@ -412,7 +414,7 @@ impl SocketSession {
             return Ok(());
         }
         if let Some(rate) = &self.rate {
-            if !rate.allow() {
+            if !rate.borrow_mut().allow(Instant::now()) {
                 self.shard.counters.event_received(event_label(&name));
                 self.reply(&name, packet.ack_id, Err(RequestError::RateLimited));
                 return Ok(());
@@ -478,32 +480,4 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     text[..end].to_string()
-}
-
-/// A token bucket: `rate` events per second, bursts of up to `burst`.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: Cell<f64>,
-    refilled: Cell<Instant>,
-}
-
-impl RateLimiter {
-    fn new(rate: f64, burst: f64) -> RateLimiter {
-        RateLimiter { rate, burst, tokens: Cell::new(burst), refilled: Cell::new(Instant::now()) }
-    }
-
-    fn allow(&self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled.get()).as_secs_f64();
-        let tokens = (self.tokens.get() + elapsed * self.rate).min(self.burst);
-        self.refilled.set(now);
-        if tokens >= 1.0 {
-            self.tokens.set(tokens - 1.0);
-            true
-        } else {
-            self.tokens.set(tokens);
-            false
-        }
-    }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::heartbeat::{Heartbeat, Step};
 use super::outbox::Outbox;
 use super::CloseReason;
 use crate::protocol::engineio;
@@ -148,51 +149,29 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
     }
 }
 
-/// How late a heartbeat timer may fire and still count as on time.
-const TIMER_SLACK: Duration = Duration::from_millis(5);
-
 /// Sends heartbeats and enforces the ping and connect deadlines; returns
-/// only when one is missed. Pings go through the outbox, so they travel on
+/// only when one is missed. The decisions are [`Heartbeat`]'s; this only
+/// sleeps and sends. Pings go through the outbox, so they travel on
 /// whichever transport the session uses at the time.
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &Cell<Instant>) -> CloseReason {
     let opened = Instant::now();
-    let connect_deadline = opened + settings.connect_timeout;
-    let mut next_ping = opened + settings.ping_interval;
-    let mut ping_sent: Option<Instant> = None;
-    let sleep = tokio::time::sleep_until(next_ping);
+    let mut heartbeat =
+        Heartbeat::new(opened.into_std(), settings.ping_interval, settings.ping_timeout, settings.connect_timeout);
+    let sleep = tokio::time::sleep_until(opened);
     tokio::pin!(sleep);
     loop {
-        let mut deadline = match ping_sent {
-            Some(sent) => sent + settings.ping_timeout,
-            None => next_ping,
-        };
-        if !handler.is_established() {
-            deadline = deadline.min(connect_deadline);
-        }
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        (&mut sleep).await;
-        let now = Instant::now();
-        if !handler.is_established() && now >= connect_deadline {
-            return CloseReason::ConnectTimeout;
-        }
-        match ping_sent {
-            Some(sent) if last_pong.get() >= sent => {
-                ping_sent = None;
-                next_ping = last_pong.get() + settings.ping_interval;
+        match heartbeat.step(Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
+            Step::SleepUntil(deadline) => {
+                let deadline = Instant::from_std(deadline);
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                (&mut sleep).await;
             }
-            Some(sent) if now >= sent + settings.ping_timeout => return CloseReason::PingTimeout,
-            Some(_) => {}
-            None if now >= next_ping => {
+            Step::SendPing => {
                 handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
-                // The pong is due `ping_timeout` after the ping's scheduled
-                // time, as clients count it, not after the timer's own few
-                // ms of lateness; a shard far behind still gives its clients
-                // (almost) their whole timeout.
-                ping_sent = Some(next_ping.max(now - TIMER_SLACK));
             }
-            None => {}
+            Step::Close(reason) => return reason,
         }
     }
 }

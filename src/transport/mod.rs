@@ -2,6 +2,8 @@
 //!
 //! - [`engine`]: what all transports share — the [`engine::EngineHandler`]
 //!   interface to the layer above, settings, the heartbeat supervisor.
+//! - [`heartbeat`]: the ping and connect deadlines as a state machine that
+//!   takes the time and says what to do (no clock, no I/O).
 //! - [`outbox`]: the bounded per-session queue that every sender pushes
 //!   encoded frames into, and the active transport drains.
 //! - [`websocket`]: Engine.IO over a WebSocket — a whole session, or the
@@ -14,6 +16,7 @@
 
 pub mod engine;
 mod flusher;
+pub mod heartbeat;
 pub mod outbox;
 pub mod polling;
 pub mod websocket;

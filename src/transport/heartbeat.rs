@@ -1,0 +1,154 @@
+//! The heartbeat and connect deadlines of one Engine.IO session, as a plain
+//! state machine: it is told the time and what happened, and says what to do
+//! next. It reads no clock and sleeps on nothing; [`super::engine::supervise`]
+//! is the async shell that sleeps, sends the pings and closes.
+
+use std::time::{Duration, Instant};
+
+use super::CloseReason;
+
+/// How late a heartbeat timer may fire and still count as on time.
+pub const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// What the session must do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing is due before this instant.
+    SleepUntil(Instant),
+    /// Send a ping, then ask again.
+    SendPing,
+    /// A deadline was missed.
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    connect_deadline: Instant,
+    next_ping: Instant,
+    /// When the ping awaiting its pong counts as sent.
+    ping_sent: Option<Instant>,
+}
+
+impl Heartbeat {
+    /// A session opened at `opened`.
+    pub fn new(opened: Instant, ping_interval: Duration, ping_timeout: Duration, connect_timeout: Duration) -> Heartbeat {
+        Heartbeat {
+            ping_interval,
+            ping_timeout,
+            connect_deadline: opened + connect_timeout,
+            next_ping: opened + ping_interval,
+            ping_sent: None,
+        }
+    }
+
+    /// The step at `now`. `established`: the layer above completed its
+    /// handshake (until then the connect deadline applies); `last_pong`:
+    /// when the client's latest pong arrived (the session's opening if none).
+    pub fn step(&mut self, now: Instant, established: bool, last_pong: Instant) -> Step {
+        if !established && now >= self.connect_deadline {
+            return Step::Close(CloseReason::ConnectTimeout);
+        }
+        match self.ping_sent {
+            Some(sent) if last_pong >= sent => {
+                self.ping_sent = None;
+                self.next_ping = last_pong + self.ping_interval;
+            }
+            Some(sent) if now >= sent + self.ping_timeout => return Step::Close(CloseReason::PingTimeout),
+            Some(_) => {}
+            None if now >= self.next_ping => {
+                // The pong is due `ping_timeout` after the ping's scheduled
+                // time, as clients count it, not after the timer's own few
+                // ms of lateness; a shard far behind still gives its clients
+                // (almost) their whole timeout.
+                self.ping_sent = Some(self.next_ping.max(now - TIMER_SLACK));
+                return Step::SendPing;
+            }
+            None => {}
+        }
+        let mut deadline = match self.ping_sent {
+            Some(sent) => sent + self.ping_timeout,
+            None => self.next_ping,
+        };
+        if !established {
+            deadline = deadline.min(self.connect_deadline);
+        }
+        Step::SleepUntil(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn heartbeat(t0: Instant) -> Heartbeat {
+        Heartbeat::new(t0, 300 * MS, 200 * MS, 1000 * MS)
+    }
+
+    #[test]
+    fn pings_every_interval_while_pongs_come_back() {
+        let t0 = Instant::now();
+        let mut hb = heartbeat(t0);
+        assert_eq!(hb.step(t0, true, t0), Step::SleepUntil(t0 + 300 * MS));
+        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
+        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "the pong's deadline");
+        // The pong arrived at 350 ms: the next ping is one interval later.
+        let pong = t0 + 350 * MS;
+        assert_eq!(hb.step(t0 + 500 * MS, true, pong), Step::SleepUntil(t0 + 650 * MS));
+        assert_eq!(hb.step(t0 + 650 * MS, true, pong), Step::SendPing);
+    }
+
+    #[test]
+    fn a_missing_pong_closes_at_the_timeout_not_before() {
+        let t0 = Instant::now();
+        let mut hb = heartbeat(t0);
+        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
+        assert_eq!(hb.step(t0 + 499 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS));
+        assert_eq!(hb.step(t0 + 500 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
+    }
+
+    /// The case of 04bae23: the ping timer fires late (a busy shard); the
+    /// client counts its timeout from when the ping was due, and so must we
+    /// — within the slack, then from the late send.
+    #[test]
+    fn a_late_timer_counts_the_timeout_from_the_scheduled_ping() {
+        let t0 = Instant::now();
+        let mut hb = heartbeat(t0);
+        assert_eq!(hb.step(t0 + 303 * MS, true, t0), Step::SendPing, "3 ms late");
+        assert_eq!(hb.step(t0 + 303 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "not 503 ms");
+
+        let mut hb = heartbeat(t0);
+        assert_eq!(hb.step(t0 + 400 * MS, true, t0), Step::SendPing, "100 ms late");
+        // Far behind: the client still gets all but the slack of its timeout.
+        assert_eq!(hb.step(t0 + 400 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
+        assert_eq!(hb.step(t0 + 594 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
+        assert_eq!(hb.step(t0 + 595 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
+    }
+
+    #[test]
+    fn a_pong_just_before_the_deadline_keeps_the_session() {
+        let t0 = Instant::now();
+        let mut hb = heartbeat(t0);
+        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
+        let pong = t0 + 499 * MS;
+        assert_eq!(hb.step(t0 + 500 * MS, true, pong), Step::SleepUntil(pong + 300 * MS));
+    }
+
+    #[test]
+    fn the_connect_deadline_applies_until_the_session_is_established() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(t0, 300 * MS, 200 * MS, 450 * MS);
+        assert_eq!(hb.step(t0, false, t0), Step::SleepUntil(t0 + 300 * MS));
+        assert_eq!(hb.step(t0 + 300 * MS, false, t0), Step::SendPing);
+        let pong = t0 + 310 * MS;
+        // The next ping would be at 610 ms, but the connect deadline is first.
+        assert_eq!(hb.step(t0 + 310 * MS, false, pong), Step::SleepUntil(t0 + 450 * MS));
+        assert_eq!(hb.step(t0 + 450 * MS, false, pong), Step::Close(CloseReason::ConnectTimeout));
+
+        let mut hb = Heartbeat::new(t0, 300 * MS, 200 * MS, 450 * MS);
+        assert_eq!(hb.step(t0 + 450 * MS, true, t0), Step::SendPing, "established: no connect deadline");
+    }
+}
