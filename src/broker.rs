@@ -62,11 +62,6 @@ pub struct Broker {
     shared: Arc<Shared>,
 }
 
-/// Event names the Socket.IO client keeps for itself: emitting them would
-/// break the client, so the broker refuses them.
-const CLIENT_RESERVED: &[&str] =
-    &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
-
 impl Broker {
     pub(crate) fn new(shared: Arc<Shared>) -> Broker {
         Broker { shared }
@@ -210,7 +205,7 @@ impl Broker {
 
     fn encode(&self, event: &str, data: &impl Serialize) -> Result<OutFrame, PublishError> {
         validate::check_name("event", event).map_err(|e| PublishError::Invalid(e.to_string()))?;
-        if CLIENT_RESERVED.contains(&event) {
+        if validate::CLIENT_RESERVED_EVENTS.contains(&event) {
             return Err(PublishError::Invalid(format!("event {event:?} is reserved by the Socket.IO client")));
         }
         // A `&RawValue` (what the HTTP API passes) is copied byte for byte.

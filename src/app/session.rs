@@ -24,6 +24,7 @@ use super::errors::RequestError;
 use super::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
 use super::timestamp;
 use crate::protocol::socketio::{self, Packet, PacketType};
+use crate::protocol::truncate_utf8;
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
 use crate::transport::engine::{EngineHandler, Settings};
@@ -338,18 +339,13 @@ impl SocketSession {
             Ok(user) => user,
             Err(error) => {
                 tracing::info!(code = error.code(), %error, "CONNECT refused");
-                self.shard.counters.request_rejected(error.code());
-                let message = format!("{}: {}", error.code(), error);
-                self.conn.send(socketio::connect_error_frame(&namespace, &message));
+                self.refuse_connect(error);
                 return false;
             }
         };
         if !self.shard.reserve_connection() {
-            let error = RequestError::LimitExceeded("the server is at MAX_CONNECTIONS".into());
             tracing::warn!("CONNECT refused: MAX_CONNECTIONS reached");
-            self.shard.counters.request_rejected(error.code());
-            let message = format!("{}: {}", error.code(), error);
-            self.conn.send(socketio::connect_error_frame(&namespace, &message));
+            self.refuse_connect(RequestError::LimitExceeded("the server is at MAX_CONNECTIONS".into()));
             return false;
         }
         // Registered before the CONNECT reply goes out, so that an event the
@@ -366,6 +362,13 @@ impl SocketSession {
             self.bind_user(Arc::from(user)).await;
         }
         true
+    }
+
+    /// Answers a CONNECT with CONNECT_ERROR; the message starts with the code.
+    fn refuse_connect(&self, error: RequestError) {
+        self.shard.counters.request_rejected(error.code());
+        let message = format!("{}: {}", error.code(), error);
+        self.conn.send(socketio::connect_error_frame(self.namespace(), &message));
     }
 
     /// The user named by the CONNECT auth payload, if any.
@@ -429,7 +432,7 @@ impl SocketSession {
             "private-message" => self.private_message(payload).await,
             "custom-event" => self.custom_event(payload),
             "ping" => Ok(self.ping()),
-            _ => Err(RequestError::UnknownEvent(truncate(&name, 128))),
+            _ => Err(RequestError::UnknownEvent(truncate_utf8(&name, 128).to_string())),
         };
         self.reply(&name, packet.ack_id, result);
         Ok(())
@@ -474,10 +477,3 @@ fn event_label(name: &str) -> &'static str {
     BUILTIN_EVENTS.into_iter().find(|known| *known == name).unwrap_or("other")
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}

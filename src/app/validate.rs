@@ -9,9 +9,14 @@ use super::errors::RequestError;
 /// Longest name (user id, room name, custom event) in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
-/// Event names the server emits; a custom event may not impersonate them,
-/// nor the client library's own reserved names.
-pub const RESERVED_EVENTS: &[&str] = &[
+/// Event names the Socket.IO client keeps for itself: emitting them would
+/// break the client.
+pub const CLIENT_RESERVED_EVENTS: &[&str] =
+    &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+/// Event names the server emits; a custom event may not impersonate them
+/// (nor use [`CLIENT_RESERVED_EVENTS`]).
+pub const SERVER_EVENTS: &[&str] = &[
     "connected",
     "authenticated",
     "room-joined",
@@ -24,12 +29,6 @@ pub const RESERVED_EVENTS: &[&str] = &[
     "user-offline",
     "pong",
     "error",
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
 ];
 
 pub const MESSAGE_TYPES: &[&str] = &["text", "image", "file", "notification"];
@@ -110,7 +109,7 @@ pub fn message_type(value: Option<&RawValue>) -> Result<&'static str, RequestErr
 /// A custom event name: a valid name that is not reserved.
 pub fn custom_event_name(value: Option<&RawValue>) -> Result<String, RequestError> {
     let event = name("event", value)?;
-    if RESERVED_EVENTS.contains(&event.as_str()) {
+    if SERVER_EVENTS.contains(&event.as_str()) || CLIENT_RESERVED_EVENTS.contains(&event.as_str()) {
         return Err(RequestError::Validation(format!("event {event:?} is reserved")));
     }
     Ok(event)

@@ -14,3 +14,16 @@ pub mod engineio;
 pub mod http_upgrade;
 pub mod socketio;
 pub mod wsframe;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (close reasons and echoed names must stay valid UTF-8).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

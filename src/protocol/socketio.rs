@@ -137,11 +137,15 @@ pub fn parse_event(data: &str) -> Result<(String, Vec<&RawValue>), PacketError> 
     Ok((name, items))
 }
 
-/// Writes the packet header (`<type>[<nsp>,][<id>]`) after the Engine.IO `4`.
-fn header(kind: PacketType, namespace: &str, ack_id: Option<u64>, hint: usize) -> FrameBuilder {
+/// Writes the packet header (`<type>[<n>-][<nsp>,][<id>]`) after the Engine.IO `4`.
+fn header(kind: PacketType, attachments: usize, namespace: &str, ack_id: Option<u64>, hint: usize) -> FrameBuilder {
     let mut builder = engineio::message_builder(namespace.len() + 24 + hint);
     let buf = builder.buf();
     buf.push(kind.digit());
+    if attachments > 0 {
+        buf.extend_from_slice(attachments.to_string().as_bytes());
+        buf.push(b'-');
+    }
     if namespace != "/" {
         buf.extend_from_slice(namespace.as_bytes());
         buf.push(b',');
@@ -160,7 +164,7 @@ pub fn event_frame(namespace: &str, event: &str, data: &impl Serialize) -> OutFr
 /// Like [`event_frame`], for data whose serialization may fail (maps with
 /// non-string keys and the like).
 pub fn try_event_frame(namespace: &str, event: &str, data: &impl Serialize) -> Result<OutFrame, serde_json::Error> {
-    let mut builder = header(PacketType::Event, namespace, None, event.len() + 64);
+    let mut builder = header(PacketType::Event, 0, namespace, None, event.len() + 64);
     let buf = builder.buf();
     buf.push(b'[');
     serde_json::to_writer(&mut *buf, event)?;
@@ -187,20 +191,8 @@ pub fn payload_frames(namespace: &str, reply: Reply<'_>, args: &[serde_json::Val
         (Reply::Ack(id), true) => (PacketType::Ack, Some(id)),
         (Reply::Ack(id), false) => (PacketType::BinaryAck, Some(id)),
     };
-    let mut builder = engineio::message_builder(namespace.len() + 64);
+    let mut builder = header(kind, attachments.len(), namespace, ack_id, 64);
     let buf = builder.buf();
-    buf.push(kind.digit());
-    if !attachments.is_empty() {
-        buf.extend_from_slice(attachments.len().to_string().as_bytes());
-        buf.push(b'-');
-    }
-    if namespace != "/" {
-        buf.extend_from_slice(namespace.as_bytes());
-        buf.push(b',');
-    }
-    if let Some(id) = ack_id {
-        buf.extend_from_slice(id.to_string().as_bytes());
-    }
     let mut items: Vec<&serde_json::Value> = Vec::with_capacity(args.len() + 1);
     let event_name;
     if let Reply::Event(event) = reply {
@@ -216,7 +208,7 @@ pub fn payload_frames(namespace: &str, reply: Reply<'_>, args: &[serde_json::Val
 
 /// `42["event",<raw json>]`: relays a client's argument without re-encoding it.
 pub fn event_frame_raw(namespace: &str, event: &str, data: &RawValue) -> OutFrame {
-    let mut builder = header(PacketType::Event, namespace, None, event.len() + data.get().len() + 8);
+    let mut builder = header(PacketType::Event, 0, namespace, None, event.len() + data.get().len() + 8);
     let buf = builder.buf();
     buf.push(b'[');
     serde_json::to_writer(&mut *buf, event).expect("writing JSON to a Vec cannot fail");
@@ -228,7 +220,7 @@ pub fn event_frame_raw(namespace: &str, event: &str, data: &RawValue) -> OutFram
 
 /// `43<id>[data]`: the answer to a client's ack request.
 pub fn ack_frame(namespace: &str, ack_id: u64, data: &impl Serialize) -> OutFrame {
-    let mut builder = header(PacketType::Ack, namespace, Some(ack_id), 64);
+    let mut builder = header(PacketType::Ack, 0, namespace, Some(ack_id), 64);
     let buf = builder.buf();
     buf.push(b'[');
     serde_json::to_writer(&mut *buf, data).expect("serializing plain data cannot fail");
@@ -238,7 +230,7 @@ pub fn ack_frame(namespace: &str, ack_id: u64, data: &impl Serialize) -> OutFram
 
 /// `40{"sid":…}`: the CONNECT reply.
 pub fn connect_frame(namespace: &str, socket_id: &str) -> OutFrame {
-    let mut builder = header(PacketType::Connect, namespace, None, 40);
+    let mut builder = header(PacketType::Connect, 0, namespace, None, 40);
     serde_json::to_writer(&mut *builder.buf(), &serde_json::json!({ "sid": socket_id }))
         .expect("writing JSON to a Vec cannot fail");
     builder.finish(OpCode::Text)
@@ -246,7 +238,7 @@ pub fn connect_frame(namespace: &str, socket_id: &str) -> OutFrame {
 
 /// `44{"message":…}`: a refused CONNECT.
 pub fn connect_error_frame(namespace: &str, message: &str) -> OutFrame {
-    let mut builder = header(PacketType::ConnectError, namespace, None, message.len() + 16);
+    let mut builder = header(PacketType::ConnectError, 0, namespace, None, message.len() + 16);
     serde_json::to_writer(&mut *builder.buf(), &serde_json::json!({ "message": message }))
         .expect("writing JSON to a Vec cannot fail");
     builder.finish(OpCode::Text)
@@ -254,7 +246,7 @@ pub fn connect_error_frame(namespace: &str, message: &str) -> OutFrame {
 
 /// `41`: the server ends the socket.
 pub fn disconnect_frame(namespace: &str) -> OutFrame {
-    header(PacketType::Disconnect, namespace, None, 0).finish(OpCode::Text)
+    header(PacketType::Disconnect, 0, namespace, None, 0).finish(OpCode::Text)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! to the reassembled message. This decoder owns no buffer: the caller's
 //! buffer can be released while a connection is idle.
 
+use super::truncate_utf8;
 use bytes::{Buf, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 
@@ -59,16 +60,6 @@ impl OutFrame {
     }
 }
 
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 /// Writes a payload with room reserved for the header, then closes it into
 /// an [`OutFrame`] without copying the payload again.

@@ -280,6 +280,13 @@ struct Tables {
     home_users: Map<Arc<str>, HomeUser>,
 }
 
+impl Tables {
+    /// Sockets here; rooms and online users homed here.
+    fn stats(&self) -> ShardStats {
+        ShardStats { connections: self.conns.len(), rooms: self.home_rooms.len(), online_users: self.home_users.len() }
+    }
+}
+
 pub struct Shard {
     pub index: usize,
     pub shared: Arc<Shared>,
@@ -722,20 +729,9 @@ impl Shard {
                     })
                     .collect(),
             ),
-            Query::Stats => Answer::Stats(ShardStats {
-                connections: tables.conns.len(),
-                rooms: tables.home_rooms.len(),
-                online_users: tables.home_users.len(),
-            }),
+            Query::Stats => Answer::Stats(tables.stats()),
             Query::UserOnline { user } => Answer::UserOnline(tables.home_users.contains_key(&user)),
-            Query::Metrics => Answer::Metrics(
-                ShardStats {
-                    connections: tables.conns.len(),
-                    rooms: tables.home_rooms.len(),
-                    online_users: tables.home_users.len(),
-                },
-                self.counters.snapshot(),
-            ),
+            Query::Metrics => Answer::Metrics(tables.stats(), self.counters.snapshot()),
         }
     }
 
@@ -749,9 +745,7 @@ impl Shard {
         self.shutting_down.set(true);
         let conns: Vec<Rc<Conn>> = self.tables.borrow().conns.values().cloned().collect();
         for conn in conns {
-            let close = CloseReason::ServerShutdown;
-            let frame = close.close_frame().map(|(code, text)| OutFrame::close(code, text));
-            conn.outbox.close_after(frame, close);
+            conn.outbox.close_for(CloseReason::ServerShutdown);
         }
     }
 

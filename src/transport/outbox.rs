@@ -192,6 +192,13 @@ impl Outbox {
         pushed
     }
 
+    /// Ends the connection for `reason`: what is queued goes out, then the
+    /// WebSocket close frame the reason calls for (if any).
+    pub fn close_for(&self, reason: CloseReason) {
+        let frame = reason.close_frame().map(|(code, text)| OutFrame::close(code, text));
+        self.close_after(frame, reason);
+    }
+
     /// Sends what is queued, then `last` (typically a close frame), then ends.
     pub fn close_after(&self, last: Option<OutFrame>, reason: CloseReason) {
         if self.closing.borrow().is_some() {

@@ -65,8 +65,7 @@ pub async fn run<H: EngineHandler>(
         reason = &mut heartbeat => {
             // A missed deadline: say why with a close frame (if the client
             // can still read it) and let the writer finish, briefly.
-            let close = reason.close_frame().map(|(code, text)| OutFrame::close(code, text));
-            handler.outbox().close_after(close, reason.clone());
+            handler.outbox().close_for(reason.clone());
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut session).await;
             reason
         }
@@ -156,8 +155,7 @@ async fn serve<H: EngineHandler>(
         biased;
         reason = &mut writer => reason,
         reason = &mut reader => {
-            let close = reason.close_frame().map(|(code, text)| OutFrame::close(code, text));
-            outbox.close_after(close, reason.clone());
+            outbox.close_for(reason.clone());
             let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
             reason
         }
