@@ -1,6 +1,16 @@
 //! The shard runtime: per-core tables of connections, rooms and users, and
 //! the messages shards exchange.
 //!
+//! - [`local`]: this shard's connections and who of them is in which room
+//!   and belongs to which user (what deliveries walk);
+//! - [`home`]: the process-wide records of the names homed here;
+//! - [`messages`]: deliveries, inter-shard messages, queries and answers;
+//! - [`router`]: the channels, and which shard is a name's home;
+//! - [`id`], [`stats`]: socket ids that name their shard, per-shard counters.
+//!
+//! This file is the [`Shard`] itself: it applies its inbox, and it changes
+//! the two kinds of table in step, by the rules below.
+//!
 //! Each shard is one thread with its own single-threaded tokio runtime. It
 //! owns, with no lock:
 //! - its connections ([`Conn`]), by [`SocketId`];
@@ -31,7 +41,10 @@
 //!    the send) is applied here before the request — a member cannot leave a
 //!    room ahead of an announcement already on its way to it.
 
+mod home;
 pub mod id;
+mod local;
+mod messages;
 mod router;
 pub mod stats;
 
@@ -40,16 +53,20 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::protocol::wsframe::OutFrame;
-use crate::transport::outbox::{Outbox, Pushed};
 use crate::transport::CloseReason;
 
+use home::HomeTables;
+use local::LocalTables;
+
 pub use id::SocketId;
+pub use local::Conn;
+pub use messages::{Answer, ConnectionInfo, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Target};
 pub use router::{run_inbox, Router, ShardInbox};
 pub use stats::{CounterSnapshot, ShardCounters};
 
@@ -69,229 +86,12 @@ pub struct Shared {
     pub connections: AtomicUsize,
 }
 
-/// One Socket.IO socket, owned by the shard its id names.
-pub struct Conn {
-    pub id: SocketId,
-    /// `id` in its wire form, kept because most events quote it.
-    pub id_text: Box<str>,
-    /// The queue of the Engine.IO session this socket rides on (shared by
-    /// its sockets in other namespaces).
-    pub outbox: Rc<Outbox>,
-    pub user: RefCell<Option<Arc<str>>>,
-    pub rooms: RefCell<Vec<Arc<str>>>,
-    /// `websocket` or `polling` (changes on upgrade).
-    pub transport: Cell<&'static str>,
-    pub connected_at: SystemTime,
-    pub last_activity: Cell<SystemTime>,
-}
-
-impl Conn {
-    pub fn new(id: SocketId, outbox: Rc<Outbox>, transport: &'static str) -> Conn {
-        let now = SystemTime::now();
-        Conn {
-            id,
-            id_text: id.to_string().into_boxed_str(),
-            outbox,
-            user: RefCell::new(None),
-            rooms: RefCell::new(Vec::new()),
-            transport: Cell::new(transport),
-            connected_at: now,
-            last_activity: Cell::new(now),
-        }
-    }
-
-    pub fn user(&self) -> Option<Arc<str>> {
-        self.user.borrow().clone()
-    }
-
-    pub fn in_room(&self, room: &str) -> bool {
-        self.rooms.borrow().iter().any(|r| &**r == room)
-    }
-
-    /// Queues a reply or event for this socket alone: it must arrive, so a
-    /// full queue closes the connection instead of dropping it.
-    pub fn send(&self, frame: OutFrame) -> Pushed {
-        self.outbox.push_or_close(frame)
-    }
-}
-
-/// Who a delivery is for.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// Every connected socket.
-    All,
-    /// Every socket bound to a user.
-    Authenticated,
-    Room(Arc<str>),
-    User(Arc<str>),
-    Socket(SocketId),
-}
-
-/// One encoded event on its way to the sockets of a [`Target`].
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub target: Target,
-    pub frame: OutFrame,
-    /// A socket that must not receive it (the sender of a relay).
-    pub except: Option<SocketId>,
-    /// Users whose sockets must not receive it.
-    pub exclude_users: Option<Arc<[Arc<str>]>>,
-    /// When it was published, for the fan-out latency histogram.
-    pub published_at: Instant,
-}
-
-impl Delivery {
-    pub fn new(target: Target, frame: OutFrame) -> Delivery {
-        Delivery { target, frame, except: None, exclude_users: None, published_at: Instant::now() }
-    }
-
-    fn wants(&self, conn: &Conn) -> bool {
-        if self.except == Some(conn.id) {
-            return false;
-        }
-        match &self.exclude_users {
-            Some(excluded) => match &*conn.user.borrow() {
-                Some(user) => !excluded.iter().any(|u| u == user),
-                None => true,
-            },
-            None => true,
-        }
-    }
-}
-
-/// Messages between shards.
-pub enum ShardMsg {
-    Deliver(Delivery),
-    /// To a room's home: a socket wants to join. The home counts it, sends
-    /// `announce` to the room's other members, then confirms to the socket's
-    /// shard with [`ShardMsg::RoomJoinConfirmed`].
-    RoomJoined { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
-    /// From a room's home to the joining socket's shard: add it to the local
-    /// room now. Arriving on the same channel as the home's announcements,
-    /// it orders them: the joiner hears of every later join, of no earlier one.
-    RoomJoinConfirmed { room: Arc<str>, socket: SocketId, members: u32, reply: oneshot::Sender<u32> },
-    /// To a room's home: a socket left (or went away); `announce` goes to the
-    /// remaining members, then `reply` (if any) says it has gone out.
-    RoomLeft { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>> },
-    /// To a room's home: how many sockets are in it?
-    RoomSize { room: Arc<str>, reply: oneshot::Sender<u32> },
-    /// To a user's home: a socket on `shard` is now this user's (`reply`
-    /// once the home counts it, and `user-online` has gone out if it is the first).
-    UserAttached { user: Arc<str>, shard: usize, reply: oneshot::Sender<()> },
-    /// To a user's home: one of the user's sockets on `shard` went away.
-    UserDetached { user: Arc<str>, shard: usize },
-    /// To a user's home: deliver to all the user's sockets; replies, once the
-    /// deliveries are sent, whether the user had any.
-    SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
-    /// Like `Deliver`, replying with the number of sockets reached here.
-    /// `count_as` names the broadcast scope on the one copy that counts it.
-    DeliverCounted { delivery: Delivery, count_as: Option<&'static str>, reply: oneshot::Sender<usize> },
-    /// A question about this shard's tables (see [`Query`]).
-    Query { query: Query, reply: oneshot::Sender<Answer> },
-    /// Work to run on the receiving shard's thread (polling requests and
-    /// upgrades for sessions that live there). It must only start tasks, not
-    /// wait: it runs inside [`Shard::catch_up`] too.
-    Run(Box<dyn FnOnce(&Rc<Shard>) + Send>),
-    /// Close every connection and stop.
-    Shutdown,
-}
-
-/// Questions the server-side API asks every shard (or a name's home).
-#[derive(Debug, Clone)]
-pub enum Query {
-    /// This shard's sockets, optionally only those of one user.
-    Connections { user: Option<Arc<str>> },
-    /// The rooms homed on this shard.
-    Rooms,
-    /// Counts: sockets on this shard, rooms and online users homed here.
-    Stats,
-    /// Asked of a user's home: does the user have any socket?
-    UserOnline { user: Arc<str> },
-    /// Counters and table sizes, for `/metrics`.
-    Metrics,
-}
-
-#[derive(Debug)]
-pub enum Answer {
-    Connections(Vec<ConnectionInfo>),
-    Rooms(Vec<RoomInfo>),
-    Stats(ShardStats),
-    UserOnline(bool),
-    Metrics(ShardStats, CounterSnapshot),
-}
-
-#[derive(Debug, Clone)]
-pub struct ConnectionInfo {
-    pub socket_id: String,
-    pub user_id: Option<String>,
-    pub rooms: Vec<String>,
-    pub transport: &'static str,
-    pub shard: usize,
-    pub connected_at: SystemTime,
-    pub last_activity: SystemTime,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoomInfo {
-    pub name: String,
-    pub member_count: u32,
-    pub users: Vec<String>,
-    pub created_at: SystemTime,
-    pub last_activity: SystemTime,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ShardStats {
-    pub connections: usize,
-    pub rooms: usize,
-    pub online_users: usize,
-}
-
-struct LocalRoom {
-    members: Map<SocketId, Rc<Conn>>,
-}
-
-struct HomeRoom {
-    members: u32,
-    created_at: SystemTime,
-    last_activity: SystemTime,
-    /// Sockets per user in the room.
-    users: Map<Arc<str>, u32>,
-}
-
-#[derive(Default)]
-struct HomeUser {
-    /// Sockets per shard, for the shards that have any.
-    shards: Vec<(usize, u32)>,
-}
-
-impl HomeUser {
-    fn total(&self) -> u32 {
-        self.shards.iter().map(|(_, n)| n).sum()
-    }
-}
-
-#[derive(Default)]
-struct Tables {
-    conns: Map<SocketId, Rc<Conn>>,
-    rooms: Map<Arc<str>, LocalRoom>,
-    users: Map<Arc<str>, Vec<Rc<Conn>>>,
-    home_rooms: Map<Arc<str>, HomeRoom>,
-    home_users: Map<Arc<str>, HomeUser>,
-}
-
-impl Tables {
-    /// Sockets here; rooms and online users homed here.
-    fn stats(&self) -> ShardStats {
-        ShardStats { connections: self.conns.len(), rooms: self.home_rooms.len(), online_users: self.home_users.len() }
-    }
-}
-
 pub struct Shard {
     pub index: usize,
     pub shared: Arc<Shared>,
     pub counters: ShardCounters,
-    tables: RefCell<Tables>,
+    local: RefCell<LocalTables>,
+    home: RefCell<HomeTables>,
     inbox: ShardInbox,
     /// The inbox is being applied (a nested [`Shard::catch_up`] returns at once).
     applying_inbox: Cell<bool>,
@@ -304,7 +104,8 @@ impl Shard {
             index,
             shared,
             counters: ShardCounters::default(),
-            tables: RefCell::default(),
+            local: RefCell::default(),
+            home: RefCell::default(),
             inbox,
             applying_inbox: Cell::new(false),
             shutting_down: Cell::new(false),
@@ -357,63 +158,52 @@ impl Shard {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.tables.borrow().conns.len()
+        self.local.borrow().len()
     }
 
     // ---- connections -------------------------------------------------------
 
     /// Registers a socket that completed its Socket.IO CONNECT.
     pub fn add_conn(&self, conn: Rc<Conn>) {
-        self.tables.borrow_mut().conns.insert(conn.id, conn);
+        self.local.borrow_mut().insert(conn);
     }
 
     /// Forgets a socket: leaves its rooms (telling their homes, which send
     /// `announce(room)` to the remaining members) and detaches it from its user.
     pub fn remove_conn(&self, conn: &Rc<Conn>, announce: impl Fn(&Arc<str>) -> Option<OutFrame>) {
-        if self.tables.borrow_mut().conns.remove(&conn.id).is_none() {
+        if !self.local.borrow_mut().remove(conn.id) {
             return;
         }
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
         for room in &rooms {
-            self.leave_local(conn, room);
+            self.local.borrow_mut().remove_member(room, conn.id);
             self.notify_room_left(conn, room.clone(), announce(room), None);
         }
         if let Some(user) = conn.user() {
-            self.detach_user(conn, user);
+            self.local.borrow_mut().detach_user(&user, conn.id);
+            self.to_home(&user.clone(), ShardMsg::UserDetached { user, shard: self.index });
         }
     }
 
     pub fn conn(&self, id: SocketId) -> Option<Rc<Conn>> {
-        self.tables.borrow().conns.get(&id).cloned()
+        self.local.borrow().get(id).cloned()
     }
 
     // ---- users -------------------------------------------------------------
 
-    /// Binds `conn` to `user` and waits until the user's home knows, so that
-    /// a private message sent right after the ack finds the user online.
+    /// Binds `conn` to `user` and waits until the user's home knows (and
+    /// has announced `user-online` if this is the first socket), so that a
+    /// private message sent right after the ack finds the user online.
     pub async fn attach_user(&self, conn: &Rc<Conn>, user: Arc<str>) {
         *conn.user.borrow_mut() = Some(user.clone());
-        self.tables.borrow_mut().users.entry(user.clone()).or_default().push(conn.clone());
+        self.local.borrow_mut().attach_user(user.clone(), conn.clone());
         let (tx, rx) = oneshot::channel();
-        self.to_home(&user, ShardMsg::UserAttached { user: user.clone(), shard: self.index, reply: tx });
+        self.to_home(&user.clone(), ShardMsg::UserAttached { user, shard: self.index, reply: tx });
         let _ = rx.await;
     }
 
-    fn detach_user(&self, conn: &Rc<Conn>, user: Arc<str>) {
-        {
-            let mut tables = self.tables.borrow_mut();
-            if let Some(list) = tables.users.get_mut(&user) {
-                list.retain(|c| c.id != conn.id);
-                if list.is_empty() {
-                    tables.users.remove(&user);
-                }
-            }
-        }
-        self.to_home(&user.clone(), ShardMsg::UserDetached { user, shard: self.index });
-    }
-
     /// Delivers to every socket of `user`, wherever it is. `false` if the
-    /// user has no socket anywhere.
+    /// user has no socket anywhere. Returns once the deliveries are sent.
     pub async fn send_to_user(&self, user: Arc<str>, frame: OutFrame) -> bool {
         let (tx, rx) = oneshot::channel();
         self.to_home(&user.clone(), ShardMsg::SendToUser { user, frame, reply: tx });
@@ -440,7 +230,7 @@ impl Shard {
         let position = conn.rooms.borrow().iter().position(|r| &**r == room);
         let Some(position) = position else { return false };
         let room = conn.rooms.borrow_mut().swap_remove(position);
-        self.leave_local(conn, &room);
+        self.local.borrow_mut().remove_member(&room, conn.id);
         let (tx, rx) = oneshot::channel();
         self.notify_room_left(conn, room, announce, Some(tx));
         let _ = rx.await;
@@ -454,16 +244,6 @@ impl Shard {
         rx.await.unwrap_or(0)
     }
 
-    fn leave_local(&self, conn: &Conn, room: &str) {
-        let mut tables = self.tables.borrow_mut();
-        if let Some(local) = tables.rooms.get_mut(room) {
-            local.members.remove(&conn.id);
-            if local.members.is_empty() {
-                tables.rooms.remove(room);
-            }
-        }
-    }
-
     fn notify_room_left(&self, conn: &Conn, room: Arc<str>, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>>) {
         let user = conn.user().unwrap_or_else(|| Arc::from(""));
         self.to_home(&room.clone(), ShardMsg::RoomLeft { room, user, socket: conn.id, announce, reply });
@@ -474,6 +254,12 @@ impl Shard {
             let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
             delivery.except = Some(except);
             self.deliver(delivery);
+        }
+    }
+
+    fn announce_presence(&self, user: &str, online: bool) {
+        if let Some(encode) = &self.shared.presence {
+            self.deliver(Delivery::new(Target::Authenticated, encode(user, online)));
         }
     }
 
@@ -504,43 +290,9 @@ impl Shard {
     pub fn deliver_local(&self, delivery: &Delivery) -> usize {
         if let Target::Room(room) = &delivery.target {
             // Every room delivery reaches every shard, the room's home included.
-            if let Some(home) = self.tables.borrow_mut().home_rooms.get_mut(room) {
-                home.last_activity = SystemTime::now();
-            }
+            self.home.borrow_mut().touch_room(room, SystemTime::now());
         }
-        let tables = self.tables.borrow();
-        let (mut delivered, mut dropped) = (0u64, 0u64);
-        let mut push = |conn: &Rc<Conn>| {
-            if delivery.wants(conn) {
-                // Broadcasts may be dropped for a slow client (and counted).
-                match conn.outbox.push(delivery.frame.clone()) {
-                    Pushed::Queued => delivered += 1,
-                    Pushed::Dropped => dropped += 1,
-                    Pushed::Closed => {}
-                }
-            }
-        };
-        match &delivery.target {
-            Target::All => tables.conns.values().for_each(&mut push),
-            Target::Authenticated => {
-                tables.users.values().flatten().for_each(&mut push);
-            }
-            Target::Room(room) => {
-                if let Some(local) = tables.rooms.get(room) {
-                    local.members.values().for_each(&mut push);
-                }
-            }
-            Target::User(user) => {
-                if let Some(conns) = tables.users.get(user) {
-                    conns.iter().for_each(&mut push);
-                }
-            }
-            Target::Socket(id) => {
-                if let Some(conn) = tables.conns.get(id) {
-                    push(conn);
-                }
-            }
-        }
+        let (delivered, dropped) = self.local.borrow().deliver(delivery);
         ShardCounters::add(&self.counters.messages_delivered, delivered);
         ShardCounters::add(&self.counters.messages_dropped, dropped);
         if delivered > 0 {
@@ -560,6 +312,15 @@ impl Shard {
         }
     }
 
+    /// Sends `msg` to `shard`, or handles it here if that is this shard.
+    fn to_shard(&self, shard: usize, msg: ShardMsg) {
+        if shard == self.index {
+            self.handle(msg);
+        } else {
+            self.shared.router.send(shard, msg);
+        }
+    }
+
     pub fn handle(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver(delivery) => {
@@ -575,120 +336,44 @@ impl Shard {
                 let _ = reply.send(self.answer(query));
             }
             ShardMsg::RoomJoined { room, user, socket, announce, reply } => {
-                let now = SystemTime::now();
-                let members = {
-                    let mut tables = self.tables.borrow_mut();
-                    let home = tables.home_rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
-                        members: 0,
-                        created_at: now,
-                        last_activity: now,
-                        users: Map::default(),
-                    });
-                    home.members += 1;
-                    home.last_activity = now;
-                    if !user.is_empty() {
-                        *home.users.entry(user).or_default() += 1;
-                    }
-                    home.members
-                };
+                let members = self.home.borrow_mut().room_joined(&room, &user, SystemTime::now());
                 self.announce_to_room(&room, socket, announce);
-                let confirm = ShardMsg::RoomJoinConfirmed { room, socket, members, reply };
-                if socket.shard() == self.index {
-                    self.handle(confirm);
-                } else {
-                    self.shared.router.send(socket.shard(), confirm);
-                }
+                self.to_shard(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
             }
             ShardMsg::RoomJoinConfirmed { room, socket, members, reply } => {
-                let mut tables = self.tables.borrow_mut();
                 // The socket may have left the room or gone away meanwhile;
                 // its leave is already on its way to the home.
-                if let Some(conn) = tables.conns.get(&socket).cloned() {
-                    if conn.in_room(&room) {
-                        tables
-                            .rooms
-                            .entry(room)
-                            .or_insert_with(|| LocalRoom { members: Map::default() })
-                            .members
-                            .insert(socket, conn);
-                    }
-                }
+                self.local.borrow_mut().add_member(room, socket);
                 let _ = reply.send(members);
             }
             ShardMsg::RoomLeft { room, user, socket, announce, reply } => {
-                {
-                    let mut tables = self.tables.borrow_mut();
-                    if let Some(home) = tables.home_rooms.get_mut(&room) {
-                        home.members = home.members.saturating_sub(1);
-                        home.last_activity = SystemTime::now();
-                        if let Some(n) = home.users.get_mut(&user) {
-                            *n -= 1;
-                            if *n == 0 {
-                                home.users.remove(&user);
-                            }
-                        }
-                        if home.members == 0 {
-                            tables.home_rooms.remove(&room);
-                        }
-                    }
-                }
+                self.home.borrow_mut().room_left(&room, &user, SystemTime::now());
                 self.announce_to_room(&room, socket, announce);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
                 }
             }
             ShardMsg::RoomSize { room, reply } => {
-                let size = self.tables.borrow().home_rooms.get(&room).map_or(0, |r| r.members);
-                let _ = reply.send(size);
+                let _ = reply.send(self.home.borrow().room_size(&room));
             }
             ShardMsg::UserAttached { user, shard, reply } => {
-                let first = {
-                    let mut tables = self.tables.borrow_mut();
-                    let home = tables.home_users.entry(user.clone()).or_default();
-                    let first = home.shards.is_empty();
-                    match home.shards.iter_mut().find(|(s, _)| *s == shard) {
-                        Some((_, n)) => *n += 1,
-                        None => home.shards.push((shard, 1)),
-                    }
-                    first
-                };
+                let first = self.home.borrow_mut().user_attached(&user, shard);
                 if first {
                     self.announce_presence(&user, true);
                 }
                 let _ = reply.send(());
             }
             ShardMsg::UserDetached { user, shard } => {
-                let last = {
-                    let mut tables = self.tables.borrow_mut();
-                    let Some(home) = tables.home_users.get_mut(&user) else { return };
-                    if let Some(i) = home.shards.iter().position(|(s, _)| *s == shard) {
-                        home.shards[i].1 -= 1;
-                        if home.shards[i].1 == 0 {
-                            home.shards.swap_remove(i);
-                        }
-                    }
-                    let last = home.total() == 0;
-                    if last {
-                        tables.home_users.remove(&user);
-                    }
-                    last
-                };
+                let last = self.home.borrow_mut().user_detached(&user, shard);
                 if last {
                     self.announce_presence(&user, false);
                 }
             }
             ShardMsg::SendToUser { user, frame, reply } => {
-                let shards: Vec<usize> = match self.tables.borrow().home_users.get(&user) {
-                    Some(home) => home.shards.iter().map(|(s, _)| *s).collect(),
-                    None => Vec::new(),
-                };
+                let shards = self.home.borrow().user_shards(&user);
                 let delivery = Delivery::new(Target::User(user), frame);
                 for &shard in &shards {
-                    if shard == self.index {
-                        self.deliver_local(&delivery);
-                    } else {
-                        self.shared.router.send(shard, ShardMsg::Deliver(delivery.clone()));
-                    }
+                    self.to_shard(shard, ShardMsg::Deliver(delivery.clone()));
                 }
                 let _ = reply.send(!shards.is_empty());
             }
@@ -698,52 +383,24 @@ impl Shard {
         }
     }
 
-    fn answer(&self, query: Query) -> Answer {
-        let tables = self.tables.borrow();
-        match query {
-            Query::Connections { user } => {
-                let describe = |conn: &Rc<Conn>| ConnectionInfo {
-                    socket_id: conn.id_text.to_string(),
-                    user_id: conn.user().map(|u| u.to_string()),
-                    rooms: conn.rooms.borrow().iter().map(|r| r.to_string()).collect(),
-                    transport: conn.transport.get(),
-                    shard: self.index,
-                    connected_at: conn.connected_at,
-                    last_activity: conn.last_activity.get(),
-                };
-                Answer::Connections(match user {
-                    Some(user) => tables.users.get(&user).map_or(Vec::new(), |c| c.iter().map(describe).collect()),
-                    None => tables.conns.values().map(describe).collect(),
-                })
-            }
-            Query::Rooms => Answer::Rooms(
-                tables
-                    .home_rooms
-                    .iter()
-                    .map(|(name, room)| RoomInfo {
-                        name: name.to_string(),
-                        member_count: room.members,
-                        users: room.users.keys().map(|u| u.to_string()).collect(),
-                        created_at: room.created_at,
-                        last_activity: room.last_activity,
-                    })
-                    .collect(),
-            ),
-            Query::Stats => Answer::Stats(tables.stats()),
-            Query::UserOnline { user } => Answer::UserOnline(tables.home_users.contains_key(&user)),
-            Query::Metrics => Answer::Metrics(tables.stats(), self.counters.snapshot()),
-        }
+    fn stats(&self) -> ShardStats {
+        let home = self.home.borrow();
+        ShardStats { connections: self.local.borrow().len(), rooms: home.room_count(), online_users: home.online_count() }
     }
 
-    fn announce_presence(&self, user: &str, online: bool) {
-        if let Some(encode) = &self.shared.presence {
-            self.deliver(Delivery::new(Target::Authenticated, encode(user, online)));
+    fn answer(&self, query: Query) -> Answer {
+        match query {
+            Query::Connections { user } => Answer::Connections(self.local.borrow().connections(user.as_deref(), self.index)),
+            Query::Rooms => Answer::Rooms(self.home.borrow().rooms()),
+            Query::Stats => Answer::Stats(self.stats()),
+            Query::UserOnline { user } => Answer::UserOnline(self.home.borrow().is_online(&user)),
+            Query::Metrics => Answer::Metrics(self.stats(), self.counters.snapshot()),
         }
     }
 
     fn begin_shutdown(&self) {
         self.shutting_down.set(true);
-        let conns: Vec<Rc<Conn>> = self.tables.borrow().conns.values().cloned().collect();
+        let conns = self.local.borrow().all();
         for conn in conns {
             conn.outbox.close_for(CloseReason::ServerShutdown);
         }
@@ -763,5 +420,106 @@ impl Shard {
 
     pub fn release_connection(&self) {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::outbox::Outbox;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    fn shards(count: usize) -> Vec<Rc<Shard>> {
+        let (router, inboxes) = Router::new(count);
+        let mut config = Config::defaults();
+        config.shards = std::num::NonZeroUsize::new(count);
+        let shared = Arc::new(Shared { config: Arc::new(config), router, presence: None, connections: Default::default() });
+        inboxes.into_iter().enumerate().map(|(i, inbox)| Rc::new(Shard::new(i, shared.clone(), inbox))).collect()
+    }
+
+    /// Runs a request to its end, every shard applying its inbox in between.
+    fn run<F: Future>(shards: &[Rc<Shard>], future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        for _ in 0..100 {
+            if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                return out;
+            }
+            shards.iter().for_each(|s| s.catch_up());
+        }
+        panic!("the request never finished");
+    }
+
+    /// The rule that local tables and home records change together: after
+    /// any mix of joins, leaves, disconnects and user bindings over several
+    /// shards, once the inboxes are applied, every home record counts exactly
+    /// what the local tables hold.
+    #[test]
+    fn home_records_match_the_local_tables_after_any_mix_of_changes() {
+        let rooms: Vec<Arc<str>> = (0..4).map(|i| Arc::from(format!("room-{i}"))).collect();
+        let users: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("user-{i}"))).collect();
+        for seed in 0..50 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let shards = shards(2 + rng.usize(..3));
+            let mut conns: Vec<(usize, Rc<Conn>)> = Vec::new();
+            for _ in 0..300 {
+                match rng.u8(..10) {
+                    0..=2 => {
+                        let s = rng.usize(..shards.len());
+                        let conn = Rc::new(Conn::new(SocketId::generate(s), Rc::new(Outbox::new(1 << 16)), "websocket"));
+                        shards[s].add_conn(conn.clone());
+                        if rng.bool() {
+                            run(&shards, shards[s].attach_user(&conn, rng.choice(&users).unwrap().clone()));
+                        }
+                        conns.push((s, conn));
+                    }
+                    3..=5 if !conns.is_empty() => {
+                        let (s, conn) = rng.choice(&conns).unwrap().clone();
+                        let room = rng.choice(&rooms).unwrap().clone();
+                        if conn.in_room(&room) {
+                        } else if rng.u8(..4) == 0 {
+                            // Left while its join is on the way to the home and back.
+                            let join = std::pin::pin!(shards[s].join_room(&conn, room.clone(), None));
+                            let _ = join.poll(&mut Context::from_waker(Waker::noop()));
+                            run(&shards, shards[s].leave_room(&conn, &room, None));
+                        } else {
+                            run(&shards, shards[s].join_room(&conn, room, None));
+                        }
+                    }
+                    6..=7 if !conns.is_empty() => {
+                        let (s, conn) = rng.choice(&conns).unwrap().clone();
+                        let room = rng.choice(&rooms).unwrap().clone();
+                        run(&shards, shards[s].leave_room(&conn, &room, None));
+                    }
+                    8..=9 if !conns.is_empty() => {
+                        let (s, conn) = conns.swap_remove(rng.usize(..conns.len()));
+                        let room = rng.choice(&rooms).unwrap().clone();
+                        if rng.bool() && !conn.in_room(&room) {
+                            // Gone while its join is on the way to the home and back.
+                            let join = std::pin::pin!(shards[s].join_room(&conn, room, None));
+                            let _ = join.poll(&mut Context::from_waker(Waker::noop()));
+                        }
+                        // Without waiting: a disconnect has no answer.
+                        shards[s].remove_conn(&conn, |_| None);
+                    }
+                    _ => {}
+                }
+            }
+            shards.iter().for_each(|s| s.catch_up());
+            for room in &rooms {
+                let home = shards[shards[0].shared.router.home_of(room)].home.borrow().room_size(room) as usize;
+                let local: usize = shards.iter().map(|s| s.local.borrow().room_members(room)).sum();
+                let wanted = conns.iter().filter(|(_, c)| c.in_room(room)).count();
+                assert_eq!((home, local), (wanted, wanted), "seed {seed}: {room}");
+            }
+            for user in &users {
+                let mut home = shards[shards[0].shared.router.home_of(user)].home.borrow().user_shards(user);
+                home.sort();
+                let local: Vec<usize> = (0..shards.len()).filter(|s| shards[*s].local.borrow().user_sockets(user) > 0).collect();
+                assert_eq!(home, local, "seed {seed}: {user}");
+            }
+            let total: usize = shards.iter().map(|s| s.connection_count()).sum();
+            assert_eq!(total, conns.len());
+        }
     }
 }
