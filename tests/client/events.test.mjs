@@ -370,6 +370,34 @@ describe('events (SPEC §2–§3)', () => {
       }
     });
 
+    it('message may be any JSON value but null and the empty string (rich objects, arrays, numbers, booleans), delivered unchanged', async () => {
+      const alice = await authed('alice');
+      const bob = await authed('bob');
+      const values = [
+        { text: 'hi', attachments: [{ url: 'x' }] },
+        { text: 'nested', meta: { mentions: ['u1', 'u2'], edited: false, score: 1.5, reply: null }, emoji: '🚀' },
+        [1, 'two', { three: 3 }, [4], null, true],
+        42, 0, -1.5, 1e21,
+        true, false,
+        {}, [],
+        ' ', '0',
+      ];
+      for (const message of values) {
+        const ack = await emitWithAck(alice, 'private-message', { targetUserId: bob.userId, message });
+        assertSuccess(ack, `message ${JSON.stringify(message)}`);
+        const pm = await waitForEvent(bob, 'private-message');
+        assert.equal(pm.messageId, ack.messageId, `message ${JSON.stringify(message)}: messageId`);
+        assert.deepEqual(pm.message, message, `message ${JSON.stringify(message)} must be delivered unchanged`);
+        assert.equal(pm.messageType, 'text', `message ${JSON.stringify(message)}: messageType defaults to text`);
+      }
+      // With an explicit messageType too.
+      const rich = { text: 'see attached', attachments: [{ url: 'https://example.com/a.png', size: 1024 }] };
+      assertSuccess(await emitWithAck(alice, 'private-message', { targetUserId: bob.userId, message: rich, messageType: 'image' }));
+      const pm = await waitForEvent(bob, 'private-message');
+      assert.deepEqual([pm.message, pm.messageType], [rich, 'image']);
+      assert.equal(received(alice, 'message-sent').length, values.length + 1, 'one message-sent per accepted message');
+    });
+
     it('every message gets a distinct messageId', async () => {
       const alice = await authed('alice');
       const bob = await authed('bob');
@@ -423,7 +451,8 @@ describe('events (SPEC §2–§3)', () => {
         assert.ok(mentionsWord(ack.error, 'message'), `${what}: error should name "message": ${JSON.stringify(ack)}`);
       }
 
-      for (const messageType of ['video', 'TEXT', '', 5, ['text'], { type: 'text' }]) {
+      // null is not "absent": it is refused like every value outside the four (issue 10).
+      for (const messageType of ['video', 'TEXT', '', 5, ['text'], { type: 'text' }, null, false]) {
         const ack = await emitWithAck(alice, 'private-message', { targetUserId: bob.userId, message: 'hi', messageType });
         assertFailure(ack, 'VALIDATION_ERROR', 'messageType', `messageType ${JSON.stringify(messageType)}`);
       }
