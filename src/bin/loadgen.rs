@@ -412,10 +412,12 @@ async fn acks(args: &Args, addr: SocketAddr) -> Value {
                         let _ = histograms[e].borrow_mut().record(sent.elapsed().as_micros().max(1) as u64);
                     }
                 }
+                // Kept open until every loop is done: a peer's last message may still be on its way.
+                client
             }
         })
         .collect();
-    futures_join_all(loops).await;
+    let _clients = futures_join_all(loops).await;
     let elapsed = started.elapsed().as_secs_f64();
     let total: u64 = histograms.iter().map(|h| h.borrow().len()).sum();
     let mut out = json!({
