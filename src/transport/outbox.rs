@@ -31,6 +31,10 @@ use super::{flusher, CloseReason};
 /// Frames per vectored write (Linux accepts up to 1024 iovecs).
 pub const MAX_IOVECS: usize = 64;
 
+/// Queue capacity an emptied outbox may keep (a few frames: steady traffic
+/// reuses it without reallocating); above it, the queue's memory is freed.
+const IDLE_CAPACITY: usize = 8;
+
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -171,6 +175,10 @@ impl Outbox {
         }
         self.front_written.set(offset);
         let done = queue.is_empty();
+        if done && queue.capacity() > IDLE_CAPACITY {
+            // A burst grew the queue; an idle connection gives the memory back.
+            *queue = VecDeque::new();
+        }
         drop(queue);
         if done {
             if let Some(waker) = self.flush_waker.take() {
@@ -388,6 +396,25 @@ mod tests {
         assert_eq!(outbox.push(frame()), Pushed::Queued);
         assert_eq!(outbox.push_or_close(frame()), Pushed::Dropped);
         assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_what_a_burst_grew() {
+        use std::os::fd::AsRawFd;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let outbox = Rc::new(Outbox::new(1024));
+        let traffic = Rc::new(Traffic::default());
+        let _guard = outbox.write_directly(ours.as_raw_fd(), &traffic);
+        outbox.scheduled.set(true); // no flusher task here: write by hand
+        for _ in 0..200 {
+            outbox.queue.borrow_mut().push_back(frame());
+        }
+        assert!(outbox.queue.borrow().capacity() >= 200);
+        outbox.write_now();
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.queue.borrow().capacity(), 0, "an idle connection holds no write buffer");
+        assert_eq!(traffic.bytes_out.get(), 200 * frame().wire().len() as u64);
+        drop(theirs);
     }
 
     #[test]
