@@ -79,7 +79,9 @@ pub enum StartError {
 }
 
 impl Server {
-    /// Binds the port and starts every shard thread.
+    /// Binds the port and starts every shard thread. Like every `start`,
+    /// raises the process's soft open-file limit to its hard limit and sizes
+    /// the connection capacity from it (see [`crate::limits`]).
     pub fn start(config: Config) -> Result<Server, StartError> {
         Server::start_with(config, Extensions::default())
     }
