@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope};
 use crate::clock::iso8601;
 use crate::config::Config;
+use crate::limits::ConnectionBudget;
 use crate::server::{self, BodyError};
 use crate::shard::{ConnectionInfo, RoomInfo};
 
@@ -138,8 +139,15 @@ pub fn route_template(path: &str) -> Option<&'static str> {
     })
 }
 
-/// Answers one `/api` request.
-pub async fn handle(broker: &Broker, config: &Config, peer: SocketAddr, request: Request<Incoming>) -> HttpResponse {
+/// Answers one `/api` request. `budget`: the broker's connection capacity
+/// (for `/api/stats`).
+pub async fn handle(
+    broker: &Broker,
+    config: &Config,
+    budget: &ConnectionBudget,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> HttpResponse {
     if let Err(error) = authorize(config, peer, &request) {
         return error_response(error);
     }
@@ -168,6 +176,7 @@ pub async fn handle(broker: &Broker, config: &Config, peer: SocketAddr, request:
                 "rooms": stats.rooms,
                 "onlineUsers": stats.online_users,
                 "connectionsPerShard": stats.connections_per_shard,
+                "connectionCapacity": budget.capacity.connections,
             }))
         }
         Route::User(user) => {

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, CONTENT_TYPE, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, CONNECTION, CONTENT_TYPE, ORIGIN, VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -26,6 +26,7 @@ use crate::api::HttpResponse;
 use crate::app;
 use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
+use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
 use crate::protocol::http_upgrade::Upgrade;
 use crate::server::{json_response, read_body, BodyError, PrefixedStream};
@@ -53,13 +54,14 @@ enum PollReply {
     Refused(PollError),
 }
 
-/// Answers one Engine.IO request.
-pub async fn handle(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Incoming>) -> HttpResponse {
+/// Answers one Engine.IO request that arrived on the connection `slot`
+/// counts (which decides whether it may open a new session).
+pub async fn handle(shard: &Rc<Shard>, endpoint: &Endpoint, slot: &ConnectionSlot, request: Request<Incoming>) -> HttpResponse {
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !origin_allowed(shard.config(), origin.as_deref()) {
         return engine_error(HandshakeError::Forbidden);
     }
-    let mut response = dispatch(shard, endpoint, request).await;
+    let mut response = dispatch(shard, endpoint, slot, request).await;
     if let Some(origin) = origin {
         // Credentials (cookies behind a load balancer) need the origin echoed, not `*`.
         let headers = response.headers_mut();
@@ -72,7 +74,7 @@ pub async fn handle(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Inc
     response
 }
 
-async fn dispatch(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Incoming>) -> HttpResponse {
+async fn dispatch(shard: &Rc<Shard>, endpoint: &Endpoint, slot: &ConnectionSlot, request: Request<Incoming>) -> HttpResponse {
     if request.method() == Method::OPTIONS {
         return preflight(&request);
     }
@@ -83,8 +85,8 @@ async fn dispatch(shard: &Rc<Shard>, endpoint: &Endpoint, request: Request<Incom
     }
     let sid = query_param(&query, "sid").map(str::to_owned);
     match query_param(&query, "transport") {
-        Some("polling") if config.websocket_transports.polling => polling(shard, endpoint, request, sid).await,
-        Some("websocket") if config.websocket_transports.websocket => websocket(shard, endpoint, request, sid).await,
+        Some("polling") if config.websocket_transports.polling => polling(shard, endpoint, slot, request, sid).await,
+        Some("websocket") if config.websocket_transports.websocket => websocket(shard, endpoint, slot, request, sid).await,
         _ => engine_error(HandshakeError::UnknownTransport),
     }
 }
@@ -103,6 +105,7 @@ fn preflight(request: &Request<Incoming>) -> HttpResponse {
 async fn polling(
     shard: &Rc<Shard>,
     endpoint: &Endpoint,
+    slot: &ConnectionSlot,
     request: Request<Incoming>,
     sid: Option<String>,
 ) -> HttpResponse {
@@ -111,6 +114,9 @@ async fn polling(
         (Method::GET, None) => {
             if shard.is_shutting_down() {
                 return shutting_down();
+            }
+            if !slot.admits_new_session() {
+                return at_capacity(shard);
             }
             text_response(open_polling(shard, endpoint))
         }
@@ -138,6 +144,7 @@ async fn polling(
 async fn websocket(
     shard: &Rc<Shard>,
     endpoint: &Endpoint,
+    slot: &ConnectionSlot,
     mut request: Request<Incoming>,
     sid: Option<String>,
 ) -> HttpResponse {
@@ -146,6 +153,11 @@ async fn websocket(
     }
     if shard.is_shutting_down() {
         return shutting_down();
+    }
+    // A new session must fit the capacity; an upgrade of an existing one is
+    // never refused (the reserve has room for it).
+    if sid.is_none() && !slot.admits_new_session() {
+        return at_capacity(shard);
     }
     // A sid must name a polling session; one that is already upgrading or
     // upgraded gets its WebSocket accepted and closed at once, as the
@@ -171,7 +183,11 @@ async fn websocket(
     };
     let shard = shard.clone();
     let endpoint = endpoint.clone();
+    // The upgraded socket outlives hyper's connection (and its slot): it is
+    // counted from here until it closes, on whichever shard serves it.
+    let upgraded_slot = slot.budget().open_slot();
     tokio::task::spawn_local(async move {
+        let slot = upgraded_slot;
         let upgraded = match upgrade.await {
             Ok(websocket) => websocket.into_inner().into_inner(),
             Err(error) => {
@@ -209,12 +225,18 @@ async fn websocket(
         // session's future, not the largest of every branch here.
         match sid {
             None => {
-                tokio::task::spawn_local(serve_websocket(shard, endpoint, stream, already_read, Vec::new()));
+                tokio::task::spawn_local(async move {
+                    let _slot = slot;
+                    serve_websocket(shard, endpoint, stream, already_read, Vec::new()).await
+                });
             }
             Some(sid) => {
                 let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
                 if owner == shard.index {
-                    tokio::task::spawn_local(upgrade_polling(shard, sid, stream, already_read));
+                    tokio::task::spawn_local(async move {
+                        let _slot = slot;
+                        upgrade_polling(shard, sid, stream, already_read).await
+                    });
                     return;
                 }
                 // The session lives on another shard: move the socket there.
@@ -222,7 +244,10 @@ async fn websocket(
                 let work = move |owner: &Rc<Shard>| {
                     let owner = owner.clone();
                     if let Ok(stream) = TcpStream::from_std(stream) {
-                        tokio::task::spawn_local(upgrade_polling(owner, sid, stream, already_read));
+                        tokio::task::spawn_local(async move {
+                            let _slot = slot;
+                            upgrade_polling(owner, sid, stream, already_read).await
+                        });
                     }
                 };
                 shard.shared.router.send(owner, ShardMsg::Run(Box::new(work)));
@@ -377,6 +402,16 @@ fn reply(reply: PollReply) -> HttpResponse {
 fn text_response(body: Bytes) -> HttpResponse {
     let mut response = Response::new(Full::new(body));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    response
+}
+
+/// A new session over the connection capacity: 503, counted, and the
+/// connection closed after the answer so that its descriptor is freed.
+fn at_capacity(shard: &Shard) -> HttpResponse {
+    shard.counters.connection_refused("capacity");
+    let mut response =
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"code":3,"message":"Server at connection capacity"}"#.into());
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

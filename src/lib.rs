@@ -6,7 +6,8 @@
 //! → [`broker`] (the server-side handle) → [`api`] (its HTTP face) and
 //! [`metrics`] →
 //! [`server`] (listeners, HTTP routing, shutdown). [`config`] and [`clock`]
-//! are leaves read by all. See ARCHITECTURE.md for the map and the life of a message.
+//! are leaves read by all; [`limits`] (descriptor limits, connection
+//! capacity) is read by the HTTP layers and the server. See ARCHITECTURE.md for the map and the life of a message.
 
 pub mod api;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine_http;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

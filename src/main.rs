@@ -43,6 +43,8 @@ fn main() {
         max_payload_bytes = config.max_payload_bytes,
         ping_interval_ms = config.ping_interval_ms,
         ping_timeout_ms = config.ping_timeout_ms,
+        connection_capacity = server.connection_capacity().connections,
+        open_file_limit = server.nofile_limit().soft,
         "shardcast started"
     );
     // Tests and scripts read the port from this line (PORT=0 picks a free one).

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use crate::app::errors::RequestError;
 use crate::app::session::BUILTIN_EVENTS;
 use crate::broker::Broker;
+use crate::limits::{ConnectionBudget, REFUSAL_REASONS};
 use crate::transport::CloseReason;
 
 pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
@@ -47,8 +48,9 @@ impl Metrics {
         Metrics { recorder, handle, render_lock: std::sync::Mutex::new(()) }
     }
 
-    /// Collects every shard's counters and renders the exposition text.
-    pub async fn render(&self, broker: &Broker) -> String {
+    /// Collects every shard's counters and renders the exposition text;
+    /// `budget`: the broker's open TCP connections and their capacity.
+    pub async fn render(&self, broker: &Broker, budget: &ConnectionBudget) -> String {
         let shards = broker.shard_metrics().await;
         let depths = broker.queue_depths();
         let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -59,6 +61,7 @@ impl Metrics {
             let mut events = std::collections::BTreeMap::new();
             let mut rejected = std::collections::BTreeMap::new();
             let mut broadcasts = std::collections::BTreeMap::new();
+            let mut refused = std::collections::BTreeMap::new();
             let mut http = std::collections::BTreeMap::new();
             let mut open_connections = 0;
             for (index, (stats, counters)) in shards.iter().enumerate() {
@@ -78,6 +81,7 @@ impl Metrics {
                     (&mut events, &counters.events_received),
                     (&mut rejected, &counters.rejected),
                     (&mut broadcasts, &counters.broadcasts),
+                    (&mut refused, &counters.refused),
                 ] {
                     for (label, n) in list {
                         *map.entry(*label).or_insert(0u64) += n;
@@ -104,6 +108,11 @@ impl Metrics {
             gauge!("shardcast_sockets").set(sockets as f64);
             gauge!("shardcast_rooms").set(rooms as f64);
             gauge!("shardcast_online_users").set(users as f64);
+            gauge!("shardcast_tcp_connections").set(budget.open_connections() as f64);
+            gauge!("shardcast_connection_capacity").set(budget.capacity.connections as f64);
+            for (reason, n) in refused {
+                counter!("shardcast_connections_refused_total", "reason" => reason).absolute(n);
+            }
             counter!("shardcast_connections_opened_total").absolute(opened);
             for (reason, n) in closed {
                 counter!("shardcast_connections_closed_total", "reason" => reason).absolute(n);
@@ -145,6 +154,9 @@ fn register_known_labels() {
     for scope in ["all", "room", "user", "socket"] {
         counter!("shardcast_broadcasts_total", "scope" => scope).absolute(0);
     }
+    for reason in REFUSAL_REASONS {
+        counter!("shardcast_connections_refused_total", "reason" => reason).absolute(0);
+    }
 }
 
 fn describe_all() {
@@ -155,7 +167,19 @@ fn describe_all() {
     describe_gauge!("shardcast_rooms", "Rooms with at least one member.");
     describe_gauge!("shardcast_online_users", "Users with at least one authenticated connection.");
     describe_gauge!("shardcast_shard_queue_depth", "Messages waiting in a shard's cross-shard inbox.");
+    describe_gauge!(
+        "shardcast_tcp_connections",
+        "Open TCP connections (sessions and HTTP requests alike), what the connection capacity is compared against."
+    );
+    describe_gauge!(
+        "shardcast_connection_capacity",
+        "TCP connections the open-file limit allows after the reserve; new sessions beyond it are refused."
+    );
     describe_counter!("shardcast_connections_opened_total", "Transport connections opened.");
+    describe_counter!(
+        "shardcast_connections_refused_total",
+        "Connections refused before a session began, by reason (capacity: over the connection capacity; descriptors: out of file descriptors)."
+    );
     describe_counter!("shardcast_connections_closed_total", "Transport connections closed, by reason.");
     describe_counter!("shardcast_events_received_total", "Client events received, by event name (other: unknown names).");
     describe_counter!("shardcast_requests_rejected_total", "Client requests refused, by error code.");

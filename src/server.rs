@@ -33,6 +33,7 @@ use crate::broker::Broker;
 use crate::app;
 use crate::config::Config;
 use crate::engine_http;
+use crate::limits::{self, Backoff, Capacity, ConnectionBudget, ConnectionSlot, NofileLimit};
 use crate::metrics::Metrics;
 use crate::protocol::http_upgrade::{self, Head};
 use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
@@ -46,6 +47,8 @@ struct Services {
     /// Bare Engine.IO applications, by path (`/engine.io/`).
     engine_apps: Vec<(String, Endpoint)>,
     metrics: Arc<Metrics>,
+    /// Open TCP connections against the connection capacity.
+    budget: Arc<ConnectionBudget>,
 }
 
 /// What a program embedding the broker can add to it.
@@ -61,6 +64,7 @@ pub struct Extensions {
 pub struct Server {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
+    budget: Arc<ConnectionBudget>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -75,7 +79,9 @@ pub enum StartError {
 }
 
 impl Server {
-    /// Binds the port and starts every shard thread.
+    /// Binds the port and starts every shard thread. Like every `start`,
+    /// raises the process's soft open-file limit to its hard limit and sizes
+    /// the connection capacity from it (see [`crate::limits`]).
     pub fn start(config: Config) -> Result<Server, StartError> {
         Server::start_with(config, Extensions::default())
     }
@@ -87,10 +93,12 @@ impl Server {
         let namespace = config.websocket_namespace.clone();
         let namespaces = extensions.namespaces.unwrap_or_else(|| Namespaces::builtin(&config.websocket_namespace));
         let context = AppContext { auth: Authenticator::new(config.jwt_secret.as_deref()), namespaces };
+        let budget = Arc::new(connection_budget(&config, shard_count));
         let services = Arc::new(Services {
             socket_io: Endpoint::SocketIo(Arc::new(context)),
             engine_apps: extensions.engine_apps.into_iter().map(|(path, factory)| (path, Endpoint::App(factory))).collect(),
             metrics: Arc::new(Metrics::new()),
+            budget: budget.clone(),
         });
         let presence: Option<crate::shard::PresenceEncoder> = config
             .presence_enabled()
@@ -121,7 +129,17 @@ impl Server {
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
-        Ok(Server { local_addr, shared, threads })
+        Ok(Server { local_addr, shared, budget, threads })
+    }
+
+    /// How many connections the open-file limit allows, after the reserve.
+    pub fn connection_capacity(&self) -> Capacity {
+        self.budget.capacity
+    }
+
+    /// The open-file limit, before and after start-up raised it.
+    pub fn nofile_limit(&self) -> NofileLimit {
+        self.budget.nofile
     }
 
     /// A handle for publishing and querying from Rust code.
@@ -139,6 +157,44 @@ impl Server {
             let _ = thread.join();
         }
     }
+}
+
+/// Raises the soft open-file limit to the hard one, and sizes the
+/// connection capacity from it (see [`limits`]); both are logged.
+fn connection_budget(config: &Config, shards: usize) -> ConnectionBudget {
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(nofile) => nofile,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit (RLIMIT_NOFILE); keeping it");
+            limits::current_nofile_limit().unwrap_or(NofileLimit { soft_before: 1024, soft: 1024, hard: 1024 })
+        }
+    };
+    tracing::info!(
+        soft_before = nofile.soft_before,
+        soft = nofile.soft,
+        hard = nofile.hard,
+        "open-file limit (RLIMIT_NOFILE): soft limit raised to the hard limit"
+    );
+    let capacity = Capacity::new(nofile.soft, shards);
+    tracing::info!(
+        capacity = capacity.connections,
+        descriptors = capacity.descriptors,
+        reserve = capacity.reserve,
+        shards,
+        "connection capacity: the open-file limit minus a reserve for listeners, runtimes, HTTP requests and Redis"
+    );
+    if capacity.connections == 0 {
+        tracing::warn!(descriptors = nofile.soft, reserve = capacity.reserve, "the open-file limit leaves no room for connections: every new session will be refused");
+    }
+    if let Some(max) = config.max_connections.filter(|max| *max as u64 > capacity.connections) {
+        tracing::warn!(
+            max_connections = max,
+            capacity = capacity.connections,
+            "MAX_CONNECTIONS is above the connection capacity: new sessions will be refused (503) at the capacity first; \
+             raise the open-file limit (LimitNOFILE, ulimit -n) or lower MAX_CONNECTIONS"
+        );
+    }
+    ConnectionBudget::new(capacity, nofile)
 }
 
 /// Shards share the port through `SO_REUSEPORT`, which would just as
@@ -237,20 +293,145 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
+/// Accepts connections until the shard shuts down.
+///
+/// When `accept` fails for want of descriptors (`EMFILE`, `ENFILE`), the
+/// kernel keeps the connection in the backlog and the listener stays
+/// readable: accepting again at once would spin. Instead the loop answers
+/// what is waiting through its spare descriptor ([`refuse_at_wall`]) and
+/// sleeps with a bounded exponential back-off (5 ms → 500 ms) before the
+/// next `accept`; the first one that succeeds ends the episode.
 async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpListener) {
+    let mut spare = limits::open_spare_descriptor();
+    let mut backoff = Backoff::new();
+    // Connections refused since the wall was hit, `None` while off it.
+    let mut at_wall: Option<u64> = None;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff.reset();
+                if let Some(refused) = at_wall.take() {
+                    tracing::info!(shard = shard.index, refused, "file descriptors free again: accepting connections");
+                }
+                if spare.is_none() {
+                    spare = limits::open_spare_descriptor();
+                }
+                // (TCP_NODELAY comes from the listener.)
+                start_connection(&shard, &services, stream, peer);
             }
-        };
-        // (TCP_NODELAY comes from the listener.)
-        tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer));
+            Err(error) if limits::is_out_of_descriptors(&error) => {
+                let refused = at_wall.get_or_insert_with(|| {
+                    tracing::warn!(
+                        shard = shard.index,
+                        %error,
+                        "out of file descriptors: answering new connections with 503 and backing off; \
+                         open connections are served as before"
+                    );
+                    0
+                });
+                let round = refuse_at_wall(&shard, &services, &listener, &mut spare);
+                *refused += round.refused;
+                if round.resumed {
+                    backoff.reset();
+                    tracing::info!(shard = shard.index, refused = *refused, "file descriptors free again: accepting connections");
+                    at_wall = None;
+                    continue;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
     }
+}
+
+/// Counts an accepted connection and serves it in a task of its own.
+fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, stream: TcpStream, peer: SocketAddr) {
+    let slot = services.budget.open_slot();
+    tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer, slot));
+}
+
+/// Most connections one round at the wall answers before backing off.
+const WALL_ROUND_MAX: usize = 1024;
+
+#[derive(Debug, Default)]
+struct WallRound {
+    /// Connections answered 503 and closed.
+    refused: u64,
+    /// A descriptor was free after all: the connection was kept, the wall is gone.
+    resumed: bool,
+}
+
+/// At the wall: closes the spare descriptor to make room for one
+/// connection, then accepts each waiting connection into it, answers it
+/// (`/health` 200, else 503) and closes it, so that clients get an answer
+/// rather than wait in the backlog; then takes the spare back. If the spare
+/// can be reopened while a connection is held, descriptors are free again:
+/// that connection is served as usual.
+///
+/// Shards share the descriptor table, so another shard may take the freed
+/// descriptor first; this round then answers nothing and the loop backs off.
+fn refuse_at_wall(
+    shard: &Rc<Shard>,
+    services: &Arc<Services>,
+    listener: &TcpListener,
+    spare: &mut Option<std::fs::File>,
+) -> WallRound {
+    let mut round = WallRound::default();
+    drop(spare.take());
+    let listener_socket = socket2::SockRef::from(listener);
+    for _ in 0..WALL_ROUND_MAX {
+        // Non-blocking listener: WouldBlock once the backlog is empty; EMFILE
+        // if the freed descriptor went elsewhere.
+        let Ok((socket, peer)) = listener_socket.accept() else { break };
+        if let Some(file) = limits::open_spare_descriptor() {
+            *spare = Some(file);
+            let stream = socket
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(std::net::TcpStream::from(socket)));
+            if let (Ok(stream), Some(peer)) = (stream, peer.as_socket()) {
+                start_connection(shard, services, stream, peer);
+            }
+            round.resumed = true;
+            return round;
+        }
+        if answer_at_wall(shard, &socket) {
+            round.refused += 1;
+        }
+    }
+    if spare.is_none() {
+        *spare = limits::open_spare_descriptor();
+    }
+    round
+}
+
+/// Answers a connection accepted at the wall from what it has sent so far,
+/// without waiting for anything; `true` if it was refused (not `/health`).
+/// The request is read off first so that closing sends a FIN, not a reset
+/// that could overtake the answer.
+fn answer_at_wall(shard: &Shard, socket: &socket2::Socket) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+    let received = socket.recv_with_flags(&mut buf, libc::MSG_DONTWAIT).unwrap_or(0);
+    // SAFETY: the kernel initialised `received` bytes.
+    let request = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), received) };
+    let answer = limits::wall_answer(request);
+    if let Some(path) = answer.path {
+        shard.counters.http_request(route_label(path), answer.status);
+    }
+    let refused = answer.status != 200;
+    if refused {
+        shard.counters.connection_refused("descriptors");
+    }
+    let mut rest = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ_BYTES];
+    for _ in 0..4 {
+        if !matches!(socket.recv_with_flags(&mut rest, libc::MSG_DONTWAIT), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = socket.send_with_flags(answer.response, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    refused
 }
 
 /// What a connection's first read may take before hyper gets the connection
@@ -263,7 +444,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// new session's WebSocket upgrade is answered without hyper (see
 /// `protocol::http_upgrade`); anything else goes to hyper, with the bytes
 /// already read put back in front.
-async fn serve_connection(shard: Rc<Shard>, services: Arc<Services>, stream: TcpStream, peer: SocketAddr) {
+///
+/// `slot` counts the connection as open for as long as its socket lives,
+/// and decides whether it may start a new session (the connection capacity).
+async fn serve_connection(
+    shard: Rc<Shard>,
+    services: Arc<Services>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
     let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
     // The listener accepts once the request has arrived (TCP_DEFER_ACCEPT),
@@ -281,13 +471,18 @@ async fn serve_connection(shard: Rc<Shard>, services: Arc<Services>, stream: Tcp
             Head::Incomplete if head.len() < head.capacity() => {}
             Head::Upgrade(request) => {
                 let endpoint = endpoint_for(&services, request.path);
-                if let Some(endpoint) = endpoint.filter(|_| engine_http::opens_directly(&shard, &request)) {
+                // Over capacity, hyper's path answers the refusal.
+                let direct = |_: &&Endpoint| engine_http::opens_directly(&shard, &request) && slot.admits_new_session();
+                if let Some(endpoint) = endpoint.filter(direct) {
                     shard.counters.http_request(route_label(request.path), 101);
                     let response = request.response();
                     let already_read = Bytes::copy_from_slice(&head[request.head_len..]);
                     let (shard, endpoint) = (shard.clone(), endpoint.clone());
                     // Its own task: this one, sized for hyper's connection, ends.
-                    tokio::task::spawn_local(engine_http::serve_websocket(shard, endpoint, stream, already_read, response));
+                    tokio::task::spawn_local(async move {
+                        let _slot = slot;
+                        engine_http::serve_websocket(shard, endpoint, stream, already_read, response).await
+                    });
                     return;
                 }
                 break;
@@ -299,7 +494,7 @@ async fn serve_connection(shard: Rc<Shard>, services: Arc<Services>, stream: Tcp
         }
         received = stream.try_read_buf(&mut head);
     }
-    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer).await
+    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot).await
 }
 
 /// One non-blocking `recv` into `buf`'s spare room.
@@ -373,13 +568,22 @@ impl tokio::io::AsyncWrite for PrefixedStream {
     }
 }
 
-async fn serve_http(shard: Rc<Shard>, services: Arc<Services>, stream: PrefixedStream, peer: SocketAddr) {
+async fn serve_http(
+    shard: Rc<Shard>,
+    services: Arc<Services>,
+    stream: PrefixedStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let broker = Broker::new(shard.shared.clone());
+    // Dropped with the connection (or when hyper hands an upgraded one over,
+    // which takes a slot of its own).
+    let slot = Rc::new(slot);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let (shard, services, broker) = (shard.clone(), services.clone(), broker.clone());
+        let (shard, services, broker, slot) = (shard.clone(), services.clone(), broker.clone(), slot.clone());
         async move {
             let label = route_label(request.uri().path());
-            let response = route(&shard, &services, &broker, peer, request).await;
+            let response = route(&shard, &services, &broker, &slot, peer, request).await;
             shard.counters.http_request(label, response.status().as_u16());
             Ok::<_, Infallible>(response)
         }
@@ -424,19 +628,20 @@ async fn route(
     shard: &Rc<Shard>,
     services: &Services,
     broker: &Broker,
+    slot: &ConnectionSlot,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> HttpResponse {
     let path = request.uri().path();
     if path == "/api" || path.starts_with("/api/") {
-        return api::handle(broker, shard.config(), peer, request).await;
+        return api::handle(broker, shard.config(), &services.budget, peer, request).await;
     }
     if let Some(endpoint) = endpoint_for(services, path) {
-        return engine_http::handle(shard, endpoint, request).await;
+        return engine_http::handle(shard, endpoint, slot, request).await;
     }
     match path {
         "/metrics" if request.method() == Method::GET => {
-            let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker).await)));
+            let mut response = Response::new(Full::new(Bytes::from(services.metrics.render(broker, &services.budget).await)));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -29,6 +29,8 @@ pub struct ShardCounters {
     events_received: LabelCounts,
     rejected: LabelCounts,
     broadcasts: LabelCounts,
+    /// Connections refused before a session began, by reason (`capacity`, `descriptors`).
+    refused: LabelCounts,
     pub messages_delivered: Cell<u64>,
     pub messages_dropped: Cell<u64>,
     pub traffic: Rc<Traffic>,
@@ -69,6 +71,13 @@ impl ShardCounters {
         bump(&self.broadcasts, scope);
     }
 
+    /// A connection refused before its session began: `capacity` (a new
+    /// session over the connection capacity) or `descriptors` (`accept`
+    /// failed with `EMFILE`/`ENFILE`; accepted on the spare and closed).
+    pub fn connection_refused(&self, reason: &'static str) {
+        bump(&self.refused, reason);
+    }
+
     pub fn fan_out_latency(&self, latency: Duration) {
         let seconds = latency.as_secs_f64();
         let mut samples = self.latency_samples.borrow_mut();
@@ -94,6 +103,7 @@ impl ShardCounters {
             events_received: list(&self.events_received),
             rejected: list(&self.rejected),
             broadcasts: list(&self.broadcasts),
+            refused: list(&self.refused),
             messages_delivered: self.messages_delivered.get(),
             messages_dropped: self.messages_dropped.get(),
             bytes_in: self.traffic.bytes_in.get(),
@@ -114,6 +124,7 @@ pub struct CounterSnapshot {
     pub events_received: Vec<(&'static str, u64)>,
     pub rejected: Vec<(&'static str, u64)>,
     pub broadcasts: Vec<(&'static str, u64)>,
+    pub refused: Vec<(&'static str, u64)>,
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub bytes_in: u64,

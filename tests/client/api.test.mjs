@@ -642,6 +642,8 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     assert.ok(Array.isArray(st.connectionsPerShard));
     assert.equal(st.connectionsPerShard.length, 4, 'one count per shard');
     assert.equal(st.connectionsPerShard.reduce((a, b) => a + b, 0), 12, 'per-shard counts sum to the total');
+    // The open-file limit minus the reserve (tests/client/fdlimit.test.mjs checks the arithmetic).
+    assert.ok(Number.isInteger(st.connectionCapacity) && st.connectionCapacity > 12, JSON.stringify(st));
     const shards = await shardMap(server);
     const perShard = [0, 0, 0, 0];
     for (const s of [...sockets, ...anons]) perShard[shards.get(s.id)] += 1;

@@ -132,10 +132,14 @@ process.on('exit', killAllOnExit);
 /**
  * Start the broker with PORT=0 HOST=127.0.0.1 plus `env`, and wait for its
  * "shardcast listening on http://127.0.0.1:<port>" line on stdout.
+ * `nofile: 'SOFT:HARD'` starts it under `prlimit --nofile=SOFT:HARD` (util-linux),
+ * which sets the open-file limits and then execs the broker (same pid).
  * Returns { url, port, pid, logs, child, stop(), exitPromise }.
  */
-export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [] } = {}) {
-  const child = spawn(BIN, args, { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [], nofile } = {}) {
+  const child = nofile
+    ? spawn('prlimit', [`--nofile=${nofile}`, '--', BIN, ...args], { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(BIN, args, { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   const server = {
     child, pid: child.pid, logs: [], port: null, url: null, exited: null,
     stdoutText: () => server.logs.filter((l) => l.stream === 'stdout').map((l) => l.line).join('\n'),
@@ -219,7 +223,7 @@ export async function runToExit(env = {}, { timeoutMs = 10000, args = [] } = {})
  * order). waitForEvent consumes recorded events, so an event that arrived
  * before the test started waiting for it is not lost.
  */
-function attachInbox(socket) {
+export function attachInbox(socket) {
   const inbox = { events: [], waiters: new Set() };
   socket.inbox = inbox;
   socket.onAny((event, ...args) => {

@@ -268,12 +268,13 @@ const ROUTES = ['/socket.io/', '/health', '/ready', '/metrics', 'other', '/api/o
   '/api/rooms/{room}/broadcast', '/api/users/{userId}/send', '/api/sockets/{socketId}/send', '/api/batch',
   '/api/connections', '/api/rooms', '/api/stats', '/api/users/{userId}'];
 const DROP_REASONS = ['slow_consumer'];
+const REFUSE_REASONS = ['capacity', 'descriptors'];
 
 /** Every label of every series is one of a fixed, small set of values. */
 function assertBoundedLabels(m, shards) {
   const allowed = {
     shard: Array.from({ length: shards }, (_, i) => String(i)),
-    reason: [...CLOSE_REASONS, ...DROP_REASONS],
+    reason: [...CLOSE_REASONS, ...DROP_REASONS, ...REFUSE_REASONS],
     event: EVENT_LABELS,
     code: CODES,
     scope: SCOPES,
@@ -368,6 +369,8 @@ describe('/metrics: valid Prometheus text', () => {
       ['shardcast_shard_queue_depth', 'gauge'], ['shardcast_connections_opened_total', 'counter'],
       ['shardcast_messages_delivered_total', 'counter'], ['shardcast_messages_dropped_total', 'counter'],
       ['shardcast_bytes_received_total', 'counter'], ['shardcast_bytes_sent_total', 'counter'],
+      ['shardcast_tcp_connections', 'gauge'], ['shardcast_connection_capacity', 'gauge'],
+      ['shardcast_connections_refused_total', 'counter'],
     ]) {
       assert.equal(m.families.get(name)?.type, type, `${name} should be a ${type}: ${JSON.stringify(m.families.get(name))}`);
     }
@@ -377,6 +380,13 @@ describe('/metrics: valid Prometheus text', () => {
     }
     assert.equal(val(m, 'shardcast_connections_opened_total'), 0);
     assert.equal(val(m, 'shardcast_messages_dropped_total', { reason: 'slow_consumer' }), 0);
+    for (const reason of REFUSE_REASONS) assert.equal(val(m, 'shardcast_connections_refused_total', { reason }), 0, `refused ${reason}`);
+    // No client yet: the open TCP connections are the scrape's own (and at most a pooled one or two).
+    const tcp = val(m, 'shardcast_tcp_connections');
+    assert.ok(tcp >= 1 && tcp <= 3, `shardcast_tcp_connections ${tcp}`);
+    const stats = (await api(server, 'GET', '/api/stats')).body;
+    assert.ok(stats.connectionCapacity > 0, JSON.stringify(stats));
+    assert.equal(val(m, 'shardcast_connection_capacity'), stats.connectionCapacity, 'the gauge and GET /api/stats agree');
     assertBoundedLabels(m, 2);
   });
 
@@ -898,7 +908,8 @@ describe('grafana/dashboard.json', () => {
       'shardcast_bytes_sent_total{', 'by (scope)', 'shardcast_messages_dropped_total{', 'by (code)',
       'shardcast_connections_opened_total{', 'shardcast_connections_closed_total{', 'histogram_quantile(0.5,',
       'histogram_quantile(0.95,', 'histogram_quantile(0.99,', 'shardcast_broadcast_fanout_seconds_bucket{',
-      'shardcast_shard_queue_depth{', 'by (route, status)',
+      'shardcast_shard_queue_depth{', 'by (route, status)', 'shardcast_tcp_connections{',
+      'shardcast_connection_capacity{', 'shardcast_connections_refused_total{',
     ]) assert.ok(exprs.includes(needle), `the dashboard should query ${needle}`);
   });
 
