@@ -8,20 +8,20 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION};
+use hyper::{Method, Request, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::app::validate;
 use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope};
 use crate::clock::iso8601;
 use crate::config::Config;
 use crate::limits::ConnectionBudget;
-use crate::server::{self, BodyError};
+use crate::http::{self, json_response, BodyError, HttpResponse};
 use crate::shard::{ConnectionInfo, RoomInfo};
 
 /// Largest request body accepted, in bytes (a batch can hold many events).
@@ -43,8 +43,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/users/{userId}"),
 ];
 
-pub type HttpResponse = Response<Full<Bytes>>;
-
 /// An API failure: HTTP status, SPEC-style code, message.
 #[derive(Debug)]
 struct ApiError {
@@ -63,21 +61,21 @@ impl ApiError {
     }
 }
 
+impl From<crate::app::errors::RequestError> for ApiError {
+    fn from(error: crate::app::errors::RequestError) -> ApiError {
+        ApiError::invalid(error.to_string())
+    }
+}
+
 impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> ApiError {
         ApiError::invalid(error.to_string())
     }
 }
 
-pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
 
 fn error_response(error: ApiError) -> HttpResponse {
-    json_response(error.status, &json!({ "error": error.message, "code": error.code }))
+    json_response(error.status, json!({ "error": error.message, "code": error.code }).to_string())
 }
 
 /// A matched route, with its path parameters decoded.
@@ -194,7 +192,7 @@ pub async fn handle(
         },
     };
     match result {
-        Ok(body) => json_response(StatusCode::OK, &body),
+        Ok(body) => json_response(StatusCode::OK, body.to_string()),
         Err(error) => error_response(error),
     }
 }
@@ -233,7 +231,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match server::read_body(request.into_body(), MAX_BODY_BYTES).await {
+    match http::read_body(request.into_body(), MAX_BODY_BYTES).await {
         Ok(body) => Ok(body),
         Err(BodyError::TooLarge) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -261,13 +259,6 @@ struct Publish<'a> {
     exclude: Vec<String>,
 }
 
-fn parse_object<'a, T: Deserialize<'a>>(raw: &'a str, what: &str) -> Result<T, ApiError> {
-    if !raw.trim_start().starts_with('{') {
-        return Err(ApiError::invalid(format!("{what} must be a JSON object")));
-    }
-    serde_json::from_str(raw).map_err(|e| ApiError::invalid(format!("{what} is not valid: {e}")))
-}
-
 fn parse_publish<'a>(fields: &PublishIn<'a>, allow_exclude: bool) -> Result<Publish<'a>, ApiError> {
     let event = match fields.event {
         Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| ApiError::invalid("event must be a string"))?,
@@ -288,7 +279,7 @@ async fn run_publish_route(broker: &Broker, route: Route, body: &[u8]) -> Result
     if let Route::Batch = route {
         return run_batch(broker, text).await;
     }
-    let fields: PublishIn = parse_object(text, "the body")?;
+    let fields: PublishIn = validate::json_object("body", text)?;
     let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
     let publish = parse_publish(&fields, allow_exclude)?;
     let delivered = broker.send(prepare(broker, &route, &publish)?).await;
@@ -344,7 +335,7 @@ struct BatchEntryIn<'a> {
 /// `POST /api/batch`: `{ "publishes": [ { scope, roomName?|userId?|socketId?, event, data, exclude? } ] }`.
 /// Each entry is validated first; if any is invalid nothing is sent.
 async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
-    let batch: BatchIn = parse_object(text, "the body")?;
+    let batch: BatchIn = validate::json_object("body", text)?;
     let entries = batch.publishes.ok_or_else(|| ApiError::invalid("publishes is required (an array)"))?;
     if entries.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!("publishes holds {} entries; the limit is {MAX_BATCH}", entries.len())));
@@ -352,7 +343,7 @@ async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
     let mut planned = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
         let at = |e: ApiError| ApiError::invalid(format!("publishes[{i}]: {}", e.message));
-        let entry: BatchEntryIn = parse_object(raw.get(), "the entry").map_err(at)?;
+        let entry: BatchEntryIn = validate::json_object("entry", raw.get()).map_err(|e| at(e.into()))?;
         let string = |field: &str, raw: Option<&RawValue>| -> Result<String, ApiError> {
             let raw = raw.ok_or_else(|| ApiError::invalid(format!("{field} is required for this scope")))?;
             serde_json::from_str::<String>(raw.get()).map_err(|_| ApiError::invalid(format!("{field} must be a string")))

@@ -22,14 +22,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::api::HttpResponse;
 use crate::app;
 use crate::app::session::{engine_settings, log_close, AppContext};
 use crate::config::Config;
 use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
 use crate::protocol::http_upgrade::Upgrade;
-use crate::server::{json_response, read_body, BodyError, PrefixedStream};
+use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
 use crate::shard::{Shard, ShardMsg, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
 use crate::transport::polling::{self, PollError};

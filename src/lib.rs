@@ -16,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod engine_http;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

@@ -7,11 +7,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +31,7 @@ use crate::broker::Broker;
 use crate::app;
 use crate::config::Config;
 use crate::engine_http;
+use crate::http::{json_response, HttpResponse, PrefixedStream};
 use crate::limits::{self, Backoff, Capacity, ConnectionBudget, ConnectionSlot, NofileLimit};
 use crate::metrics::Metrics;
 use crate::protocol::http_upgrade::{self, Head};
@@ -505,69 +504,6 @@ fn recv_now(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     Ok(received)
 }
 
-/// A TCP stream with bytes already read from it put back in front, for hyper.
-pub(crate) struct PrefixedStream {
-    prefix: Bytes,
-    stream: TcpStream,
-}
-
-impl PrefixedStream {
-    fn new(prefix: Bytes, stream: TcpStream) -> PrefixedStream {
-        PrefixedStream { prefix, stream }
-    }
-
-    /// The stream, and the bytes put back that were not read again.
-    pub(crate) fn into_parts(self) -> (TcpStream, Bytes) {
-        (self.stream, self.prefix)
-    }
-}
-
-impl tokio::io::AsyncRead for PrefixedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let taken = this.prefix.split_to(this.prefix.len().min(buf.remaining()));
-        buf.put_slice(&taken);
-        if this.prefix.is_empty() {
-            // Let go of the first read's buffer: a keep-alive connection lives long.
-            this.prefix = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for PrefixedStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
 async fn serve_http(
     shard: Rc<Shard>,
     services: Arc<Services>,
@@ -610,7 +546,6 @@ fn endpoint_for<'a>(services: &'a Services, path: &str) -> Option<&'a Endpoint> 
     }
 }
 
-use api::HttpResponse;
 
 /// The `route` label of the HTTP requests metric: a fixed set.
 fn route_label(path: &str) -> &'static str {
@@ -656,59 +591,6 @@ async fn route(
     }
 }
 
-/// Why a request body could not be taken.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum BodyError {
-    /// Longer than the limit; the rest was read and thrown away.
-    TooLarge,
-    /// The connection failed while the body was arriving.
-    Unreadable,
-}
-
-/// How much of an over-size body is read and discarded, and for how long,
-/// before the answer goes out anyway.
-const DISCARD_LIMIT_BYTES: usize = 64 * 1024 * 1024;
-const DISCARD_LIMIT_TIME: Duration = Duration::from_secs(2);
-
-/// Reads a request body of at most `limit` bytes.
-///
-/// A body over the limit is not kept, but the rest of it is still read (up to
-/// `DISCARD_LIMIT_BYTES` / `DISCARD_LIMIT_TIME`) before the 413 goes out:
-/// closing a socket with unread bytes in it makes the kernel send a reset,
-/// and the client would then see a broken pipe instead of our answer.
-pub(crate) async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    use http_body_util::BodyExt;
-    let mut kept = bytes::BytesMut::new();
-    loop {
-        let Some(frame) = body.frame().await else { return Ok(kept.freeze()) };
-        let frame = frame.map_err(|_| BodyError::Unreadable)?;
-        let Ok(data) = frame.into_data() else { continue };
-        if kept.len() + data.len() > limit {
-            break;
-        }
-        kept.extend_from_slice(&data);
-    }
-    drop(kept);
-    let discard = async {
-        let mut discarded = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            discarded += frame.data_ref().map_or(0, Bytes::len);
-            if discarded > DISCARD_LIMIT_BYTES {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_LIMIT_TIME, discard).await;
-    Err(BodyError::TooLarge)
-}
-
-pub(crate) fn json_response(status: StatusCode, body: String) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,26 +607,5 @@ mod tests {
         listener.set_nonblocking(false).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
-    }
-
-    #[test]
-    fn bytes_put_back_are_read_first_then_the_socket() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            client.write_all(b" world").await.unwrap();
-            let mut stream = PrefixedStream::new(Bytes::from_static(b"hello"), server);
-            let mut first = [0u8; 3];
-            stream.read_exact(&mut first).await.unwrap();
-            assert_eq!(&first, b"hel");
-            let mut rest = [0u8; 8];
-            stream.read_exact(&mut rest).await.unwrap();
-            assert_eq!(&rest, b"lo world");
-            let (_, unread) = stream.into_parts();
-            assert!(unread.is_empty());
-        });
     }
 }

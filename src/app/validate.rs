@@ -39,10 +39,16 @@ pub fn object<'a, T: Deserialize<'a>>(payload: Option<&'a RawValue>) -> Result<T
     let Some(raw) = payload else {
         return Err(RequestError::Validation("payload must be a JSON object, got nothing".into()));
     };
-    if !raw.get().starts_with('{') {
-        return Err(RequestError::Validation(format!("payload must be a JSON object, got {}", json_kind(raw))));
+    json_object("payload", raw.get())
+}
+
+/// Parses JSON text that must be an object into `T`; `what` names it in
+/// the error ("payload", "body").
+pub fn json_object<'a, T: Deserialize<'a>>(what: &str, text: &'a str) -> Result<T, RequestError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(RequestError::Validation(format!("{what} must be a JSON object, got {}", json_kind(text))));
     }
-    serde_json::from_str(raw.get()).map_err(|e| RequestError::Validation(format!("invalid payload: {e}")))
+    serde_json::from_str(text).map_err(|e| RequestError::Validation(format!("invalid {what}: {e}")))
 }
 
 /// A required name field: non-empty string, at most 128 bytes, no control characters.
@@ -74,7 +80,7 @@ pub fn string(field: &str, value: Option<&RawValue>) -> Result<String, RequestEr
         return Err(RequestError::Validation(format!("{field} is required")));
     };
     serde_json::from_str::<String>(raw.get())
-        .map_err(|_| RequestError::Validation(format!("{field} must be a string, got {}", json_kind(raw))))
+        .map_err(|_| RequestError::Validation(format!("{field} must be a string, got {}", json_kind(raw.get()))))
 }
 
 /// For a field that may be absent but, when present, is kept as written:
@@ -115,14 +121,16 @@ pub fn custom_event_name(value: Option<&RawValue>) -> Result<String, RequestErro
     Ok(event)
 }
 
-fn json_kind(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
+fn json_kind(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
         Some(b'{') => "an object",
         Some(b'[') => "an array",
         Some(b'"') => "a string",
         Some(b't' | b'f') => "a boolean",
         Some(b'n') => "null",
-        _ => "a number",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        Some(_) => "something that is not JSON",
+        None => "nothing",
     }
 }
 
