@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shardcast::protocol::wsframe::FrameDecoder;
 use shardcast::protocol::{engineio, socketio};
-use shardcast::shard::{run_inbox, Conn, Delivery, Router, Shard, ShardMsg, Shared, SocketId, Target};
+use shardcast::shard::{run_inbox, Conn, Delivery, Router, Shard, Shared, SocketId, Target};
 use shardcast::transport::outbox::Outbox;
 use shardcast::Config;
 
@@ -117,11 +117,11 @@ fn cross_shard_handoff(c: &mut Criterion) {
     group.bench_function("handoff_10k_messages", |b| {
         b.iter(|| {
             for _ in 0..BATCH {
-                shared.router.send(1, ShardMsg::Deliver(Delivery::new(Target::All, frame.clone())));
+                shared.router.deliver(1, Delivery::new(Target::All, frame.clone()));
             }
             // Channels are FIFO: once this runs, every delivery before it was handled.
             let (done_tx, done_rx) = std::sync::mpsc::channel();
-            shared.router.send(1, ShardMsg::Run(Box::new(move |_| done_tx.send(()).unwrap())));
+            shared.router.run_on(1, move |_| done_tx.send(()).unwrap());
             done_rx.recv().unwrap();
         })
     });

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use crate::app::validate;
 use crate::protocol::socketio;
 use crate::protocol::wsframe::OutFrame;
-use crate::shard::{Answer, ConnectionInfo, CounterSnapshot, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Shared, SocketId, Target};
+use crate::shard::{Answer, ConnectionInfo, CounterSnapshot, Delivery, Query, RoomInfo, ShardStats, Shared, SocketId, Target};
 
 /// Options of a broadcast (as in the seed's `BroadcastOptions`).
 #[derive(Debug, Clone, Default)]
@@ -182,9 +181,8 @@ impl Broker {
 
     pub async fn is_user_online(&self, user_id: &str) -> bool {
         let home = self.shared.router.home_of(user_id);
-        let (tx, rx) = oneshot::channel();
-        self.shared.router.send(home, ShardMsg::Query { query: Query::UserOnline { user: Arc::from(user_id) }, reply: tx });
-        matches!(rx.await, Ok(Answer::UserOnline(true)))
+        let answer = self.shared.router.ask(home, Query::UserOnline { user: Arc::from(user_id) });
+        matches!(answer.await, Ok(Answer::UserOnline(true)))
     }
 
     /// Every shard's table sizes and counters, in shard order (for `/metrics`).
@@ -235,10 +233,8 @@ impl Broker {
         };
         let mut replies = Vec::with_capacity(shards.len());
         for (i, shard) in shards.into_iter().enumerate() {
-            let (tx, rx) = oneshot::channel();
             let count_as = (i == 0).then_some(scope);
-            self.shared.router.send(shard, ShardMsg::DeliverCounted { delivery: delivery.clone(), count_as, reply: tx });
-            replies.push(rx);
+            replies.push(self.shared.router.deliver_counted(shard, delivery.clone(), count_as));
         }
         let mut delivered = 0;
         for reply in replies {
@@ -250,9 +246,7 @@ impl Broker {
     async fn ask_all(&self, query: Query) -> Vec<Answer> {
         let mut replies = Vec::new();
         for shard in 0..self.shared.router.shard_count() {
-            let (tx, rx) = oneshot::channel();
-            self.shared.router.send(shard, ShardMsg::Query { query: query.clone(), reply: tx });
-            replies.push(rx);
+            replies.push(self.shared.router.ask(shard, query.clone()));
         }
         let mut answers = Vec::with_capacity(replies.len());
         for reply in replies {

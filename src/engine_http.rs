@@ -3,7 +3,7 @@
 //!
 //! A session lives on the shard its sid names. A request that reaches
 //! another shard's listener is carried out on the session's shard (as
-//! [`ShardMsg::Run`] work) and answered from here; an upgrading WebSocket's
+//! [`Router::run_on`](crate::shard::Router::run_on) work) and answered from here; an upgrading WebSocket's
 //! TCP stream moves to the session's shard.
 
 use std::future::Future;
@@ -29,7 +29,7 @@ use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
 use crate::protocol::http_upgrade::Upgrade;
 use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
-use crate::shard::{Shard, ShardMsg, SocketId};
+use crate::shard::{Shard, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
 use crate::transport::polling::{self, PollError};
 use crate::transport::websocket;
@@ -249,7 +249,7 @@ async fn websocket(
                         });
                     }
                 };
-                shard.shared.router.send(owner, ShardMsg::Run(Box::new(work)));
+                shard.shared.router.run_on(owner, work);
             }
         }
     });
@@ -379,7 +379,7 @@ where
             }
         });
     };
-    shard.shared.router.send(owner, ShardMsg::Run(Box::new(run)));
+    shard.shared.router.run_on(owner, run);
     rx.await.unwrap_or(PollReply::UnknownSession)
 }
 

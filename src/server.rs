@@ -35,7 +35,7 @@ use crate::http::{json_response, HttpResponse, PrefixedStream};
 use crate::limits::{self, Backoff, Capacity, ConnectionBudget, ConnectionSlot, NofileLimit};
 use crate::metrics::Metrics;
 use crate::protocol::http_upgrade::{self, Head};
-use crate::shard::{Router, Shard, ShardInbox, ShardMsg, Shared};
+use crate::shard::{Router, Shard, ShardInbox, Shared};
 
 /// How long shutdown waits for connections to close before leaving anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -149,9 +149,7 @@ impl Server {
     /// Stops accepting, closes every client cleanly and waits for the shard
     /// threads (bounded by the shutdown grace period).
     pub fn shutdown(self) {
-        for shard in 0..self.shared.router.shard_count() {
-            self.shared.router.send(shard, ShardMsg::Shutdown);
-        }
+        self.shared.router.shutdown_all();
         for thread in self.threads {
             let _ = thread.join();
         }

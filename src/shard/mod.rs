@@ -270,7 +270,7 @@ impl Shard {
     pub fn deliver(&self, delivery: Delivery) {
         match &delivery.target {
             Target::Socket(id) if id.shard() != self.index => {
-                self.shared.router.send(id.shard(), ShardMsg::Deliver(delivery));
+                self.shared.router.deliver(id.shard(), delivery);
             }
             Target::Socket(_) => {
                 self.deliver_local(&delivery);
@@ -278,7 +278,7 @@ impl Shard {
             _ => {
                 for shard in 0..self.shared.router.shard_count() {
                     if shard != self.index {
-                        self.shared.router.send(shard, ShardMsg::Deliver(delivery.clone()));
+                        self.shared.router.deliver(shard, delivery.clone());
                     }
                 }
                 self.deliver_local(&delivery);

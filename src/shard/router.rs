@@ -14,9 +14,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
-use super::{Shard, ShardMsg};
+use super::{Answer, Delivery, Query, Shard, ShardMsg};
 
 /// Handles to every shard's inbox; shared by all threads.
 pub struct Router {
@@ -52,11 +52,46 @@ impl Router {
         self.links.len()
     }
 
-    pub fn send(&self, shard: usize, msg: ShardMsg) {
+    /// Queues `msg` in `shard`'s inbox and wakes it. Within the shard
+    /// runtime; other layers use the typed methods below.
+    pub(super) fn send(&self, shard: usize, msg: ShardMsg) {
         let (tx, wake) = &self.links[shard];
         // Sending fails only once the shard has stopped; the message has no one to reach.
         if tx.send(msg).is_ok() {
             wake.notify_one();
+        }
+    }
+
+    /// Runs `work` on `shard`'s thread, in inbox order. It must only start
+    /// tasks, not wait (it may run inside [`Shard::catch_up`]).
+    pub fn run_on(&self, shard: usize, work: impl FnOnce(&Rc<Shard>) + Send + 'static) {
+        self.send(shard, ShardMsg::Run(Box::new(work)));
+    }
+
+    /// Asks `shard` a question about its tables.
+    pub fn ask(&self, shard: usize, query: Query) -> oneshot::Receiver<Answer> {
+        let (reply, answer) = oneshot::channel();
+        self.send(shard, ShardMsg::Query { query, reply });
+        answer
+    }
+
+    /// Delivers on `shard`, with no answer.
+    pub fn deliver(&self, shard: usize, delivery: Delivery) {
+        self.send(shard, ShardMsg::Deliver(delivery));
+    }
+
+    /// Delivers on `shard`; the answer is how many sockets it reached there.
+    /// `count_as` names the broadcast scope on the one copy that counts it.
+    pub fn deliver_counted(&self, shard: usize, delivery: Delivery, count_as: Option<&'static str>) -> oneshot::Receiver<usize> {
+        let (reply, delivered) = oneshot::channel();
+        self.send(shard, ShardMsg::DeliverCounted { delivery, count_as, reply });
+        delivered
+    }
+
+    /// Tells every shard to close its connections and stop.
+    pub fn shutdown_all(&self) {
+        for shard in 0..self.shard_count() {
+            self.send(shard, ShardMsg::Shutdown);
         }
     }
 
