@@ -16,7 +16,7 @@ struct ChatService {
 impl ChatService {
     /// Send a message to a chat room.
     async fn send_chat_message(&self, room_name: &str, user_id: &str, message: &str) -> usize {
-        let data = json!({ "userId": user_id, "message": message, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "userId": user_id, "message": message, "timestamp": shardcast::now_iso8601() });
         self.broker
             .broadcast_to_room(room_name, "chat-message", &data, BroadcastOptions::default())
             .await
@@ -25,7 +25,7 @@ impl ChatService {
 
     /// Tell the room that a user is typing — everyone but that user.
     async fn notify_typing(&self, room_name: &str, user_id: &str) -> usize {
-        let data = json!({ "userId": user_id, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "userId": user_id, "timestamp": shardcast::now_iso8601() });
         let options = BroadcastOptions { exclude: vec![user_id.to_string()] };
         self.broker.broadcast_to_room(room_name, "user-typing", &data, options).await.unwrap_or(0)
     }

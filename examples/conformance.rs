@@ -18,9 +18,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardcast::app::namespace::{Namespace, Namespaces, Payload};
-use shardcast::server::Extensions;
-use shardcast::transport::engine::{EngineApp, EngineSocket};
+use shardcast::{EngineApp, EngineSocket, Extensions, Namespace, Namespaces, Payload};
 use shardcast::{Config, Server};
 
 /// Sends every message back as it came.
@@ -47,7 +45,7 @@ fn main() {
     config.cors_origin = None;
     config.shards = NonZeroUsize::new(2);
 
-    let emit_auth = |socket: &shardcast::app::namespace::Socket<'_>, auth: &serde_json::Value| {
+    let emit_auth = |socket: &shardcast::Socket<'_>, auth: &serde_json::Value| {
         socket.emit("auth", &Payload::json(vec![auth.clone()]));
     };
     let main_namespace = Namespace::new()

@@ -17,19 +17,19 @@ struct NotificationService {
 impl NotificationService {
     /// Send notification to all users.
     async fn send_global_notification(&self, message: &str) -> usize {
-        let data = json!({ "message": message, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "message": message, "timestamp": shardcast::now_iso8601() });
         self.broker.broadcast_to_all("notification", &data, BroadcastOptions::default()).await.unwrap_or(0)
     }
 
     /// Send notification to a specific user (every one of their connections).
     async fn send_user_notification(&self, user_id: &str, message: &str) -> usize {
-        let data = json!({ "message": message, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "message": message, "timestamp": shardcast::now_iso8601() });
         self.broker.send_to_user(user_id, "notification", &data).await.unwrap_or(0)
     }
 
     /// Send notification to a specific room.
     async fn send_room_notification(&self, room_name: &str, message: &str) -> usize {
-        let data = json!({ "message": message, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "message": message, "timestamp": shardcast::now_iso8601() });
         self.broker
             .broadcast_to_room(room_name, "notification", &data, BroadcastOptions::default())
             .await
@@ -38,7 +38,7 @@ impl NotificationService {
 
     /// Send a system notification to some users, or to everyone.
     async fn send_system_notification(&self, message: &str, user_ids: Option<&[&str]>) -> usize {
-        let data = json!({ "message": message, "timestamp": shardcast::clock::now_iso8601() });
+        let data = json!({ "message": message, "timestamp": shardcast::now_iso8601() });
         match user_ids {
             Some(users) => {
                 let mut delivered = 0;

@@ -25,6 +25,7 @@ pub struct BroadcastOptions {
 /// A publish the broker refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
+    /// The event name, the target or the data is not acceptable; the text says which and why.
     #[error("{0}")]
     Invalid(String),
 }
@@ -32,8 +33,11 @@ pub enum PublishError {
 /// Totals over every shard.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
+    /// Socket.IO connections in the process.
     pub connections: usize,
+    /// Rooms with at least one member.
     pub rooms: usize,
+    /// Users with at least one authenticated connection.
     pub online_users: usize,
     /// Connections per shard, by shard index.
     pub connections_per_shard: Vec<usize>,
@@ -42,9 +46,13 @@ pub struct Stats {
 /// Who a publish is for.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
+    /// Every connection.
     All,
+    /// The members of a room.
     Room(&'a str),
+    /// Every connection of a user.
     User(&'a str),
+    /// One connection, by socket id.
     Socket(&'a str),
 }
 
@@ -56,6 +64,7 @@ pub struct Publication {
     exclude: Vec<String>,
 }
 
+/// The server-side handle: publishes to clients and answers questions about them. Get one from [`crate::Server::broker`].
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
@@ -126,6 +135,7 @@ impl Broker {
         Ok(Publication { target, frame, exclude: options.exclude })
     }
 
+    /// Every connection, on every shard.
     pub async fn active_connections(&self) -> Vec<ConnectionInfo> {
         let mut all = Vec::new();
         for answer in self.ask_all(Query::Connections { user: None }).await {
@@ -136,6 +146,7 @@ impl Broker {
         all
     }
 
+    /// Every room, by name.
     pub async fn active_rooms(&self) -> Vec<RoomInfo> {
         let mut all = Vec::new();
         for answer in self.ask_all(Query::Rooms).await {
@@ -147,6 +158,7 @@ impl Broker {
         all
     }
 
+    /// Counts over every shard.
     pub async fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         for answer in self.ask_all(Query::Stats).await {
@@ -160,10 +172,12 @@ impl Broker {
         stats
     }
 
+    /// Socket.IO connections in the process.
     pub async fn connection_count(&self) -> usize {
         self.stats().await.connections
     }
 
+    /// Rooms with at least one member.
     pub async fn room_count(&self) -> usize {
         self.stats().await.rooms
     }
@@ -179,6 +193,7 @@ impl Broker {
         all
     }
 
+    /// Whether `user_id` has at least one connection (asked of the user's home shard).
     pub async fn is_user_online(&self, user_id: &str) -> bool {
         let home = self.shared.router.home_of(user_id);
         let answer = self.shared.router.ask(home, Query::UserOnline { user: Arc::from(user_id) });

@@ -8,26 +8,36 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// An on/off setting, spelled `on`/`off` or `true`/`false`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
+    /// Enabled.
     On,
+    /// Disabled.
     Off,
+    /// Enabled (spelled `true`).
     True,
+    /// Disabled (spelled `false`).
     False,
 }
 
 impl Switch {
+    /// Whether the setting is enabled.
     pub fn is_on(self) -> bool {
         matches!(self, Switch::On | Switch::True)
     }
 }
 
+/// How log lines are written (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// Every setting of SPEC §7, from the environment or the command line (`--help` lists them).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "shardcast", version, about = "A sharded, Socket.IO-compatible real-time event broker")]
 pub struct Config {
@@ -63,9 +73,11 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Milliseconds between the server's heartbeat pings.
     #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_ms: u64,
 
+    /// Milliseconds a client has to answer a ping before it is closed.
     #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_timeout_ms: u64,
 
@@ -164,6 +176,7 @@ impl Config {
         config
     }
 
+    /// Checks values that clap cannot; the error names the variable.
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
         if let Some(secret) = &self.jwt_secret {
@@ -193,6 +206,7 @@ impl Config {
         Ok(())
     }
 
+    /// `HOST`:`PORT` as a socket address.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
         (self.host.as_str(), self.port)
             .to_socket_addrs()
@@ -201,32 +215,39 @@ impl Config {
             .ok_or_else(|| format!("HOST {:?} resolves to no address", self.host))
     }
 
+    /// `SHARDS`, or the number of cores.
     pub fn shard_count(&self) -> usize {
         self.shards
             .map(NonZeroUsize::get)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
     }
 
+    /// `PING_INTERVAL_MS` as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }
 
+    /// `PING_TIMEOUT_MS` as a duration.
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
     }
 
+    /// `CONNECT_TIMEOUT_MS` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// Whether `user-online` / `user-offline` are sent (`PRESENCE_EVENTS`).
     pub fn presence_enabled(&self) -> bool {
         self.presence_events.is_on()
     }
 
+    /// Whether `user-joined` / `user-left` are sent (`ROOM_EVENTS`).
     pub fn room_events_enabled(&self) -> bool {
         self.room_events.is_on()
     }
 
+    /// `NODE_ENV=development`.
     pub fn is_development(&self) -> bool {
         self.node_env.as_deref() == Some("development")
     }

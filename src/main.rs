@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use mimalloc::MiMalloc;
-use shardcast::config::LogFormat;
+use shardcast::LogFormat;
 use shardcast::{Config, Server};
 use tracing_subscriber::EnvFilter;
 

@@ -61,18 +61,28 @@ pub struct Extensions {
 
 /// A started broker.
 pub struct Server {
+    /// The address the listeners are bound to (the real port when `PORT=0`).
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
     budget: Arc<ConnectionBudget>,
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The port cannot be listened on (in use, no permission).
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A setting is invalid; the text names it.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The operating system refused a shard thread.
     #[error("cannot start a shard thread: {0}")]
     Thread(std::io::Error),
 }

@@ -42,7 +42,7 @@ fn test_config() -> Config {
     config.shards = NonZeroUsize::new(2);
     config.jwt_secret = None;
     config.api_key = None;
-    config.presence_events = shardcast::config::Switch::Off;
+    config.presence_events = shardcast::Switch::Off;
     config
 }
 

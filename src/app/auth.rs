@@ -34,10 +34,6 @@ impl Authenticator {
         }
     }
 
-    pub fn is_development(&self) -> bool {
-        matches!(self, Authenticator::Development)
-    }
-
     /// The user a request names, from a token or (development mode only) a bare user id.
     /// With a secret, a token is required and its `sub` wins over any `userId`.
     pub fn identify(&self, token: Option<&str>, user_id: Option<&str>) -> Result<String, RequestError> {

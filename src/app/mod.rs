@@ -11,8 +11,6 @@
 pub mod auth;
 pub mod errors;
 mod events;
-#[cfg(test)]
-mod interleavings;
 pub mod namespace;
 mod rate_limit;
 pub mod session;

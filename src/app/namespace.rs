@@ -18,11 +18,14 @@ use crate::transport::outbox::Outbox;
 /// `{"_placeholder":true,"num":N}` values among them refer to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Payload {
+    /// The event's arguments (after the name), with `{"_placeholder":true,"num":n}` where binary attachments go.
     pub args: Vec<Value>,
+    /// The binary attachments, in order.
     pub attachments: Vec<Bytes>,
 }
 
 impl Payload {
+    /// Arguments without binary attachments.
     pub fn json(args: Vec<Value>) -> Payload {
         Payload { args, attachments: Vec::new() }
     }
@@ -40,10 +43,12 @@ pub struct Socket<'a> {
 }
 
 impl Socket<'_> {
+    /// The socket id (the sid of the CONNECT reply).
     pub fn id(&self) -> &str {
         self.id
     }
 
+    /// The namespace this socket is connected to.
     pub fn namespace(&self) -> &str {
         self.namespace
     }
@@ -107,6 +112,7 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
+    /// No namespaces at all (add them with [`Namespaces::with`]).
     pub fn new() -> Namespaces {
         Namespaces::default()
     }
@@ -116,11 +122,13 @@ impl Namespaces {
         Namespaces::new().with(name, Namespace::builtin())
     }
 
+    /// Adds (or replaces) the namespace `name`, e.g. `"/chat"`.
     pub fn with(mut self, name: &str, namespace: Namespace) -> Namespaces {
         self.map.insert(name.to_string(), namespace);
         self
     }
 
+    /// The namespace called `name`, if configured.
     pub fn get(&self, name: &str) -> Option<&Namespace> {
         self.map.get(name)
     }

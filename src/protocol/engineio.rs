@@ -129,7 +129,6 @@ pub fn decode_payload(body: &str) -> Result<Vec<PayloadPacket<'_>>, PacketError>
 
 pub const PING: u8 = b'2';
 pub const PONG: u8 = b'3';
-pub const CLOSE: u8 = b'1';
 
 /// The JSON body of an Engine.IO HTTP error response, as the reference
 /// server sends it (`{"code":3,"message":"Bad request"}`).

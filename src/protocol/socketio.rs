@@ -244,11 +244,6 @@ pub fn connect_error_frame(namespace: &str, message: &str) -> OutFrame {
     builder.finish(OpCode::Text)
 }
 
-/// `41`: the server ends the socket.
-pub fn disconnect_frame(namespace: &str) -> OutFrame {
-    header(PacketType::Disconnect, 0, namespace, None, 0).finish(OpCode::Text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +306,6 @@ mod tests {
         assert_eq!(text(&ack_frame("/", 7, &serde_json::json!({"success":true}))), "437[{\"success\":true}]");
         assert_eq!(text(&connect_frame("/", "S1")), "40{\"sid\":\"S1\"}");
         assert_eq!(text(&connect_error_frame("/x", "Invalid namespace")), "44/x,{\"message\":\"Invalid namespace\"}");
-        assert_eq!(text(&disconnect_frame("/")), "41");
     }
 
     #[test]

@@ -122,17 +122,6 @@ pub enum FrameError {
     BadClose,
 }
 
-impl FrameError {
-    /// The close status code (RFC 6455 §7.4.1) to answer this error with.
-    pub fn close_code(&self) -> u16 {
-        match self {
-            FrameError::TooBig { .. } => 1009,
-            FrameError::InvalidUtf8 => 1007,
-            _ => 1002,
-        }
-    }
-}
-
 /// Reassembles client frames into messages, enforcing a limit on the whole
 /// message (not just on each frame).
 #[derive(Debug)]

@@ -91,10 +91,6 @@ impl LocalTables {
         self.conns.remove(&id).is_some()
     }
 
-    pub fn get(&self, id: SocketId) -> Option<&Rc<Conn>> {
-        self.conns.get(&id)
-    }
-
     pub fn len(&self) -> usize {
         self.conns.len()
     }

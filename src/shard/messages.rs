@@ -117,23 +117,37 @@ pub enum Answer {
     Metrics(ShardStats, CounterSnapshot),
 }
 
+/// One connection, as `GET /api/connections` describes it.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
+    /// The socket id.
     pub socket_id: String,
+    /// The user it is authenticated as.
     pub user_id: Option<String>,
+    /// The rooms it is in.
     pub rooms: Vec<String>,
+    /// `websocket` or `polling`.
     pub transport: &'static str,
+    /// The shard that owns it.
     pub shard: usize,
+    /// When it connected.
     pub connected_at: SystemTime,
+    /// When it last sent an event.
     pub last_activity: SystemTime,
 }
 
+/// One room, as `GET /api/rooms` describes it.
 #[derive(Debug, Clone)]
 pub struct RoomInfo {
+    /// The room name.
     pub name: String,
+    /// Connections in the room.
     pub member_count: u32,
+    /// The users of those connections.
     pub users: Vec<String>,
+    /// When its first member joined.
     pub created_at: SystemTime,
+    /// When something was last delivered to it or it changed.
     pub last_activity: SystemTime,
 }
 

@@ -185,10 +185,6 @@ impl Shard {
         }
     }
 
-    pub fn conn(&self, id: SocketId) -> Option<Rc<Conn>> {
-        self.local.borrow().get(id).cloned()
-    }
-
     // ---- users -------------------------------------------------------------
 
     /// Binds `conn` to `user` and waits until the user's home knows (and

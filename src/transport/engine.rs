@@ -34,7 +34,9 @@ pub trait EngineHandler {
 /// echo server the official Engine.IO test suite expects. Object-safe and
 /// synchronous: it reacts to messages by sending through the [`EngineSocket`].
 pub trait EngineApp {
+    /// A text message from the client.
     fn on_text(&self, socket: &EngineSocket<'_>, text: &str);
+    /// A binary message from the client.
     fn on_binary(&self, socket: &EngineSocket<'_>, data: Bytes);
 }
 
@@ -47,10 +49,12 @@ pub struct EngineSocket<'a> {
 }
 
 impl EngineSocket<'_> {
+    /// Sends a text message to the client.
     pub fn send_text(&self, text: &str) {
         self.outbox.push_or_close(engineio::control_frame(b'4', text));
     }
 
+    /// Sends a binary message to the client.
     pub fn send_binary(&self, data: &[u8]) {
         self.outbox.push_or_close(crate::protocol::wsframe::OutFrame::new(fastwebsockets::OpCode::Binary, data));
     }

@@ -255,10 +255,6 @@ impl Outbox {
         self.closing.borrow().clone()
     }
 
-    pub fn len(&self) -> usize {
-        self.queue.borrow().len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.queue.borrow().is_empty()
     }

@@ -22,9 +22,9 @@ use std::task::{Context, Waker};
 
 use serde_json::{json, Value};
 
-use super::auth::Authenticator;
-use super::namespace::Namespaces;
-use super::session::{AppContext, EngineSession};
+use crate::app::auth::Authenticator;
+use crate::app::namespace::Namespaces;
+use crate::app::session::{AppContext, EngineSession};
 use crate::broker::{BroadcastOptions, Broker, Scope};
 use crate::config::Config;
 use crate::protocol::socketio::{self, PacketType};

@@ -1,0 +1,3 @@
+//! Tests of the whole crate that reach across layers.
+
+mod interleavings;
