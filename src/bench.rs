@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use serde_json::Value;
 
-use crate::config::Config;
 use crate::protocol::wsframe::{FrameDecoder, Message};
 use crate::protocol::{engineio, socketio};
 use crate::shard::{run_inbox, Conn, Delivery, Router, Shard, Shared, SocketId, Target};
@@ -32,9 +31,7 @@ pub fn decode_client_event(frame: &[u8]) -> usize {
 
 fn shared(shards: usize) -> (Arc<Shared>, Vec<crate::shard::ShardInbox>) {
     let (router, inboxes) = Router::new(shards);
-    let mut config = Config::defaults();
-    config.shards = std::num::NonZeroUsize::new(shards);
-    (Arc::new(Shared { config: Arc::new(config), router, presence: None, connections: Default::default() }), inboxes)
+    (Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() }), inboxes)
 }
 
 /// A room whose members are spread over several shards (single-shard

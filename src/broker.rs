@@ -68,11 +68,13 @@ pub struct Publication {
 #[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
+    /// The namespace publishes go to (`WEBSOCKET_NAMESPACE`).
+    namespace: Arc<str>,
 }
 
 impl Broker {
-    pub(crate) fn new(shared: Arc<Shared>) -> Broker {
-        Broker { shared }
+    pub(crate) fn new(shared: Arc<Shared>, namespace: &str) -> Broker {
+        Broker { shared, namespace: Arc::from(namespace) }
     }
 
     /// Sends `event` with `data` to every connection (but the excluded users').
@@ -222,7 +224,7 @@ impl Broker {
             return Err(PublishError::Invalid(format!("event {event:?} is reserved by the Socket.IO client")));
         }
         // A `&RawValue` (what the HTTP API passes) is copied byte for byte.
-        socketio::try_event_frame(&self.shared.config.websocket_namespace, event, data)
+        socketio::try_event_frame(&self.namespace, event, data)
             .map_err(|e| PublishError::Invalid(format!("data cannot be encoded: {e}")))
     }
 

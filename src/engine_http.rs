@@ -23,20 +23,28 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::app;
-use crate::app::session::{engine_settings, log_close, AppContext};
+use crate::app::session::{log_close, AppContext};
 use crate::config::Config;
 use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
 use crate::protocol::http_upgrade::Upgrade;
 use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
 use crate::shard::{Shard, SocketId};
-use crate::transport::engine::{AppSession, EngineAppFactory};
+use crate::transport::engine::{AppSession, EngineAppFactory, Settings};
 use crate::transport::polling::{self, PollError};
 use crate::transport::websocket;
 
+/// An Engine.IO endpoint: what it serves, and the settings of its HTTP side.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub handler: Handler,
+    pub config: Arc<Config>,
+    pub engine: Settings,
+}
+
 /// What an Engine.IO endpoint serves.
 #[derive(Clone)]
-pub enum Endpoint {
+pub enum Handler {
     /// Socket.IO (`/socket.io/`): the namespaces of the [`AppContext`].
     SocketIo(Arc<AppContext>),
     /// A bare Engine.IO application at another path.
@@ -57,7 +65,7 @@ enum PollReply {
 /// counts (which decides whether it may open a new session).
 pub async fn handle(shard: &Rc<Shard>, endpoint: &Endpoint, slot: &ConnectionSlot, request: Request<Incoming>) -> HttpResponse {
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if !origin_allowed(shard.config(), origin.as_deref()) {
+    if !origin_allowed(&endpoint.config, origin.as_deref()) {
         return engine_error(HandshakeError::Forbidden);
     }
     let mut response = dispatch(shard, endpoint, slot, request).await;
@@ -77,7 +85,7 @@ async fn dispatch(shard: &Rc<Shard>, endpoint: &Endpoint, slot: &ConnectionSlot,
     if request.method() == Method::OPTIONS {
         return preflight(&request);
     }
-    let config = shard.config();
+    let config = &endpoint.config;
     let query = request.uri().query().unwrap_or("").to_owned();
     if query_param(&query, "EIO") != Some("4") {
         return engine_error(HandshakeError::UnsupportedProtocolVersion);
@@ -125,7 +133,7 @@ async fn polling(
         }
         (Method::POST, Some(sid)) => {
             // One byte over the limit is enough to know it is too much.
-            let limit = shard.config().max_payload_bytes as usize + 1;
+            let limit = endpoint.engine.max_payload + 1;
             let body = match read_body(request.into_body(), limit).await {
                 Ok(body) => Some(body),
                 Err(BodyError::TooLarge) => None,
@@ -260,8 +268,8 @@ async fn websocket(
 /// itself (see `protocol::http_upgrade`): a new session that hyper's path
 /// would accept as it is. Anything else — a sid to look up, an error to
 /// answer, a refused origin — is left to [`handle`].
-pub fn opens_directly(shard: &Shard, request: &Upgrade<'_>) -> bool {
-    let config = shard.config();
+pub fn opens_directly(shard: &Shard, endpoint: &Endpoint, request: &Upgrade<'_>) -> bool {
+    let config = &endpoint.config;
     query_param(request.query, "EIO") == Some("4")
         && query_param(request.query, "transport") == Some("websocket")
         && query_param(request.query, "sid").is_none()
@@ -279,12 +287,12 @@ pub(crate) async fn serve_websocket(
     already_read: Bytes,
     preamble: Vec<u8>,
 ) {
-    match endpoint {
-        Endpoint::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read, preamble).await,
-        Endpoint::App(factory) => {
-            let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
+    match endpoint.handler {
+        Handler::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read, preamble).await,
+        Handler::App(factory) => {
+            let session = AppSession::new(factory(), endpoint.engine.outbox_limit);
             let sid = SocketId::generate(shard.index).to_string();
-            let settings = engine_settings(&shard);
+            let settings = endpoint.engine.clone();
             shard.counters.connection_opened();
             let traffic = &shard.counters.traffic;
             let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
@@ -296,15 +304,14 @@ pub(crate) async fn serve_websocket(
 
 /// Opens a polling session on this shard; returns the handshake body.
 fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
-    match endpoint {
-        Endpoint::SocketIo(context) => app::session::open_polling(shard, context.clone()),
-        Endpoint::App(factory) => {
-            let upgrades: &[&str] = if shard.config().websocket_transports.websocket { &["websocket"] } else { &[] };
-            let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
+    match &endpoint.handler {
+        Handler::SocketIo(context) => app::session::open_polling(shard, context.clone()),
+        Handler::App(factory) => {
+            let session = AppSession::new(factory(), endpoint.engine.outbox_limit);
             let sid = SocketId::generate(shard.index).to_string();
             shard.counters.connection_opened();
             let (counters_shard, log_sid) = (shard.clone(), sid.clone());
-            polling::open(session, engine_settings(shard), sid, upgrades, move |_, reason| {
+            polling::open(session, endpoint.engine.clone(), sid, move |_, reason| {
                 counters_shard.counters.connection_closed(reason.label());
                 log_close(&log_sid, &reason);
             })

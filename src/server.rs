@@ -25,8 +25,9 @@ use crate::api;
 use crate::app::auth::Authenticator;
 use crate::app::namespace::Namespaces;
 use crate::app::session::AppContext;
-use crate::engine_http::Endpoint;
-use crate::transport::engine::EngineAppFactory;
+use crate::app::session::AppSettings;
+use crate::engine_http::{Endpoint, Handler};
+use crate::transport::engine::{EngineAppFactory, Settings};
 use crate::broker::Broker;
 use crate::app;
 use crate::config::Config;
@@ -42,6 +43,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every shard's HTTP handling shares, beside the shard itself.
 struct Services {
+    config: Arc<Config>,
+    broker: Broker,
     socket_io: Endpoint,
     /// Bare Engine.IO applications, by path (`/engine.io/`).
     engine_apps: Vec<(String, Endpoint)>,
@@ -64,6 +67,7 @@ pub struct Server {
     /// The address the listeners are bound to (the real port when `PORT=0`).
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
+    services: Arc<Services>,
     budget: Arc<ConnectionBudget>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -101,23 +105,30 @@ impl Server {
         let shard_count = config.shard_count();
         let namespace = config.websocket_namespace.clone();
         let namespaces = extensions.namespaces.unwrap_or_else(|| Namespaces::builtin(&config.websocket_namespace));
-        let context = AppContext { auth: Authenticator::new(config.jwt_secret.as_deref()), namespaces };
+        let engine = engine_settings(&config);
+        let app_settings = app_settings(&config);
+        let context = AppContext { auth: Authenticator::new(config.jwt_secret.as_deref()), namespaces, settings: app_settings };
         let budget = Arc::new(connection_budget(&config, shard_count));
-        let services = Arc::new(Services {
-            socket_io: Endpoint::SocketIo(Arc::new(context)),
-            engine_apps: extensions.engine_apps.into_iter().map(|(path, factory)| (path, Endpoint::App(factory))).collect(),
-            metrics: Arc::new(Metrics::new()),
-            budget: budget.clone(),
+        let presence: Option<crate::shard::PresenceEncoder> = config.presence_enabled().then(|| {
+            let namespace = namespace.clone();
+            Box::new(move |user: &str, online| app::presence_frame(&namespace, user, online)) as _
         });
-        let presence: Option<crate::shard::PresenceEncoder> = config
-            .presence_enabled()
-            .then(|| Box::new(move |user: &str, online| app::presence_frame(&namespace, user, online)) as _);
         let (router, inboxes) = Router::new(shard_count);
         let shared = Arc::new(Shared {
-            config: Arc::new(config),
+            max_connections: config.max_connections,
             router,
             presence,
             connections: AtomicUsize::new(0),
+        });
+        let config = Arc::new(config);
+        let endpoint = |handler| Endpoint { handler, config: config.clone(), engine: engine.clone() };
+        let services = Arc::new(Services {
+            config: config.clone(),
+            broker: Broker::new(shared.clone(), &namespace),
+            socket_io: endpoint(Handler::SocketIo(Arc::new(context))),
+            engine_apps: extensions.engine_apps.into_iter().map(|(path, factory)| (path, endpoint(Handler::App(factory)))).collect(),
+            metrics: Arc::new(Metrics::new()),
+            budget: budget.clone(),
         });
 
         ensure_port_free(addr)?;
@@ -138,7 +149,7 @@ impl Server {
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
-        Ok(Server { local_addr, shared, budget, threads })
+        Ok(Server { local_addr, shared, services, budget, threads })
     }
 
     /// How many connections the open-file limit allows, after the reserve.
@@ -153,7 +164,7 @@ impl Server {
 
     /// A handle for publishing and querying from Rust code.
     pub fn broker(&self) -> Broker {
-        Broker::new(self.shared.clone())
+        self.services.broker.clone()
     }
 
     /// Stops accepting, closes every client cleanly and waits for the shard
@@ -168,6 +179,28 @@ impl Server {
 
 /// Raises the soft open-file limit to the hard one, and sizes the
 /// connection capacity from it (see [`limits`]); both are logged.
+/// What the Socket.IO layer needs of the configuration.
+pub(crate) fn app_settings(config: &Config) -> AppSettings {
+    AppSettings {
+        engine: engine_settings(config),
+        room_events: config.room_events_enabled(),
+        max_rooms_per_socket: config.max_rooms_per_socket,
+        rate_limit: config.rate_limit_per_sec.map(|rate| (rate, config.rate_limit_burst.unwrap_or(rate))),
+    }
+}
+
+/// What an Engine.IO session needs of the configuration.
+fn engine_settings(config: &Config) -> Settings {
+    Settings {
+        ping_interval: config.ping_interval(),
+        ping_timeout: config.ping_timeout(),
+        connect_timeout: config.connect_timeout(),
+        max_payload: config.max_payload_bytes as usize,
+        outbox_limit: config.outbox_limit as usize,
+        upgrades: if config.websocket_transports.websocket { &["websocket"] } else { &[] },
+    }
+}
+
 fn connection_budget(config: &Config, shards: usize) -> ConnectionBudget {
     let nofile = match limits::raise_nofile_limit() {
         Ok(nofile) => nofile,
@@ -479,7 +512,7 @@ async fn serve_connection(
             Head::Upgrade(request) => {
                 let endpoint = endpoint_for(&services, request.path);
                 // Over capacity, hyper's path answers the refusal.
-                let direct = |_: &&Endpoint| engine_http::opens_directly(&shard, &request) && slot.admits_new_session();
+                let direct = |endpoint: &&Endpoint| engine_http::opens_directly(&shard, endpoint, &request) && slot.admits_new_session();
                 if let Some(endpoint) = endpoint.filter(direct) {
                     shard.counters.http_request(route_label(request.path), 101);
                     let response = request.response();
@@ -519,7 +552,7 @@ async fn serve_http(
     peer: SocketAddr,
     slot: ConnectionSlot,
 ) {
-    let broker = Broker::new(shard.shared.clone());
+    let broker = services.broker.clone();
     // Dropped with the connection (or when hyper hands an upgraded one over,
     // which takes a slot of its own).
     let slot = Rc::new(slot);
@@ -577,7 +610,7 @@ async fn route(
 ) -> HttpResponse {
     let path = request.uri().path();
     if path == "/api" || path.starts_with("/api/") {
-        return api::handle(broker, shard.config(), &services.budget, peer, request).await;
+        return api::handle(broker, &services.config, &services.budget, peer, request).await;
     }
     if let Some(endpoint) = endpoint_for(services, path) {
         return engine_http::handle(shard, endpoint, slot, request).await;

@@ -64,7 +64,7 @@ struct CustomEventIn<'a> {
 
 impl SocketSession {
     fn room_events(&self) -> bool {
-        self.shard.config().room_events_enabled()
+        self.settings().room_events
     }
 
     fn require_user(&self) -> Result<Arc<str>, RequestError> {
@@ -97,7 +97,7 @@ impl SocketSession {
             // Joining twice changes nothing and announces nothing.
             self.shard.room_size(room.clone()).await
         } else {
-            if let Some(max) = self.shard.config().max_rooms_per_socket {
+            if let Some(max) = self.settings().max_rooms_per_socket {
                 if self.conn.rooms.borrow().len() >= max {
                     return Err(RequestError::LimitExceeded(format!(
                         "a connection may be in at most {max} rooms (MAX_ROOMS_PER_SOCKET)"

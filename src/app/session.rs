@@ -35,16 +35,19 @@ use crate::transport::{polling, websocket, CloseReason};
 pub struct AppContext {
     pub auth: Authenticator,
     pub namespaces: Namespaces,
+    pub settings: AppSettings,
 }
 
-pub fn engine_settings(shard: &Shard) -> Settings {
-    let config = shard.config();
-    Settings {
-        ping_interval: config.ping_interval(),
-        ping_timeout: config.ping_timeout(),
-        connect_timeout: config.connect_timeout(),
-        max_payload: config.max_payload_bytes as usize,
-    }
+/// What the Socket.IO layer needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    pub engine: Settings,
+    /// `user-joined` / `user-left` are sent (`ROOM_EVENTS`).
+    pub room_events: bool,
+    /// `MAX_ROOMS_PER_SOCKET`.
+    pub max_rooms_per_socket: Option<usize>,
+    /// `RATE_LIMIT_PER_SEC` and the burst (`RATE_LIMIT_BURST`, default the rate).
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 pub fn log_close(sid: &str, reason: &CloseReason) {
@@ -67,7 +70,7 @@ pub async fn serve_websocket(
     already_read: Bytes,
     preamble: Vec<u8>,
 ) {
-    let settings = engine_settings(&shard);
+    let settings = context.settings.engine.clone();
     let session = EngineSession::new(shard.clone(), context, "websocket");
     let sid = SocketId::generate(shard.index).to_string();
     shard.counters.connection_opened();
@@ -80,13 +83,13 @@ pub async fn serve_websocket(
 
 /// Opens a long-polling session on this shard; returns the handshake body.
 pub fn open_polling(shard: &Rc<Shard>, context: Arc<AppContext>) -> Bytes {
-    let upgrades: &[&str] = if shard.config().websocket_transports.websocket { &["websocket"] } else { &[] };
+    let settings = context.settings.engine.clone();
     let session = EngineSession::new(shard.clone(), context, "polling");
     let sid = SocketId::generate(shard.index).to_string();
     shard.counters.connection_opened();
     let counters_shard = shard.clone();
     let log_sid = sid.clone();
-    polling::open(session, engine_settings(shard), sid, upgrades, move |session, reason| {
+    polling::open(session, settings, sid, move |session, reason| {
         counters_shard.counters.connection_closed(reason.label());
         log_close(&log_sid, &reason);
         session.close_all();
@@ -174,7 +177,7 @@ impl EngineHandler for EngineSession {
 
 impl EngineSession {
     pub(crate) fn new(shard: Rc<Shard>, context: Arc<AppContext>, transport: &'static str) -> EngineSession {
-        let outbox = Rc::new(Outbox::new(shard.config().outbox_limit as usize));
+        let outbox = Rc::new(Outbox::new(context.settings.engine.outbox_limit));
         EngineSession {
             shard,
             context,
@@ -265,10 +268,8 @@ struct ConnectAuth<'a> {
 impl SocketSession {
     fn new(engine: &EngineSession, namespace: &str, handlers: Namespace) -> SocketSession {
         let shard = engine.shard.clone();
-        let config = shard.config();
         let conn = Rc::new(Conn::new(SocketId::generate(shard.index), engine.outbox.clone(), engine.transport.get()));
-        let rate = config.rate_limit_per_sec.map(|per_sec| {
-            let burst = config.rate_limit_burst.unwrap_or(per_sec);
+        let rate = engine.context.settings.rate_limit.map(|(per_sec, burst)| {
             RefCell::new(TokenBucket::new(per_sec as f64, burst as f64, Instant::now()))
         });
         SocketSession {
@@ -288,6 +289,10 @@ impl SocketSession {
 
     pub(super) fn auth(&self) -> &Authenticator {
         &self.context.auth
+    }
+
+    pub(super) fn settings(&self) -> &AppSettings {
+        &self.context.settings
     }
 
     fn handler_socket(&self) -> Socket<'_> {
@@ -443,7 +448,7 @@ impl SocketSession {
         if !self.registered.replace(false) {
             return;
         }
-        let user = self.conn.user().filter(|_| self.shard.config().room_events_enabled());
+        let user = self.conn.user().filter(|_| self.context.settings.room_events);
         self.shard.remove_conn(&self.conn, |room| {
             user.as_ref().map(|user| self.room_change_frame("user-left", room, user))
         });

@@ -57,7 +57,6 @@ use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
-use crate::config::Config;
 use crate::protocol::wsframe::OutFrame;
 use crate::transport::CloseReason;
 
@@ -79,7 +78,8 @@ pub type PresenceEncoder = Box<dyn Fn(&str, bool) -> OutFrame + Send + Sync>;
 /// What every shard shares, read-only after start-up (plus counters touched
 /// only on connect and disconnect).
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// `MAX_CONNECTIONS`: Socket.IO connections the process accepts.
+    pub max_connections: Option<usize>,
     pub router: Router,
     pub presence: Option<PresenceEncoder>,
     /// Socket.IO-connected sockets in the process, for `MAX_CONNECTIONS`.
@@ -147,10 +147,6 @@ impl Shard {
         }
         self.applying_inbox.set(false);
         applied == limit && self.inbox.len() > 0
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.shared.config
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -405,7 +401,7 @@ impl Shard {
     /// Adjusts the process-wide socket count; `false` if `MAX_CONNECTIONS`
     /// would be exceeded (the count is then unchanged).
     pub fn reserve_connection(&self) -> bool {
-        let max = self.shared.config.max_connections.unwrap_or(usize::MAX);
+        let max = self.shared.max_connections.unwrap_or(usize::MAX);
         let previous = self.shared.connections.fetch_add(1, Ordering::Relaxed);
         if previous >= max {
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -428,9 +424,7 @@ mod tests {
 
     fn shards(count: usize) -> Vec<Rc<Shard>> {
         let (router, inboxes) = Router::new(count);
-        let mut config = Config::defaults();
-        config.shards = std::num::NonZeroUsize::new(count);
-        let shared = Arc::new(Shared { config: Arc::new(config), router, presence: None, connections: Default::default() });
+        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() });
         inboxes.into_iter().enumerate().map(|(i, inbox)| Rc::new(Shard::new(i, shared.clone(), inbox))).collect()
     }
 

@@ -63,17 +63,19 @@ struct World {
 
 impl World {
     fn new(shard_count: usize) -> World {
-        let mut config = Config::defaults();
-        config.shards = std::num::NonZeroUsize::new(shard_count);
         let (router, inboxes) = Router::new(shard_count);
-        let shared = Arc::new(Shared { config: Arc::new(config), router, presence: None, connections: Default::default() });
+        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() });
         let shards = inboxes.into_iter().enumerate().map(|(i, inbox)| Rc::new(Shard::new(i, shared.clone(), inbox))).collect();
-        World { shards, broker: Broker::new(shared), clients: Vec::new(), by_socket: HashMap::new(), next_ack: 1 }
+        World { shards, broker: Broker::new(shared, "/"), clients: Vec::new(), by_socket: HashMap::new(), next_ack: 1 }
     }
 
     /// A client on `shard`, connected as `user` (everything applied).
     fn connect(&mut self, shard: usize, user: &str) -> usize {
-        let context = Arc::new(AppContext { auth: Authenticator::new(None), namespaces: Namespaces::builtin("/") });
+        let context = Arc::new(AppContext {
+            auth: Authenticator::new(None),
+            namespaces: Namespaces::builtin("/"),
+            settings: crate::server::app_settings(&Config::defaults()),
+        });
         let session = Rc::new(EngineSession::new(self.shards[shard].clone(), context, "websocket"));
         let index = self.clients.len();
         self.clients.push(Client { session, socket_id: String::new(), received: Vec::new() });

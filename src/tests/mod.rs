@@ -1,3 +1,4 @@
 //! Tests of the whole crate that reach across layers.
 
 mod interleavings;
+mod layers;

@@ -93,12 +93,18 @@ impl EngineHandler for AppSession {
     }
 }
 
+/// What an Engine.IO session needs to know of the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_payload: usize,
+    /// Frames a session's outbox holds (`OUTBOX_LIMIT`).
+    pub outbox_limit: usize,
+    /// What a polling session may upgrade to: `["websocket"]`, or nothing
+    /// when WebSocket is not an offered transport.
+    pub upgrades: &'static [&'static str],
 }
 
 impl Settings {

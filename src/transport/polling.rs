@@ -92,18 +92,14 @@ impl<H: EngineHandler> PollingSession<H> {
         }
     }
 
-    pub fn state(&self) -> State {
-        self.state.get()
-    }
-
     fn set_state(&self, state: State) {
         self.state.set(state);
         self.state_changed.notify_waiters();
     }
 
     /// The body of the handshake response: the open packet.
-    pub fn open_packet(&self, sid: &str, upgrades: &[&str]) -> Bytes {
-        engineio::open_frame(&self.settings.open_info(sid, upgrades)).payload()
+    pub fn open_packet(&self, sid: &str) -> Bytes {
+        engineio::open_frame(&self.settings.open_info(sid, self.settings.upgrades)).payload()
     }
 
     /// Keeps the heartbeat until the session ends; returns why it ended.
@@ -269,7 +265,6 @@ type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// A polling session as the HTTP layer sees it, whatever handler it has.
 pub trait PollingEndpoint {
-    fn state(&self) -> State;
     fn get<'a>(&'a self, traffic: &'a Traffic) -> LocalFuture<'a, Result<Bytes, PollError>>;
     fn post<'a>(&'a self, body: Bytes, traffic: &'a Traffic) -> LocalFuture<'a, Result<(), PollError>>;
     fn begin_upgrade(&self) -> bool;
@@ -280,10 +275,6 @@ pub trait PollingEndpoint {
 }
 
 impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
-    fn state(&self) -> State {
-        PollingSession::state(self)
-    }
-
     fn get<'a>(&'a self, traffic: &'a Traffic) -> LocalFuture<'a, Result<Bytes, PollError>> {
         Box::pin(PollingSession::get(self, traffic))
     }
@@ -335,11 +326,10 @@ pub fn open<H: EngineHandler + 'static>(
     handler: H,
     settings: Settings,
     sid: String,
-    upgrades: &[&str],
     on_end: impl FnOnce(&H, CloseReason) + 'static,
 ) -> Bytes {
     let session = Rc::new(PollingSession::new(handler, settings));
-    let open = session.open_packet(&sid, upgrades);
+    let open = session.open_packet(&sid);
     register(&sid, session.clone());
     tokio::task::spawn_local(async move {
         let reason = session.run().await;
