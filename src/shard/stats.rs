@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::transport::engine::Traffic;
+use crate::transport::Traffic;
 
 /// Latency samples kept between two scrapes; beyond this, further ones are
 /// only counted in buckets (so the histogram still counts every publish).

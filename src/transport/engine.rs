@@ -119,23 +119,6 @@ impl Settings {
     }
 }
 
-/// Byte counters sessions add to (one per shard, read at scrape time).
-#[derive(Default)]
-pub struct Traffic {
-    pub bytes_in: Cell<u64>,
-    pub bytes_out: Cell<u64>,
-}
-
-impl Traffic {
-    pub fn received(&self, n: usize) {
-        self.bytes_in.set(self.bytes_in.get() + n as u64);
-    }
-
-    pub fn sent(&self, n: usize) {
-        self.bytes_out.set(self.bytes_out.get() + n as u64);
-    }
-}
-
 /// Handles one text packet from the client, whatever carried it.
 pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong: &Cell<Instant>) -> Result<(), CloseReason> {
     match engineio::decode(text) {

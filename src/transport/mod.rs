@@ -5,17 +5,21 @@
 //! - [`heartbeat`]: the ping and connect deadlines as a state machine that
 //!   takes the time and says what to do (no clock, no I/O).
 //! - [`outbox`]: the bounded per-session queue that every sender pushes
-//!   encoded frames into, and the active transport drains.
+//!   encoded frames into, and the active transport drains; its flusher
+//!   writes idle WebSocket connections' queues for the whole shard.
 //! - [`websocket`]: Engine.IO over a WebSocket — a whole session, or the
 //!   second half of one after an upgrade from polling.
 //! - [`polling`]: Engine.IO over HTTP long-polling, and the switch to
 //!   WebSocket.
 //!
+//! [`CloseReason`] and [`Traffic`] (byte counters) are shared by all of them.
+//!
 //! Transports know Engine.IO; Socket.IO is the business of whoever
 //! implements [`engine::EngineHandler`].
 
+use std::cell::Cell;
+
 pub mod engine;
-mod flusher;
 pub mod heartbeat;
 pub mod outbox;
 pub mod polling;
@@ -76,5 +80,22 @@ impl CloseReason {
             CloseReason::SlowConsumer => Some((1008, "too slow to read")),
             CloseReason::TransportError | CloseReason::PingTimeout => None,
         }
+    }
+}
+
+/// Byte counters sessions add to (one per shard, read at scrape time).
+#[derive(Default)]
+pub struct Traffic {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+}
+
+impl Traffic {
+    pub fn received(&self, n: usize) {
+        self.bytes_in.set(self.bytes_in.get() + n as u64);
+    }
+
+    pub fn sent(&self, n: usize) {
+        self.bytes_out.set(self.bytes_out.get() + n as u64);
     }
 }

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
+use super::engine::{on_text_packet, supervise, EngineHandler, Settings};
+use super::Traffic;
 use super::websocket;
 use super::CloseReason;
 use crate::protocol::engineio::{self, PayloadPacket};

@@ -23,7 +23,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::engine::{on_text_packet, supervise, EngineHandler, Settings, Traffic};
+use super::engine::{on_text_packet, supervise, EngineHandler, Settings};
+use super::Traffic;
 use super::outbox::{advance, fill_slices, send_vectored, Outbox, MAX_IOVECS};
 use super::CloseReason;
 use crate::protocol::engineio;

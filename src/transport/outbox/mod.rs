@@ -25,8 +25,9 @@ use std::task::{Poll, Waker};
 
 use crate::protocol::wsframe::OutFrame;
 
-use super::engine::Traffic;
-use super::{flusher, CloseReason};
+use super::{CloseReason, Traffic};
+
+mod flusher;
 
 /// Frames per vectored write (Linux accepts up to 1024 iovecs).
 pub const MAX_IOVECS: usize = 64;

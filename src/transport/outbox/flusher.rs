@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use super::outbox::Outbox;
+use super::Outbox;
 
 thread_local! {
     static FLUSHER: Flusher = Flusher::default();
