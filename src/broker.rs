@@ -232,8 +232,12 @@ impl Broker {
     /// and sums what each delivered.
     pub async fn send(&self, publication: Publication) -> usize {
         let Publication { target, frame, exclude } = publication;
-        // A socket id that names no socket reaches nobody.
-        let Some(target) = target else { return 0 };
+        let Some(target) = target else {
+            // A socket id that names no socket reaches nobody, but the
+            // publish is counted like any other (on the first shard).
+            self.shared.router.run_on(0, |shard| shard.counters.broadcast("socket"));
+            return 0;
+        };
         let mut delivery = Delivery::new(target, frame);
         if !exclude.is_empty() {
             delivery.exclude_users = Some(exclude.iter().map(|u| Arc::from(u.as_str())).collect());

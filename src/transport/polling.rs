@@ -50,6 +50,12 @@ pub enum PollError {
     Closed,
 }
 
+/// Packets in one GET response at most. python-engineio (python-socketio's
+/// transport) refuses a payload of more than 16 packets (its
+/// `max_decode_packets`) and drops the connection; the rest waits for the
+/// next GET, which the client sends at once.
+const MAX_PACKETS_PER_GET: usize = 16;
+
 /// How long a session the client closed still answers one GET that crossed
 /// the close on the wire (a poll sent just before the close packet).
 const CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -144,9 +150,10 @@ impl<H: EngineHandler> PollingSession<H> {
                 break;
             }
         }
-        // Polling never writes part of a frame: no offset to carry.
-        let (frames, _) = outbox.take_all();
+        let frames = outbox.take_up_to(MAX_PACKETS_PER_GET);
         outbox.progressed();
+        // What did not fit goes with the next GET; only the last one closes.
+        let drained = outbox.is_empty();
         let mut packets: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
         for frame in &frames {
             match frame.wire()[0] {
@@ -160,14 +167,14 @@ impl<H: EngineHandler> PollingSession<H> {
                 _ => {}
             }
         }
-        match outbox.close_reason() {
+        match outbox.close_reason().filter(|_| drained) {
             // The client asked to close: end its pending poll cleanly.
             Some(CloseReason::ClientClose) if packets.is_empty() => packets.push(Bytes::from_static(b"6")),
             Some(CloseReason::ClientClose) => {}
             Some(_) => packets.push(Bytes::from_static(b"1")),
             None => {}
         }
-        if outbox.is_closing() {
+        if outbox.is_closing() && drained {
             self.final_get_served.set(true);
             self.final_get.notify_one();
         }
@@ -342,4 +349,75 @@ pub fn open<H: EngineHandler + 'static>(
         unregister(&sid);
     });
     open
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::engine::{AppSession, EngineApp, EngineSocket};
+    use std::time::Duration;
+
+    struct Silent;
+
+    impl EngineApp for Silent {
+        fn on_text(&self, _: &EngineSocket<'_>, _: &str) {}
+        fn on_binary(&self, _: &EngineSocket<'_>, _: Bytes) {}
+    }
+
+    fn session() -> PollingSession<AppSession> {
+        let settings = Settings {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
+            max_payload: 1_000_000,
+            outbox_limit: 1024,
+            upgrades: &[],
+        };
+        PollingSession::new(AppSession::new(Box::new(Silent), 1024), settings)
+    }
+
+    fn texts(body: &Bytes) -> Vec<String> {
+        let body = std::str::from_utf8(body).unwrap();
+        engineio::decode_payload(body)
+            .unwrap()
+            .into_iter()
+            .map(|p| match p {
+                PayloadPacket::Text(t) => t.to_string(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    /// python-engineio drops a connection whose poll brings more than 16
+    /// packets: a burst goes out 16 at a time, in order, nothing lost, and
+    /// the close packet only after the last of it.
+    #[test]
+    fn a_burst_leaves_sixteen_packets_per_get_in_order_and_closes_last() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let session = session();
+            let outbox = session.handler.outbox().clone();
+            for i in 0..40 {
+                outbox.push(engineio::control_frame(b'4', &i.to_string()));
+            }
+            let traffic = Traffic::default();
+            let mut seen = Vec::new();
+            for expected in [16, 16, 8] {
+                let packets = texts(&session.get(&traffic).await.unwrap());
+                assert_eq!(packets.len(), expected);
+                seen.extend(packets);
+            }
+            assert_eq!(seen, (0..40).map(|i| format!("4{i}")).collect::<Vec<_>>());
+
+            for i in 0..20 {
+                outbox.push(engineio::control_frame(b'4', &i.to_string()));
+            }
+            outbox.close_for(CloseReason::ServerShutdown);
+            let first = texts(&session.get(&traffic).await.unwrap());
+            assert_eq!(first.len(), 16);
+            assert!(!first.contains(&"1".to_string()), "no close before the rest");
+            let last = texts(&session.get(&traffic).await.unwrap());
+            assert_eq!(last, ["416", "417", "418", "419", "1"]);
+        });
+    }
 }

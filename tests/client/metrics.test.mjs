@@ -637,7 +637,10 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
     const toAll = await api(server, 'POST', '/api/broadcast', { event: 'to-all', data: 1 });
     const toUser = await api(server, 'POST', `/api/users/${users[1]}/send`, { event: 'to-user', data: 1 });
     const toSocket = await api(server, 'POST', `/api/sockets/${c.id}/send`, { event: 'to-socket', data: 1 });
-    for (const r of [toRoom, toAll, toUser, toSocket]) assert.equal(r.status, 200, JSON.stringify(r.body));
+    // A socket id that is not one at all: nobody to reach, but a publish all the same.
+    const toNoSocket = await api(server, 'POST', '/api/sockets/not-a-socket-id/send', { event: 'to-socket', data: 1 });
+    assert.equal(toNoSocket.body.delivered, 0);
+    for (const r of [toRoom, toAll, toUser, toSocket, toNoSocket]) assert.equal(r.status, 200, JSON.stringify(r.body));
     assert.deepEqual([toRoom.body.delivered, toAll.body.delivered, toUser.body.delivered, toSocket.body.delivered], [3, connections, 1, 1]);
     assertSuccess(await emitWithAck(a, 'private-message', { targetUserId: users[2], message: 'hi' }));
     await Promise.all([
@@ -651,7 +654,7 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
 
     const after = await scrape(server);
     const d = (name, labels) => cnt(after, name, labels) - cnt(before, name, labels);
-    const scopes = { room: 2, all: 1, user: 2, socket: 1 };
+    const scopes = { room: 2, all: 1, user: 2, socket: 2 };
     for (const scope of SCOPES) assert.equal(d('shardcast_broadcasts_total', { scope }), scopes[scope], `broadcasts_total{scope="${scope}"}`);
     const delivered = 2 + toRoom.body.delivered + toAll.body.delivered + toUser.body.delivered + toSocket.body.delivered + 1;
     assert.equal(d('shardcast_messages_delivered_total'), delivered, 'messages_delivered_total: relay 2 + API deliveries + private message 1');
@@ -664,7 +667,7 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
     assert.equal(http('/api/rooms/{room}/broadcast', 200), 1);
     assert.equal(http('/api/broadcast', 200), 1);
     assert.equal(http('/api/users/{userId}/send', 200), 1);
-    assert.equal(http('/api/sockets/{socketId}/send', 200), 1);
+    assert.equal(http('/api/sockets/{socketId}/send', 200), 2);
     assert.equal(http('/api/other', 404), 1);
     assert.equal(http('other', 404), 1);
     assert.equal(http('/metrics', 200), 1, 'the previous scrape is counted by the next one');

@@ -319,3 +319,25 @@ def test_python_client_burst_in_order(server, transport, monkeypatch):
                 p.sio.disconnect()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def test_a_burst_reaches_a_polling_python_client_whole_and_in_order(server):
+    """python-engineio refuses a polling payload of more than 16 packets
+    (and drops the connection): a burst of 300 relays must still reach a
+    long-polling python client, all of them, in order, connection intact."""
+    reader = Peer(server, "polling", "py-burst-reader")
+    writer = Peer(server, "websocket", "py-burst-writer")
+    try:
+        room = f"py-burst-{uuid.uuid4().hex[:8]}"
+        for p in (reader, writer):
+            assert p.call("authenticate", {"userId": p.user_id})["success"] is True
+            assert p.call("join-room", {"roomName": room})["success"] is True
+        for i in range(300):
+            writer.sio.emit("custom-event", {"event": "burst", "data": {"n": i}, "roomName": room})
+        assert writer.call("ping")["success"] is True  # all 300 handled before this ack
+        wait_until(lambda: len(reader.received("burst")) == 300, what="300 relays at the polling reader")
+        assert [d["n"] for d in reader.received("burst")] == list(range(300))
+        assert reader.sio.connected and reader.sio.transport() == "polling"
+    finally:
+        reader.sio.disconnect()
+        writer.sio.disconnect()

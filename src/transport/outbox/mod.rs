@@ -266,6 +266,16 @@ impl Outbox {
         (std::mem::take(&mut *self.queue.borrow_mut()), self.front_written.replace(0))
     }
 
+    /// Takes up to `max` frames from the front (a transport that sends whole
+    /// frames only: no partial front frame to carry).
+    pub fn take_up_to(&self, max: usize) -> VecDeque<OutFrame> {
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() <= max {
+            return std::mem::take(&mut *queue);
+        }
+        queue.drain(..max).collect()
+    }
+
     /// Records that the writer got bytes onto the socket.
     pub fn progressed(&self) {
         self.drops_without_progress.set(0);
