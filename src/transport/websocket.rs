@@ -154,6 +154,9 @@ async fn serve<H: EngineHandler>(
     tokio::select! {
         // Writing what is queued comes before reading more.
         biased;
+        // Cut off (a client too slow to read): end now, even while the
+        // writer waits on a socket the client no longer reads.
+        reason = outbox.aborted() => reason,
         reason = &mut writer => reason,
         reason = &mut reader => {
             outbox.close_for(reason.clone());

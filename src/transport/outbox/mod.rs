@@ -51,6 +51,10 @@ pub struct Outbox {
     waker: Cell<Option<Waker>>,
     /// Woken when the outbox starts closing (the session owner waits on it).
     close_waker: Cell<Option<Waker>>,
+    /// Closed without flushing: the connection must end now, even if its
+    /// writer is stuck on a socket the client no longer reads.
+    aborted: Cell<bool>,
+    abort_waker: Cell<Option<Waker>>,
     /// Woken when everything queued has been handed to the transport.
     flush_waker: Cell<Option<Waker>>,
     /// The writer is writing a batch it took.
@@ -91,6 +95,8 @@ impl Outbox {
             queue: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             close_waker: Cell::new(None),
+            aborted: Cell::new(false),
+            abort_waker: Cell::new(None),
             flush_waker: Cell::new(None),
             writing: Cell::new(false),
             closing: RefCell::new(None),
@@ -225,7 +231,24 @@ impl Outbox {
         if self.closing.borrow().is_none() {
             self.set_closing(reason);
         }
+        self.aborted.set(true);
+        if let Some(waker) = self.abort_waker.take() {
+            waker.wake();
+        }
         self.wake();
+    }
+
+    /// Resolves with the reason once the outbox is aborted (not on a
+    /// graceful close, which lets the writer finish).
+    pub async fn aborted(&self) -> CloseReason {
+        poll_fn(|cx| match (self.aborted.get(), &*self.closing.borrow()) {
+            (true, Some(reason)) => Poll::Ready(reason.clone()),
+            _ => {
+                self.abort_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     fn set_closing(&self, reason: CloseReason) {
@@ -377,6 +400,7 @@ pub(super) fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> std::io::Resul
 mod tests {
     use super::*;
     use fastwebsockets::OpCode;
+    use std::future::Future;
 
     fn frame() -> OutFrame {
         OutFrame::new(OpCode::Text, b"42[\"x\"]")
@@ -395,6 +419,23 @@ mod tests {
         assert_eq!(outbox.push(frame()), Pushed::Dropped);
         assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
         assert_eq!(outbox.push(frame()), Pushed::Closed);
+    }
+
+    #[test]
+    fn an_abort_is_seen_by_whoever_waits_for_it_and_a_graceful_close_is_not() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let graceful = Outbox::new(4);
+        graceful.close_for(CloseReason::ServerShutdown);
+        assert!(std::pin::pin!(graceful.aborted()).poll(&mut cx).is_pending(), "a graceful close lets the writer finish");
+        let cut = Outbox::new(1);
+        let mut waiting = std::pin::pin!(cut.aborted());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        cut.push(frame());
+        for _ in 0..2 {
+            cut.push(frame()); // full: dropped; the second drop past the limit cuts it off
+        }
+        assert_eq!(waiting.poll(&mut cx), Poll::Ready(CloseReason::SlowConsumer));
     }
 
     #[test]
