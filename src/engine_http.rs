@@ -22,8 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::app;
-use crate::app::session::{engine_settings, log_close, AppContext};
+use crate::app::session::{engine_settings, AppContext, EngineSession};
 use crate::config::Config;
 use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
@@ -31,8 +30,7 @@ use crate::protocol::http_upgrade::Upgrade;
 use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
 use crate::shard::{Shard, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory};
-use crate::transport::polling::{self, PollError};
-use crate::transport::websocket;
+use crate::transport::polling::PollError;
 
 /// What an Engine.IO endpoint serves.
 #[derive(Clone)]
@@ -163,8 +161,8 @@ async fn websocket(
     // reference server does.
     let mut taken = false;
     if let Some(sid) = &sid {
-        let check = on_session_shard(shard, sid, |_, sid| async move {
-            match polling::find(&sid) {
+        let check = on_session_shard(shard, sid, |owner, sid| async move {
+            match owner.polling_session(&sid) {
                 None => PollReply::UnknownSession,
                 Some(session) if session.begin_upgrade() => PollReply::Ok,
                 Some(_) => PollReply::Refused(PollError::Upgraded),
@@ -192,8 +190,8 @@ async fn websocket(
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade failed");
                 if let (Some(sid), false) = (sid, taken) {
-                    on_session_shard(&shard, &sid, |_, sid| async move {
-                        if let Some(session) = polling::find(&sid) {
+                    on_session_shard(&shard, &sid, |owner, sid| async move {
+                        if let Some(session) = owner.polling_session(&sid) {
                             session.abandon_upgrade();
                         }
                         PollReply::Ok
@@ -279,41 +277,32 @@ pub(crate) async fn serve_websocket(
     already_read: Bytes,
     preamble: Vec<u8>,
 ) {
+    let settings = engine_settings(&shard);
     match endpoint {
-        Endpoint::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read, preamble).await,
+        Endpoint::SocketIo(context) => {
+            let session = EngineSession::new(shard.clone(), context);
+            shard.serve_websocket(session, settings, stream, already_read, preamble).await
+        }
         Endpoint::App(factory) => {
             let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
-            let sid = SocketId::generate(shard.index).to_string();
-            let settings = engine_settings(&shard);
-            shard.counters.connection_opened();
-            let traffic = &shard.counters.traffic;
-            let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
-            shard.counters.connection_closed(reason.label());
-            log_close(&sid, &reason);
+            shard.serve_websocket(session, settings, stream, already_read, preamble).await
         }
     }
 }
 
 /// Opens a polling session on this shard; returns the handshake body.
 fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
+    let settings = engine_settings(shard);
     match endpoint {
-        Endpoint::SocketIo(context) => app::session::open_polling(shard, context.clone()),
+        Endpoint::SocketIo(context) => shard.open_polling(EngineSession::new(shard.clone(), context.clone()), settings),
         Endpoint::App(factory) => {
-            let upgrades: &[&str] = if shard.config().websocket_transports.websocket { &["websocket"] } else { &[] };
-            let session = AppSession::new(factory(), shard.config().outbox_limit as usize);
-            let sid = SocketId::generate(shard.index).to_string();
-            shard.counters.connection_opened();
-            let (counters_shard, log_sid) = (shard.clone(), sid.clone());
-            polling::open(session, engine_settings(shard), sid, upgrades, move |_, reason| {
-                counters_shard.counters.connection_closed(reason.label());
-                log_close(&log_sid, &reason);
-            })
+            shard.open_polling(AppSession::new(factory(), shard.config().outbox_limit as usize), settings)
         }
     }
 }
 
 async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
-    match polling::find(sid) {
+    match shard.polling_session(sid) {
         None => PollReply::UnknownSession,
         Some(session) => match session.get(&shard.counters.traffic).await {
             Ok(body) => PollReply::Payload(body),
@@ -324,7 +313,7 @@ async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
 
 /// `body` is `None` when it was over the limit (and not kept).
 async fn poll_post(shard: &Shard, sid: &str, body: Option<Bytes>) -> PollReply {
-    let Some(session) = polling::find(sid) else { return PollReply::UnknownSession };
+    let Some(session) = shard.polling_session(sid) else { return PollReply::UnknownSession };
     let result = match body {
         Some(body) => session.post(body, &shard.counters.traffic).await,
         None => {
@@ -341,7 +330,7 @@ async fn poll_post(shard: &Shard, sid: &str, body: Option<Bytes>) -> PollReply {
 /// Serves the WebSocket that takes over the polling session `sid` (on its shard).
 async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
     // Reserved by `begin_upgrade` when the WebSocket was accepted.
-    let Some(session) = polling::find(&sid) else { return };
+    let Some(session) = shard.polling_session(&sid) else { return };
     let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
     tracing::debug!(session = %sid, reason = reason.label(), "upgraded transport ended");
 }
@@ -363,7 +352,7 @@ where
     let run = move |owner: &Rc<Shard>| {
         let owner = owner.clone();
         tokio::task::spawn_local(async move {
-            let lost_sid = sid.clone();
+            let (lost_sid, lost_owner) = (sid.clone(), owner.clone());
             // If the client drops its request, stop waiting on its behalf
             // (a GET left waiting would take packets meant for the next one).
             let reply = tokio::select! {
@@ -373,7 +362,7 @@ where
             if let Err(PollReply::Payload(_)) = tx.send(reply) {
                 // Packets were taken for a response nobody will read: end the
                 // session rather than lose them silently.
-                if let Some(session) = polling::find(&lost_sid) {
+                if let Some(session) = lost_owner.polling_session(&lost_sid) {
                     session.abort(crate::transport::CloseReason::TransportError);
                 }
             }

@@ -74,7 +74,8 @@ impl World {
     /// A client on `shard`, connected as `user` (everything applied).
     fn connect(&mut self, shard: usize, user: &str) -> usize {
         let context = Arc::new(AppContext { auth: Authenticator::new(None), namespaces: Namespaces::builtin("/") });
-        let session = Rc::new(EngineSession::new(self.shards[shard].clone(), context, "websocket"));
+        let session = Rc::new(EngineSession::new(self.shards[shard].clone(), context));
+        session.on_open("websocket");
         let index = self.clients.len();
         self.clients.push(Client { session, socket_id: String::new(), received: Vec::new() });
         let mut connect = self.packet_task(index, format!("0{}", json!({ "userId": user })));

@@ -6,9 +6,11 @@
 //! keeps the heartbeat and ends the session when a deadline is missed or the
 //! outbox closes. An upgrade ([`PollingSession::upgrade`]) hands the outbox
 //! to a WebSocket; from then on polling requests are refused.
+//!
+//! Opening, closing and finding sessions by sid is the business of the
+//! shard that owns them (`shard::sessions`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -102,8 +104,8 @@ impl<H: EngineHandler> PollingSession<H> {
     }
 
     /// The body of the handshake response: the open packet.
-    pub fn open_packet(&self, sid: &str, upgrades: &[&str]) -> Bytes {
-        engineio::open_frame(&self.settings.open_info(sid, upgrades)).payload()
+    pub fn open_packet(&self, sid: &str) -> Bytes {
+        engineio::open_frame(&self.settings.open_info(sid, self.settings.upgrades)).payload()
     }
 
     /// Keeps the heartbeat until the session ends; returns why it ended.
@@ -117,6 +119,16 @@ impl<H: EngineHandler> PollingSession<H> {
             outbox.abort(reason.clone());
         }
         reason
+    }
+
+    /// After [`Self::run`] returned `reason`: waits (at most
+    /// [`CLOSED_LINGER`]) until the session's transport has let go of it.
+    /// A session the client closed answers one more GET that crossed the
+    /// close on the wire (a poll sent just before the close packet).
+    pub async fn released(&self, reason: &CloseReason) {
+        if *reason == CloseReason::ClientClose && !self.final_get_served.get() {
+            let _ = tokio::time::timeout(CLOSED_LINGER, self.final_get.notified()).await;
+        }
     }
 
     /// A GET: waits for packets and returns them as one payload.
@@ -307,48 +319,4 @@ impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
     fn upgrade<'a>(&'a self, stream: TcpStream, already_read: Bytes, traffic: &'a Rc<Traffic>) -> LocalFuture<'a, CloseReason> {
         Box::pin(PollingSession::upgrade(self, stream, already_read, traffic))
     }
-}
-
-thread_local! {
-    /// This shard thread's polling sessions, by sid (a sid names its shard,
-    /// so requests for it are carried out here).
-    static SESSIONS: RefCell<HashMap<String, Rc<dyn PollingEndpoint>>> = RefCell::new(HashMap::new());
-}
-
-/// Makes a session reachable by its sid on this thread.
-pub fn register(sid: &str, session: Rc<dyn PollingEndpoint>) {
-    SESSIONS.with(|sessions| sessions.borrow_mut().insert(sid.to_owned(), session));
-}
-
-pub fn unregister(sid: &str) {
-    SESSIONS.with(|sessions| sessions.borrow_mut().remove(sid));
-}
-
-pub fn find(sid: &str) -> Option<Rc<dyn PollingEndpoint>> {
-    SESSIONS.with(|sessions| sessions.borrow().get(sid).cloned())
-}
-
-/// Opens a polling session for `handler` on this thread: registers it and
-/// spawns its owner task, which runs `on_end` when the session is over.
-/// Returns the handshake body (the open packet).
-pub fn open<H: EngineHandler + 'static>(
-    handler: H,
-    settings: Settings,
-    sid: String,
-    upgrades: &[&str],
-    on_end: impl FnOnce(&H, CloseReason) + 'static,
-) -> Bytes {
-    let session = Rc::new(PollingSession::new(handler, settings));
-    let open = session.open_packet(&sid, upgrades);
-    register(&sid, session.clone());
-    tokio::task::spawn_local(async move {
-        let reason = session.run().await;
-        let client_closed = reason == CloseReason::ClientClose;
-        on_end(&session.handler, reason);
-        if client_closed && !session.final_get_served.get() {
-            let _ = tokio::time::timeout(CLOSED_LINGER, session.final_get.notified()).await;
-        }
-        unregister(&sid);
-    });
-    open
 }
