@@ -164,10 +164,6 @@ impl Shard {
         self.shutting_down.get()
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.local.borrow().len()
-    }
-
     // ---- connections -------------------------------------------------------
 
     /// Registers a socket that completed its Socket.IO CONNECT.
@@ -401,12 +397,12 @@ impl Shard {
         }
     }
 
+    /// Closes every live session cleanly — connected to a namespace or not,
+    /// Socket.IO or a bare Engine.IO app, on either transport — and any
+    /// that opens from now on.
     fn begin_shutdown(&self) {
         self.shutting_down.set(true);
-        let conns = self.local.borrow().all();
-        for conn in conns {
-            conn.outbox.close_for(CloseReason::ServerShutdown);
-        }
+        self.sessions.borrow_mut().close_all(CloseReason::ServerShutdown);
     }
 
     /// Adjusts the process-wide socket count; `false` if `MAX_CONNECTIONS`
@@ -521,7 +517,7 @@ mod tests {
                 let local: Vec<usize> = (0..shards.len()).filter(|s| shards[*s].local.borrow().user_sockets(user) > 0).collect();
                 assert_eq!(home, local, "seed {seed}: {user}");
             }
-            let total: usize = shards.iter().map(|s| s.connection_count()).sum();
+            let total: usize = shards.iter().map(|s| s.local.borrow().len()).sum();
             assert_eq!(total, conns.len());
         }
     }

@@ -2,7 +2,7 @@
 //! opened and the one place it is closed, for both transports and whatever
 //! handler it has (Socket.IO's `EngineSession` or a bare Engine.IO app), and
 //! the registry of every live session ([`Sessions`]), which is how polling
-//! requests find theirs by sid.
+//! requests find theirs by sid and how shutdown reaches each one.
 //!
 //! A session is live from its open until its transport has let go of it:
 //! a WebSocket session until the connection ends; a polling session until
@@ -17,11 +17,14 @@ use tokio::net::TcpStream;
 
 use super::{Map, Shard, SocketId};
 use crate::transport::engine::{EngineHandler, Settings};
+use crate::transport::outbox::Outbox;
 use crate::transport::polling::{PollingEndpoint, PollingSession};
 use crate::transport::{websocket, CloseReason};
 
 /// One live session, as the registry holds it.
 struct Live {
+    /// What every transport drains: closing it ends the session cleanly.
+    outbox: Rc<Outbox>,
     /// The session's polling side, if it began on polling.
     polling: Option<Rc<dyn PollingEndpoint>>,
 }
@@ -30,12 +33,18 @@ struct Live {
 #[derive(Default)]
 pub(super) struct Sessions {
     live: Map<SocketId, Live>,
+    /// Set once the shard shuts down: every session is closed for it, and
+    /// so is one that opens afterwards (its request was already accepted).
+    closing: Option<CloseReason>,
 }
 
 impl Sessions {
     /// Adds a session that has just opened.
-    fn insert(&mut self, sid: SocketId, polling: Option<Rc<dyn PollingEndpoint>>) {
-        self.live.insert(sid, Live { polling });
+    fn insert(&mut self, sid: SocketId, outbox: Rc<Outbox>, polling: Option<Rc<dyn PollingEndpoint>>) {
+        if let Some(reason) = &self.closing {
+            outbox.close_for(reason.clone());
+        }
+        self.live.insert(sid, Live { outbox, polling });
     }
 
     fn remove(&mut self, sid: SocketId) {
@@ -46,6 +55,20 @@ impl Sessions {
     /// on WebSocket have none).
     fn polling(&self, sid: SocketId) -> Option<Rc<dyn PollingEndpoint>> {
         self.live.get(&sid).and_then(|live| live.polling.clone())
+    }
+
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Closes every live session for `reason`, and any that opens from now
+    /// on: each gets what is queued, then its end (a WebSocket close frame,
+    /// or the close packet on its pending or next poll).
+    pub(super) fn close_all(&mut self, reason: CloseReason) {
+        for live in self.live.values() {
+            live.outbox.close_for(reason.clone());
+        }
+        self.closing = Some(reason);
     }
 }
 
@@ -87,8 +110,13 @@ impl Shard {
         self.sessions.borrow().polling(SocketId::parse(sid)?)
     }
 
+    /// Engine.IO sessions live on this shard (connected to a namespace or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
     /// The one place a session opens: its sid, counted, its handler told,
-    /// registered.
+    /// registered (and closed at once if the shard is already shutting down).
     fn open_session<H: EngineHandler>(
         &self,
         handler: &H,
@@ -98,7 +126,7 @@ impl Shard {
         let sid = SocketId::generate(self.index);
         self.counters.connection_opened();
         handler.on_open(transport);
-        self.sessions.borrow_mut().insert(sid, polling);
+        self.sessions.borrow_mut().insert(sid, handler.outbox().clone(), polling);
         sid
     }
 
@@ -134,7 +162,9 @@ fn log_close(sid: SocketId, reason: &CloseReason) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::wsframe::OutFrame;
     use crate::transport::engine::{AppSession, EngineApp, EngineSocket};
+    use fastwebsockets::OpCode;
 
     fn settings() -> Settings {
         Settings {
@@ -157,20 +187,130 @@ mod tests {
         Rc::new(PollingSession::new(AppSession::new(Box::new(Silent), 16), settings()))
     }
 
+    fn queued_frame() -> OutFrame {
+        OutFrame::new(OpCode::Text, b"42[\"queued\"]")
+    }
+
+    /// What is queued, as (first byte, close code if it is a close frame).
+    fn frames(outbox: &Outbox) -> Vec<(u8, Option<u16>)> {
+        let (frames, _) = outbox.take_all();
+        frames
+            .iter()
+            .map(|frame| {
+                let wire = frame.wire();
+                (wire[0], (wire[0] == 0x88).then(|| u16::from_be_bytes([wire[2], wire[3]])))
+            })
+            .collect()
+    }
+
     #[test]
     fn polling_sessions_are_found_by_sid_and_websocket_sessions_are_not() {
         let mut sessions = Sessions::default();
         let (websocket, polling) = (SocketId::generate(0), SocketId::generate(0));
-        sessions.insert(websocket, None);
+        sessions.insert(websocket, Rc::new(Outbox::new(16)), None);
         let session = polling_session();
-        sessions.insert(polling, Some(session.clone()));
-        assert_eq!(sessions.live.len(), 2);
+        sessions.insert(polling, session.handler.outbox().clone(), Some(session.clone()));
+        assert_eq!(sessions.len(), 2);
         assert!(sessions.polling(websocket).is_none());
         let found = sessions.polling(polling).expect("the polling session");
         assert!(std::ptr::addr_eq(Rc::as_ptr(&found), Rc::as_ptr(&session)));
         assert!(sessions.polling(SocketId::generate(0)).is_none());
         sessions.remove(polling);
         assert!(sessions.polling(polling).is_none());
-        assert_eq!(sessions.live.len(), 1);
+        assert_eq!(sessions.len(), 1);
+    }
+
+    /// Shutdown reaches every live session, whatever its transport: each
+    /// gets what was queued, then the 1001 close frame (which a polling GET
+    /// turns into the close packet). Closed sessions stay registered until
+    /// their transport lets go.
+    #[test]
+    fn closing_all_closes_every_live_session_after_what_is_queued() {
+        let mut sessions = Sessions::default();
+        let websockets: Vec<Rc<Outbox>> = (0..3).map(|_| Rc::new(Outbox::new(16))).collect();
+        for outbox in &websockets {
+            outbox.push(queued_frame());
+            sessions.insert(SocketId::generate(0), outbox.clone(), None);
+        }
+        let polling = polling_session();
+        sessions.insert(SocketId::generate(0), polling.handler.outbox().clone(), Some(polling.clone()));
+        sessions.close_all(CloseReason::ServerShutdown);
+        for outbox in &websockets {
+            assert_eq!(outbox.close_reason(), Some(CloseReason::ServerShutdown));
+            assert_eq!(frames(outbox), [(0x81, None), (0x88, Some(1001))]);
+        }
+        assert_eq!(polling.handler.outbox().close_reason(), Some(CloseReason::ServerShutdown));
+        assert_eq!(sessions.len(), 4);
+    }
+
+    /// A session whose request was accepted before the shutdown but which
+    /// registers after it is closed as it opens.
+    #[test]
+    fn a_session_that_opens_after_shutdown_began_is_closed_at_once() {
+        let mut sessions = Sessions::default();
+        sessions.close_all(CloseReason::ServerShutdown);
+        let late = Rc::new(Outbox::new(16));
+        late.push(queued_frame());
+        sessions.insert(SocketId::generate(0), late.clone(), None);
+        assert_eq!(late.close_reason(), Some(CloseReason::ServerShutdown));
+        assert_eq!(frames(&late), [(0x81, None), (0x88, Some(1001))]);
+    }
+
+    fn shard() -> Rc<Shard> {
+        let (router, mut inboxes) = super::super::Router::new(1);
+        let shared = super::super::Shared {
+            config: std::sync::Arc::new(crate::config::Config::defaults()),
+            router,
+            presence: None,
+            connections: Default::default(),
+        };
+        Rc::new(Shard::new(0, std::sync::Arc::new(shared), inboxes.remove(0)))
+    }
+
+    fn sid_of(open: &Bytes) -> String {
+        let info: serde_json::Value = serde_json::from_slice(&open[1..]).expect("an open packet");
+        info["sid"].as_str().expect("a sid").to_string()
+    }
+
+    /// Lets every task that is ready run.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Polling sessions that never sent anything end with the close packet
+    /// at shutdown: a pending GET gets it at once; a session with no GET
+    /// waiting stays registered until its next GET has it. Then they leave
+    /// the shard's registry.
+    #[test]
+    fn shutdown_answers_the_pending_or_next_poll_with_the_close_packet() {
+        use crate::transport::engine::Traffic;
+        use crate::transport::polling::PollError;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let shard = shard();
+            let traffic = Traffic::default();
+            let open = |shard: &Rc<Shard>| shard.open_polling(AppSession::new(Box::new(Silent), 16), settings());
+            let waiting = shard.polling_session(&sid_of(&open(&shard))).expect("registered");
+            let idle = shard.polling_session(&sid_of(&open(&shard))).expect("registered");
+            assert_eq!(shard.session_count(), 2);
+            let pending = tokio::task::spawn_local({
+                let waiting = waiting.clone();
+                async move { waiting.get(&Traffic::default()).await }
+            });
+            settle().await;
+            assert!(!pending.is_finished(), "nothing to send yet");
+
+            shard.begin_shutdown();
+            assert_eq!(pending.await.unwrap(), Ok(Bytes::from_static(b"1")));
+            settle().await;
+            assert_eq!(shard.session_count(), 1, "the idle session waits for its next poll");
+            assert_eq!(idle.get(&traffic).await, Ok(Bytes::from_static(b"1")));
+            settle().await;
+            assert_eq!(shard.session_count(), 0);
+            assert_eq!(waiting.get(&traffic).await, Err(PollError::Closed));
+        });
     }
 }

@@ -51,8 +51,9 @@ pub enum PollError {
     Closed,
 }
 
-/// How long a session the client closed still answers one GET that crossed
-/// the close on the wire (a poll sent just before the close packet).
+/// How long a closed session waits for its last reader: the one GET that
+/// still gets the end of the session (see [`PollingSession::released`]), or
+/// the WebSocket it moved to.
 const CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PollingSession<H> {
@@ -67,6 +68,8 @@ pub struct PollingSession<H> {
     /// The last GET of a closed session has been answered.
     final_get_served: Cell<bool>,
     final_get: tokio::sync::Notify,
+    /// The WebSocket that took the session over has ended.
+    upgrade_ended: tokio::sync::Notify,
 }
 
 /// Clears a "request in progress" flag however the request ends (a client
@@ -91,6 +94,7 @@ impl<H: EngineHandler> PollingSession<H> {
             post_pending: Cell::new(false),
             final_get_served: Cell::new(false),
             final_get: tokio::sync::Notify::new(),
+            upgrade_ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -123,12 +127,19 @@ impl<H: EngineHandler> PollingSession<H> {
 
     /// After [`Self::run`] returned `reason`: waits (at most
     /// [`CLOSED_LINGER`]) until the session's transport has let go of it.
-    /// A session the client closed answers one more GET that crossed the
-    /// close on the wire (a poll sent just before the close packet).
+    /// Upgraded, that is the end of the WebSocket (which writes what is
+    /// queued, a close frame last). On polling, a session the client closed
+    /// or the server shut down answers one more GET with its end (`6`, or
+    /// the close packet `1`): the pending poll, or the next one.
     pub async fn released(&self, reason: &CloseReason) {
-        if *reason == CloseReason::ClientClose && !self.final_get_served.get() {
-            let _ = tokio::time::timeout(CLOSED_LINGER, self.final_get.notified()).await;
-        }
+        let last_reader = match self.state.get() {
+            State::Upgraded => self.upgrade_ended.notified(),
+            _ if matches!(reason, CloseReason::ClientClose | CloseReason::ServerShutdown) && !self.final_get_served.get() => {
+                self.final_get.notified()
+            }
+            _ => return,
+        };
+        let _ = tokio::time::timeout(CLOSED_LINGER, last_reader).await;
     }
 
     /// A GET: waits for packets and returns them as one payload.
@@ -272,6 +283,7 @@ impl<H: EngineHandler> PollingSession<H> {
             self.set_state(State::Polling);
         } else {
             self.handler.outbox().abort(reason.clone());
+            self.upgrade_ended.notify_one();
         }
         reason
     }
