@@ -22,8 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::app;
-use crate::app::session::{log_close, AppContext};
+use crate::app::session::{AppContext, EngineSession};
 use crate::config::Config;
 use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
@@ -31,8 +30,7 @@ use crate::protocol::http_upgrade::Upgrade;
 use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
 use crate::shard::{Shard, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory, Settings};
-use crate::transport::polling::{self, PollError};
-use crate::transport::websocket;
+use crate::transport::polling::PollError;
 
 /// An Engine.IO endpoint: what it serves, and the settings of its HTTP side.
 #[derive(Clone)]
@@ -171,8 +169,8 @@ async fn websocket(
     // reference server does.
     let mut taken = false;
     if let Some(sid) = &sid {
-        let check = on_session_shard(shard, sid, |_, sid| async move {
-            match polling::find(&sid) {
+        let check = on_session_shard(shard, sid, |owner, sid| async move {
+            match owner.polling_session(&sid) {
                 None => PollReply::UnknownSession,
                 Some(session) if session.begin_upgrade() => PollReply::Ok,
                 Some(_) => PollReply::Refused(PollError::Upgraded),
@@ -200,8 +198,8 @@ async fn websocket(
             Err(error) => {
                 tracing::debug!(%error, "WebSocket upgrade failed");
                 if let (Some(sid), false) = (sid, taken) {
-                    on_session_shard(&shard, &sid, |_, sid| async move {
-                        if let Some(session) = polling::find(&sid) {
+                    on_session_shard(&shard, &sid, |owner, sid| async move {
+                        if let Some(session) = owner.polling_session(&sid) {
                             session.abandon_upgrade();
                         }
                         PollReply::Ok
@@ -287,40 +285,33 @@ pub(crate) async fn serve_websocket(
     already_read: Bytes,
     preamble: Vec<u8>,
 ) {
+    let settings = endpoint.engine.clone();
     match endpoint.handler {
-        Handler::SocketIo(context) => app::session::serve_websocket(shard, context, stream, already_read, preamble).await,
+        Handler::SocketIo(context) => {
+            let session = EngineSession::new(shard.clone(), context);
+            shard.serve_websocket(session, settings, stream, already_read, preamble).await
+        }
         Handler::App(factory) => {
-            let session = AppSession::new(factory(), endpoint.engine.outbox_limit);
-            let sid = SocketId::generate(shard.index).to_string();
-            let settings = endpoint.engine.clone();
-            shard.counters.connection_opened();
-            let traffic = &shard.counters.traffic;
-            let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
-            shard.counters.connection_closed(reason.label());
-            log_close(&sid, &reason);
+            let session = AppSession::new(factory(), settings.outbox_limit);
+            shard.serve_websocket(session, settings, stream, already_read, preamble).await
         }
     }
 }
 
 /// Opens a polling session on this shard; returns the handshake body.
 fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
+    let settings = endpoint.engine.clone();
     match &endpoint.handler {
-        Handler::SocketIo(context) => app::session::open_polling(shard, context.clone()),
+        Handler::SocketIo(context) => shard.open_polling(EngineSession::new(shard.clone(), context.clone()), settings),
         Handler::App(factory) => {
-            let session = AppSession::new(factory(), endpoint.engine.outbox_limit);
-            let sid = SocketId::generate(shard.index).to_string();
-            shard.counters.connection_opened();
-            let (counters_shard, log_sid) = (shard.clone(), sid.clone());
-            polling::open(session, endpoint.engine.clone(), sid, move |_, reason| {
-                counters_shard.counters.connection_closed(reason.label());
-                log_close(&log_sid, &reason);
-            })
+            let outbox_limit = settings.outbox_limit;
+            shard.open_polling(AppSession::new(factory(), outbox_limit), settings)
         }
     }
 }
 
 async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
-    match polling::find(sid) {
+    match shard.polling_session(sid) {
         None => PollReply::UnknownSession,
         Some(session) => match session.get(&shard.counters.traffic).await {
             Ok(body) => PollReply::Payload(body),
@@ -331,7 +322,7 @@ async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
 
 /// `body` is `None` when it was over the limit (and not kept).
 async fn poll_post(shard: &Shard, sid: &str, body: Option<Bytes>) -> PollReply {
-    let Some(session) = polling::find(sid) else { return PollReply::UnknownSession };
+    let Some(session) = shard.polling_session(sid) else { return PollReply::UnknownSession };
     let result = match body {
         Some(body) => session.post(body, &shard.counters.traffic).await,
         None => {
@@ -348,7 +339,7 @@ async fn poll_post(shard: &Shard, sid: &str, body: Option<Bytes>) -> PollReply {
 /// Serves the WebSocket that takes over the polling session `sid` (on its shard).
 async fn upgrade_polling(shard: Rc<Shard>, sid: String, stream: TcpStream, already_read: Bytes) {
     // Reserved by `begin_upgrade` when the WebSocket was accepted.
-    let Some(session) = polling::find(&sid) else { return };
+    let Some(session) = shard.polling_session(&sid) else { return };
     let reason = session.upgrade(stream, already_read, &shard.counters.traffic).await;
     tracing::debug!(session = %sid, reason = reason.label(), "upgraded transport ended");
 }
@@ -370,7 +361,7 @@ where
     let run = move |owner: &Rc<Shard>| {
         let owner = owner.clone();
         tokio::task::spawn_local(async move {
-            let lost_sid = sid.clone();
+            let (lost_sid, lost_owner) = (sid.clone(), owner.clone());
             // If the client drops its request, stop waiting on its behalf
             // (a GET left waiting would take packets meant for the next one).
             let reply = tokio::select! {
@@ -380,7 +371,7 @@ where
             if let Err(PollReply::Payload(_)) = tx.send(reply) {
                 // Packets were taken for a response nobody will read: end the
                 // session rather than lose them silently.
-                if let Some(session) = polling::find(&lost_sid) {
+                if let Some(session) = lost_owner.polling_session(&lost_sid) {
                     session.abort(crate::transport::CloseReason::TransportError);
                 }
             }

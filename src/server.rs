@@ -318,7 +318,7 @@ fn run_shard(
         }
         acceptor.abort();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while shard.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        while shard.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });

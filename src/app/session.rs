@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use std::time::Instant;
 
 use super::auth::Authenticator;
@@ -29,7 +28,7 @@ use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
 use crate::transport::engine::{EngineHandler, Settings};
 use crate::transport::outbox::Outbox;
-use crate::transport::{polling, websocket, CloseReason};
+use crate::transport::CloseReason;
 
 /// What every Socket.IO session of the process shares.
 pub struct AppContext {
@@ -48,52 +47,6 @@ pub struct AppSettings {
     pub max_rooms_per_socket: Option<usize>,
     /// `RATE_LIMIT_PER_SEC` and the burst (`RATE_LIMIT_BURST`, default the rate).
     pub rate_limit: Option<(u32, u32)>,
-}
-
-pub fn log_close(sid: &str, reason: &CloseReason) {
-    match reason {
-        CloseReason::ProtocolError(detail) => {
-            tracing::info!(session = %sid, reason = reason.label(), %detail, "connection closed")
-        }
-        CloseReason::PayloadTooLarge | CloseReason::SlowConsumer => {
-            tracing::info!(session = %sid, reason = reason.label(), "connection closed")
-        }
-        _ => tracing::debug!(session = %sid, reason = reason.label(), "connection closed"),
-    }
-}
-
-/// Serves one WebSocket connection that opened a session (no `sid`) until it ends.
-pub async fn serve_websocket(
-    shard: Rc<Shard>,
-    context: Arc<AppContext>,
-    stream: TcpStream,
-    already_read: Bytes,
-    preamble: Vec<u8>,
-) {
-    let settings = context.settings.engine.clone();
-    let session = EngineSession::new(shard.clone(), context, "websocket");
-    let sid = SocketId::generate(shard.index).to_string();
-    shard.counters.connection_opened();
-    let traffic = &shard.counters.traffic;
-    let reason = websocket::run(stream, already_read, preamble, &sid, &settings, traffic, &session).await;
-    shard.counters.connection_closed(reason.label());
-    log_close(&sid, &reason);
-    session.close_all();
-}
-
-/// Opens a long-polling session on this shard; returns the handshake body.
-pub fn open_polling(shard: &Rc<Shard>, context: Arc<AppContext>) -> Bytes {
-    let settings = context.settings.engine.clone();
-    let session = EngineSession::new(shard.clone(), context, "polling");
-    let sid = SocketId::generate(shard.index).to_string();
-    shard.counters.connection_opened();
-    let counters_shard = shard.clone();
-    let log_sid = sid.clone();
-    polling::open(session, settings, sid, move |session, reason| {
-        counters_shard.counters.connection_closed(reason.label());
-        log_close(&log_sid, &reason);
-        session.close_all();
-    })
 }
 
 /// A BINARY_EVENT / BINARY_ACK waiting for its attachments.
@@ -173,16 +126,28 @@ impl EngineHandler for EngineSession {
             socket.conn.transport.set("websocket");
         }
     }
+
+    fn on_open(&self, transport: &'static str) {
+        self.transport.set(transport);
+    }
+
+    /// Ends every socket of the session (the transport is gone).
+    fn on_close(&self, _reason: &CloseReason) {
+        for socket in self.sockets.take() {
+            socket.close();
+        }
+    }
 }
 
 impl EngineSession {
-    pub(crate) fn new(shard: Rc<Shard>, context: Arc<AppContext>, transport: &'static str) -> EngineSession {
+    /// A session's Socket.IO layer; its transport is set when it opens (`on_open`).
+    pub(crate) fn new(shard: Rc<Shard>, context: Arc<AppContext>) -> EngineSession {
         let outbox = Rc::new(Outbox::new(context.settings.engine.outbox_limit));
         EngineSession {
             shard,
             context,
             outbox,
-            transport: Cell::new(transport),
+            transport: Cell::new(""),
             sockets: RefCell::new(Vec::new()),
             pending_binary: RefCell::new(None),
             ever_connected: Cell::new(false),
@@ -230,13 +195,6 @@ impl EngineSession {
             }
             // We never ask clients for acks, so there is nothing to match them with.
             PacketType::Ack | PacketType::BinaryAck => Ok(()),
-        }
-    }
-
-    /// Ends every socket of the session (the transport is gone).
-    fn close_all(&self) {
-        for socket in self.sockets.take() {
-            socket.close();
         }
     }
 }

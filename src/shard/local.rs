@@ -95,10 +95,6 @@ impl LocalTables {
         self.conns.len()
     }
 
-    pub fn all(&self) -> Vec<Rc<Conn>> {
-        self.conns.values().cloned().collect()
-    }
-
     /// Puts a socket in the room's delivery table, if it is still here and
     /// still wants the room (it may have left or gone while its join
     /// travelled to the home and back).

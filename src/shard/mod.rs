@@ -6,6 +6,8 @@
 //! - [`home`]: the process-wide records of the names homed here;
 //! - [`messages`]: deliveries, inter-shard messages, queries and answers;
 //! - [`router`]: the channels, and which shard is a name's home;
+//! - [`sessions`]: the life of this shard's Engine.IO sessions (open, close,
+//!   the registry of live ones that polling requests and shutdown use);
 //! - [`id`], [`stats`]: socket ids that name their shard, per-shard counters.
 //!
 //! This file is the [`Shard`] itself: it applies its inbox, and it changes
@@ -46,6 +48,7 @@ pub mod id;
 mod local;
 mod messages;
 mod router;
+mod sessions;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -62,6 +65,7 @@ use crate::transport::CloseReason;
 
 use home::HomeTables;
 use local::LocalTables;
+use sessions::Sessions;
 
 pub use id::SocketId;
 pub use local::Conn;
@@ -92,6 +96,8 @@ pub struct Shard {
     pub counters: ShardCounters,
     local: RefCell<LocalTables>,
     home: RefCell<HomeTables>,
+    /// Every live Engine.IO session of this shard, connected or not.
+    sessions: RefCell<Sessions>,
     inbox: ShardInbox,
     /// The inbox is being applied (a nested [`Shard::catch_up`] returns at once).
     applying_inbox: Cell<bool>,
@@ -106,6 +112,7 @@ impl Shard {
             counters: ShardCounters::default(),
             local: RefCell::default(),
             home: RefCell::default(),
+            sessions: RefCell::default(),
             inbox,
             applying_inbox: Cell::new(false),
             shutting_down: Cell::new(false),
@@ -151,10 +158,6 @@ impl Shard {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
-    }
-
-    pub fn connection_count(&self) -> usize {
-        self.local.borrow().len()
     }
 
     // ---- connections -------------------------------------------------------
@@ -390,12 +393,12 @@ impl Shard {
         }
     }
 
+    /// Closes every live session cleanly — connected to a namespace or not,
+    /// Socket.IO or a bare Engine.IO app, on either transport — and any
+    /// that opens from now on.
     fn begin_shutdown(&self) {
         self.shutting_down.set(true);
-        let conns = self.local.borrow().all();
-        for conn in conns {
-            conn.outbox.close_for(CloseReason::ServerShutdown);
-        }
+        self.sessions.borrow_mut().close_all(CloseReason::ServerShutdown);
     }
 
     /// Adjusts the process-wide socket count; `false` if `MAX_CONNECTIONS`
@@ -508,7 +511,7 @@ mod tests {
                 let local: Vec<usize> = (0..shards.len()).filter(|s| shards[*s].local.borrow().user_sockets(user) > 0).collect();
                 assert_eq!(home, local, "seed {seed}: {user}");
             }
-            let total: usize = shards.iter().map(|s| s.connection_count()).sum();
+            let total: usize = shards.iter().map(|s| s.local.borrow().len()).sum();
             assert_eq!(total, conns.len());
         }
     }

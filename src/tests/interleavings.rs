@@ -76,7 +76,8 @@ impl World {
             namespaces: Namespaces::builtin("/"),
             settings: crate::server::app_settings(&Config::defaults()),
         });
-        let session = Rc::new(EngineSession::new(self.shards[shard].clone(), context, "websocket"));
+        let session = Rc::new(EngineSession::new(self.shards[shard].clone(), context));
+        session.on_open("websocket");
         let index = self.clients.len();
         self.clients.push(Client { session, socket_id: String::new(), received: Vec::new() });
         let mut connect = self.packet_task(index, format!("0{}", json!({ "userId": user })));

@@ -28,6 +28,16 @@ pub trait EngineHandler {
     fn outbox(&self) -> &Rc<Outbox>;
     /// The session moved from polling to WebSocket.
     fn on_upgraded(&self) {}
+    /// The session is open on `transport` (`websocket` or `polling`): called
+    /// once, by the shard that owns the session, before any packet.
+    fn on_open(&self, transport: &'static str) {
+        let _ = transport;
+    }
+    /// The session is over, for `reason`: called once, by the shard that
+    /// owns the session, after the last packet.
+    fn on_close(&self, reason: &CloseReason) {
+        let _ = reason;
+    }
 }
 
 /// An application of bare Engine.IO (no Socket.IO on top), such as the

@@ -6,9 +6,11 @@
 //! keeps the heartbeat and ends the session when a deadline is missed or the
 //! outbox closes. An upgrade ([`PollingSession::upgrade`]) hands the outbox
 //! to a WebSocket; from then on polling requests are refused.
+//!
+//! Opening, closing and finding sessions by sid is the business of the
+//! shard that owns them (`shard::sessions`).
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -56,8 +58,9 @@ pub enum PollError {
 /// next GET, which the client sends at once.
 const MAX_PACKETS_PER_GET: usize = 16;
 
-/// How long a session the client closed still answers one GET that crossed
-/// the close on the wire (a poll sent just before the close packet).
+/// How long a closed session waits for its last reader: the one GET that
+/// still gets the end of the session (see [`PollingSession::released`]), or
+/// the WebSocket it moved to.
 const CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PollingSession<H> {
@@ -72,6 +75,8 @@ pub struct PollingSession<H> {
     /// The last GET of a closed session has been answered.
     final_get_served: Cell<bool>,
     final_get: tokio::sync::Notify,
+    /// The WebSocket that took the session over has ended.
+    upgrade_ended: tokio::sync::Notify,
 }
 
 /// Clears a "request in progress" flag however the request ends (a client
@@ -96,6 +101,7 @@ impl<H: EngineHandler> PollingSession<H> {
             post_pending: Cell::new(false),
             final_get_served: Cell::new(false),
             final_get: tokio::sync::Notify::new(),
+            upgrade_ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,6 +126,23 @@ impl<H: EngineHandler> PollingSession<H> {
             outbox.abort(reason.clone());
         }
         reason
+    }
+
+    /// After [`Self::run`] returned `reason`: waits (at most
+    /// [`CLOSED_LINGER`]) until the session's transport has let go of it.
+    /// Upgraded, that is the end of the WebSocket (which writes what is
+    /// queued, a close frame last). On polling, a session the client closed
+    /// or the server shut down answers one more GET with its end (`6`, or
+    /// the close packet `1`): the pending poll, or the next one.
+    pub async fn released(&self, reason: &CloseReason) {
+        let last_reader = match self.state.get() {
+            State::Upgraded => self.upgrade_ended.notified(),
+            _ if matches!(reason, CloseReason::ClientClose | CloseReason::ServerShutdown) && !self.final_get_served.get() => {
+                self.final_get.notified()
+            }
+            _ => return,
+        };
+        let _ = tokio::time::timeout(CLOSED_LINGER, last_reader).await;
     }
 
     /// A GET: waits for packets and returns them as one payload.
@@ -264,6 +287,7 @@ impl<H: EngineHandler> PollingSession<H> {
             self.set_state(State::Polling);
         } else {
             self.handler.outbox().abort(reason.clone());
+            self.upgrade_ended.notify_one();
         }
         reason
     }
@@ -307,50 +331,6 @@ impl<H: EngineHandler + 'static> PollingEndpoint for PollingSession<H> {
         Box::pin(PollingSession::upgrade(self, stream, already_read, traffic))
     }
 }
-
-thread_local! {
-    /// This shard thread's polling sessions, by sid (a sid names its shard,
-    /// so requests for it are carried out here).
-    static SESSIONS: RefCell<HashMap<String, Rc<dyn PollingEndpoint>>> = RefCell::new(HashMap::new());
-}
-
-/// Makes a session reachable by its sid on this thread.
-pub fn register(sid: &str, session: Rc<dyn PollingEndpoint>) {
-    SESSIONS.with(|sessions| sessions.borrow_mut().insert(sid.to_owned(), session));
-}
-
-pub fn unregister(sid: &str) {
-    SESSIONS.with(|sessions| sessions.borrow_mut().remove(sid));
-}
-
-pub fn find(sid: &str) -> Option<Rc<dyn PollingEndpoint>> {
-    SESSIONS.with(|sessions| sessions.borrow().get(sid).cloned())
-}
-
-/// Opens a polling session for `handler` on this thread: registers it and
-/// spawns its owner task, which runs `on_end` when the session is over.
-/// Returns the handshake body (the open packet).
-pub fn open<H: EngineHandler + 'static>(
-    handler: H,
-    settings: Settings,
-    sid: String,
-    on_end: impl FnOnce(&H, CloseReason) + 'static,
-) -> Bytes {
-    let session = Rc::new(PollingSession::new(handler, settings));
-    let open = session.open_packet(&sid);
-    register(&sid, session.clone());
-    tokio::task::spawn_local(async move {
-        let reason = session.run().await;
-        let client_closed = reason == CloseReason::ClientClose;
-        on_end(&session.handler, reason);
-        if client_closed && !session.final_get_served.get() {
-            let _ = tokio::time::timeout(CLOSED_LINGER, session.final_get.notified()).await;
-        }
-        unregister(&sid);
-    });
-    open
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
