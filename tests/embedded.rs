@@ -1,8 +1,9 @@
 //! The library handle against a broker started in-process, observed by raw
 //! WebSocket clients speaking Engine.IO / Socket.IO over real sockets.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -36,12 +37,7 @@ async fn expect_nothing_queued(client: &mut Client) {
 }
 
 fn test_config() -> Config {
-    let mut config = Config::defaults();
-    config.port = 0;
-    config.host = "127.0.0.1".into();
-    config.shards = NonZeroUsize::new(2);
-    config.jwt_secret = None;
-    config.api_key = None;
+    let mut config = common::loopback_config();
     config.presence_events = shardcast::Switch::Off;
     config
 }

@@ -4,13 +4,14 @@
 //! connections), a session that never sent CONNECT, and a socket on the
 //! built-in namespace. `Server::shutdown` is what SIGTERM does in the binary.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shardcast::{Config, EngineApp, EngineSocket, Extensions, Namespace, Namespaces, Server};
+use shardcast::{EngineApp, EngineSocket, Extensions, Namespace, Namespaces, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -31,12 +32,7 @@ impl EngineApp for Echo {
 }
 
 fn start() -> Server {
-    let mut config = Config::defaults();
-    config.port = 0;
-    config.host = "127.0.0.1".into();
-    config.shards = NonZeroUsize::new(2);
-    config.jwt_secret = None;
-    config.api_key = None;
+    let config = common::loopback_config();
     let extensions = Extensions {
         namespaces: Some(Namespaces::builtin("/").with("/custom", Namespace::new())),
         engine_apps: vec![("/engine.io/".to_string(), Arc::new(|| Box::new(Echo) as Box<dyn EngineApp>))],
