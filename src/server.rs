@@ -318,7 +318,7 @@ fn run_shard(
         }
         acceptor.abort();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while shard.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        while !shard.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -572,6 +572,7 @@ async fn serve_http(
         let (shard, services, broker, slot) = (shard.clone(), services.clone(), broker.clone(), slot.clone());
         async move {
             let label = route_label(request.uri().path());
+            let _in_flight = shard.request_in_flight();
             let response = route(&shard, &services, &broker, &slot, peer, request).await;
             shard.counters.http_request(label, response.status().as_u16());
             Ok::<_, Infallible>(response)

@@ -101,7 +101,20 @@ pub struct Shard {
     inbox: ShardInbox,
     /// The inbox is being applied (a nested [`Shard::catch_up`] returns at once).
     applying_inbox: Cell<bool>,
+    /// HTTP requests being answered here; shutdown waits for them (a long-poll
+    /// GET answered by the session's shard must still be written here).
+    requests_in_flight: Cell<usize>,
     shutting_down: Cell<bool>,
+}
+
+/// An HTTP request being answered on a shard (see [`Shard::request_in_flight`]).
+pub struct RequestInFlight(Rc<Shard>);
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        let count = &self.0.requests_in_flight;
+        count.set(count.get() - 1);
+    }
 }
 
 impl Shard {
@@ -115,6 +128,7 @@ impl Shard {
             sessions: RefCell::default(),
             inbox,
             applying_inbox: Cell::new(false),
+            requests_in_flight: Cell::new(0),
             shutting_down: Cell::new(false),
         }
     }
@@ -158,6 +172,18 @@ impl Shard {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    /// Counts an HTTP request as being answered until the guard drops.
+    pub fn request_in_flight(self: &Rc<Self>) -> RequestInFlight {
+        self.requests_in_flight.set(self.requests_in_flight.get() + 1);
+        RequestInFlight(self.clone())
+    }
+
+    /// No live session and no HTTP request being answered: the shard's
+    /// thread may end.
+    pub fn is_idle(&self) -> bool {
+        self.session_count() == 0 && self.requests_in_flight.get() == 0
     }
 
     // ---- connections -------------------------------------------------------
