@@ -7,6 +7,7 @@
 //! TCP stream moves to the session's shard.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -230,10 +231,7 @@ async fn websocket(
         // session's future, not the largest of every branch here.
         match sid {
             None => {
-                tokio::task::spawn_local(async move {
-                    let _slot = slot;
-                    serve_websocket(shard, endpoint, stream, already_read, Vec::new()).await
-                });
+                tokio::task::spawn_local(serve_websocket(&shard, &endpoint, stream, already_read, Vec::new(), slot));
             }
             Some(sid) => {
                 let owner = SocketId::parse(&sid).map_or(shard.index, SocketId::shard);
@@ -278,22 +276,28 @@ pub fn opens_directly(shard: &Shard, endpoint: &Endpoint, request: &Upgrade<'_>)
 
 /// A session that starts on WebSocket, served until it ends. `preamble`:
 /// the 101 response when the listener answered the upgrade, else empty.
-pub(crate) async fn serve_websocket(
-    shard: Rc<Shard>,
-    endpoint: Endpoint,
+///
+/// The future is the session's alone — one handler's, holding neither the
+/// endpoint nor anything moved into it — because it is what an idle
+/// connection costs: spawn it as it is. `slot` counts the connection until
+/// the session ends.
+pub(crate) fn serve_websocket(
+    shard: &Rc<Shard>,
+    endpoint: &Endpoint,
     stream: TcpStream,
     already_read: Bytes,
     preamble: Vec<u8>,
-) {
+    slot: ConnectionSlot,
+) -> Pin<Box<dyn Future<Output = ()>>> {
     let settings = endpoint.engine.clone();
-    match endpoint.handler {
+    match &endpoint.handler {
         Handler::SocketIo(context) => {
-            let session = EngineSession::new(shard.clone(), context);
-            shard.serve_websocket(session, settings, stream, already_read, preamble).await
+            let session = EngineSession::new(shard.clone(), context.clone());
+            Box::pin(shard.clone().serve_websocket(session, settings, stream, already_read, preamble, slot))
         }
         Handler::App(factory) => {
             let session = AppSession::new(factory(), settings.outbox_limit);
-            shard.serve_websocket(session, settings, stream, already_read, preamble).await
+            Box::pin(shard.clone().serve_websocket(session, settings, stream, already_read, preamble, slot))
         }
     }
 }

@@ -517,12 +517,8 @@ async fn serve_connection(
                     shard.counters.http_request(route_label(request.path), 101);
                     let response = request.response();
                     let already_read = Bytes::copy_from_slice(&head[request.head_len..]);
-                    let (shard, endpoint) = (shard.clone(), endpoint.clone());
                     // Its own task: this one, sized for hyper's connection, ends.
-                    tokio::task::spawn_local(async move {
-                        let _slot = slot;
-                        engine_http::serve_websocket(shard, endpoint, stream, already_read, response).await
-                    });
+                    tokio::task::spawn_local(engine_http::serve_websocket(&shard, endpoint, stream, already_read, response, slot));
                     return;
                 }
                 break;

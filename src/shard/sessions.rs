@@ -76,19 +76,23 @@ impl Shard {
     /// Serves a session that starts on WebSocket (no sid: a new one) until
     /// it ends. `preamble`: the 101 response when the listener answered the
     /// upgrade, else empty (see `websocket::run`).
-    pub async fn serve_websocket<H: EngineHandler>(
-        self: &Rc<Self>,
+    /// `connection` is held until the session ends (the connection's place
+    /// in the open-connection count).
+    pub async fn serve_websocket<H: EngineHandler, C>(
+        self: Rc<Self>,
         handler: H,
         settings: Settings,
         stream: TcpStream,
         already_read: Bytes,
         preamble: Vec<u8>,
+        connection: C,
     ) {
         let sid = self.open_session(&handler, "websocket", None);
         let traffic = &self.counters.traffic;
         let reason = websocket::run(stream, already_read, preamble, &sid.to_string(), &settings, traffic, &handler).await;
         // The connection has ended: nothing more to let go of.
         self.close_session(sid, &handler, &reason, async {}).await;
+        drop(connection);
     }
 
     /// Opens a long-polling session on this shard and spawns its owner task
