@@ -700,8 +700,10 @@ def table(results, floor=None):
         (f"server CPU µs per delivery, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s",
          fig_fixed_cpu, False, None, None),
         (f"  p99 ms, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s", fig_fixed_p99, False, None, None),
+        # (The old target here, p99 <= 0.25x socketioxide's, is retired (issue 11): on loopback the
+        # kernel's per-send cost sets the floor; the floor row below is the target now.)
         (f"low load: p99 ms, {large:,} subs at {fmt_rate(LOWLOAD_RATE)} publishes/s",
-         fig_lowload("p99_ms"), False, None, 0.25),
+         fig_lowload("p99_ms"), False, None, None),
         ("  p50 ms", fig_lowload("p50_ms"), False, None, None),
         (f"  server CPU ms per broadcast to {large:,}", fig_broadcast_ms, False, None, None),
         ("  server CPU per broadcast / kernel floor, same run", fig_floor_ratio(floor), None, None, None, 1.1),
@@ -987,7 +989,7 @@ def render(results, floor=None, cfloor=None):
             md += "\n\nCapacity runs that did not hold:\n" + "\n".join(problems)
     if floor and main_rows:
         md += (f"\n\nThe kernel's share, measured apart (`examples/loopback_floor`: one `send` of a 60-byte "
-               f"frame to each of {floor['sockets']:,} loopback sockets, reader on the other core): "
+               f"frame to each of {floor['sockets']:,} loopback sockets, reader process on the other core): "
                f"{floor['us_per_send']:.2f} µs of CPU per send, so {floor['us_per_send'] * SUBS_LARGE / 1000:.0f} ms "
                f"for one broadcast to {SUBS_LARGE:,} before any server does any work of its own.")
     seen = {}
