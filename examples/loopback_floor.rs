@@ -254,7 +254,8 @@ fn raise_fd_limit(connections: usize) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            if (limit.rlim_cur as u64) < connections as u64 + 32 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            if limit.rlim_cur < connections as libc::rlim_t + 32 {
                 eprintln!(
                     "loopback_floor: {connections} sockets need {} descriptors per process; the limit is {}",
                     connections + 32,
