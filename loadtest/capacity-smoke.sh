@@ -22,6 +22,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 N="${CONNECTIONS:-2000}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET" = /* ]] || TARGET="$ROOT/$TARGET"   # cargo runs in $ROOT below
 BIN="${SHARDCAST_BIN:-$TARGET/release/shardcast}"
 LOADGEN="${LOADGEN_BIN:-$TARGET/release/loadgen}"
 
