@@ -823,11 +823,15 @@ def cap_storm_losses(res):
 
 
 def capacity_table(results, cfloor):
-    n = CAPACITY_CONNECTIONS
     cols = [s for s in ("shardcast", "socket.io", "socketioxide", "shardcast-2") if s in results
             and results[s].get("capacity")]
     if not cols:
         return ""
+    # The run's own settings (a re-rendered table may come from another mode).
+    done = [r for c in cols for r in cap_runs(results[c])]
+    n = max([r.get("connections", 0) for r in done] or [CAPACITY_CONNECTIONS])
+    rate = next((r["rate"] for r in done if "rate" in r), fmt_rate(CAPACITY_RATE))
+    idle = median([r.get("idle_seconds") for r in done]) or CAPACITY_IDLE_SECONDS
     us_send = (cfloor or {}).get("us_per_send")
     us_ping = (cfloor or {}).get("us_per_exchange")
     all_ms = cap_per_floor("bcast_all_server_cpu_ms", "us_per_send",
@@ -840,7 +844,7 @@ def capacity_table(results, cfloor):
     rows = [
         (f"holds {n:,} connections (all connected, nothing lost, nobody else dropped)", lambda r, c: cap_held(r),
          None, None),
-        (f"connect rate (asked {fmt_rate(CAPACITY_RATE)}/s) and p99 connect + auth + 2 joins",
+        (f"connect rate (asked {rate}/s) and p99 connect + auth + 2 joins",
          lambda r, c: cap_connect(r), None, None),
         ("user-space memory per connection in 2 rooms, KiB (RSS growth)", lambda r, c: cap("rss_per_connection_kib")(r),
          0.15, 4),
@@ -849,7 +853,7 @@ def capacity_table(results, cfloor):
         ("  bytes per connection (both ends)", lambda r, c: cap("kernel_tcp_mem_bytes_per_connection")(r), None, None),
         ("kernel slab growth per connection, bytes (machine-wide, both ends)",
          lambda r, c: cap("kernel_slab_bytes_per_connection")(r), None, None),
-        (f"idle server CPU, % of a core ({fmt_rate(CAPACITY_IDLE_SECONDS)} s, heartbeats only)",
+        (f"idle server CPU, % of a core ({idle:.0f} s, heartbeats only)",
          lambda r, c: cap("idle_server_cpu_percent")(r), 0.5, None),
         ("  µs per connection per heartbeat interval", lambda r, c: cap("idle_server_cpu_us_per_conn_per_interval")(r),
          None, None),

@@ -62,7 +62,7 @@ struct Args {
     url: String,
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Connections (idle) or subscribers (fanout).
+    /// Connections (idle, capacity) or subscribers (fanout).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     #[arg(long, default_value_t = 2)]
@@ -71,7 +71,8 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Publishes per second, or `max` to publish as fast as acks return
-    /// (fanout); handshakes per second, or `max` (handshake).
+    /// (fanout); handshakes per second, or `max` (handshake); connections
+    /// opened per second, or `max` (capacity).
     #[arg(long, default_value = "max")]
     rate: String,
     /// Parallel handshake loops; also how many connections are opened at once.
