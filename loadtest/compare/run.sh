@@ -28,9 +28,15 @@ if [ "${SKIP_BUILD:-0}" = "0" ]; then
   (cd "$root" && cargo build --release --bin shardcast --bin loadgen --example loopback_floor >&2)
 fi
 
-# Every subscriber is a socket on both sides; leave room for a few more.
+# Every subscriber is a socket in the server and one in the load generator
+# (two processes, each with its own limit); leave room for a few more.
 big=${SUBS_LARGE:-10000}; idle=${IDLE_CONNECTIONS:-5000}
 want=$(( (big > idle ? big : idle) + 2048 ))
+case ",${SCENARIOS:-}," in
+  *,capacity,*)
+    if [ "${QUICK:-0}" = "0" ]; then cap=${CAPACITY_CONNECTIONS:-19000}; else cap=${CAPACITY_CONNECTIONS:-2000}; fi
+    if [ $(( cap + 100 )) -gt "$want" ]; then want=$(( cap + 100 )); fi ;;
+esac
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
   ulimit -n "$want" 2>/dev/null || echo "warning: ulimit -n is $(ulimit -n), below $want" >&2

@@ -14,6 +14,14 @@
 //!   private-message, leave-room over rooms of 10 for `--duration` seconds;
 //!   request → ack latency percentiles per event and requests per second
 //!   (what waiting for a room's or user's home shard costs a client).
+//! - `capacity`: N authenticated connections opened at a steady `--rate`,
+//!   each in its group of 100 (`cap-g{i/100}`) and its group of 1,000
+//!   (`cap-k{i/1000}`); then server memory per connection (user space and
+//!   the kernel's socket memory apart), server CPU while idle over
+//!   `--idle-seconds` (heartbeats only), broadcasts to all and to a group of
+//!   1,000 (latency over recipients, server CPU), and a reconnect storm
+//!   (`--storm-fraction` of the clients dropped at once, reconnecting with
+//!   socket.io-client's default backoff while the others must lose nothing).
 //!
 //! Single-threaded on purpose: pin it to one core with `taskset`.
 
@@ -33,6 +41,17 @@ enum Scenario {
     Handshake,
     Fanout,
     Acks,
+    Capacity,
+}
+
+/// How the capacity scenario broadcasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// shardcast's HTTP API (`POST /api/broadcast`, `/api/rooms/{room}/broadcast`).
+    Api,
+    /// A `custom-event` relay from a publisher connection (servers with no
+    /// HTTP API); a broadcast to all needs `--all-room`.
+    Relay,
 }
 
 #[derive(Debug, Parser)]
@@ -43,7 +62,7 @@ struct Args {
     url: String,
     #[arg(long, value_enum)]
     scenario: Scenario,
-    /// Connections (idle) or subscribers (fanout).
+    /// Connections (idle, capacity) or subscribers (fanout).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     #[arg(long, default_value_t = 2)]
@@ -52,7 +71,8 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Publishes per second, or `max` to publish as fast as acks return
-    /// (fanout); handshakes per second, or `max` (handshake).
+    /// (fanout); handshakes per second, or `max` (handshake); connections
+    /// opened per second, or `max` (capacity).
     #[arg(long, default_value = "max")]
     rate: String,
     /// Parallel handshake loops; also how many connections are opened at once.
@@ -69,6 +89,46 @@ struct Args {
     /// per delivery, at the price of up to this much added latency.
     #[arg(long, default_value_t = 0)]
     read_interval_ms: u64,
+    /// Capacity: seconds of idle measurement (heartbeats only); cover at
+    /// least one ping interval.
+    #[arg(long, default_value_t = 30.0)]
+    idle_seconds: f64,
+    /// Capacity: the server's ping interval (for CPU per connection per
+    /// heartbeat interval; socket.io's default is 25 s).
+    #[arg(long, default_value_t = 25_000)]
+    ping_interval_ms: u64,
+    /// Capacity: broadcasts of each kind (to all, to a group of 1,000); the
+    /// figures are medians over them.
+    #[arg(long, default_value_t = 5)]
+    broadcasts: usize,
+    /// Capacity: how to broadcast (the HTTP API, or custom-event relays).
+    #[arg(long, value_enum, default_value_t = Via::Api)]
+    via: Via,
+    /// Capacity: every connection also joins `cap-all` (after the memory
+    /// figure is taken), the room a relay "to all" goes to.
+    #[arg(long)]
+    all_room: bool,
+    /// Capacity: share of the clients dropped at once in the reconnect storm.
+    #[arg(long, default_value_t = 0.2)]
+    storm_fraction: f64,
+    /// Capacity: numbered relays per second to the group rooms during the storm.
+    #[arg(long, default_value_t = 200.0)]
+    storm_rate: f64,
+    /// Capacity: reconnection backoff (socket.io-client's defaults:
+    /// reconnectionDelay 1000, reconnectionDelayMax 5000, randomizationFactor 0.5).
+    #[arg(long, default_value_t = 1000)]
+    backoff_min_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    backoff_max_ms: u64,
+    #[arg(long, default_value_t = 0.5)]
+    backoff_jitter: f64,
+    /// Capacity: give up waiting for the storm's reconnections after this long.
+    #[arg(long, default_value_t = 120.0)]
+    storm_timeout: f64,
+    /// Capacity: a connection attempt (connect + authenticate + joins) that
+    /// takes longer fails (socket.io-client's `timeout` is 20 s).
+    #[arg(long, default_value_t = 20_000)]
+    connect_timeout_ms: u64,
 }
 
 fn main() {
@@ -83,6 +143,7 @@ fn main() {
             Scenario::Handshake => handshake(&args, addr).await,
             Scenario::Fanout => fanout(&args, addr).await,
             Scenario::Acks => acks(&args, addr).await,
+            Scenario::Capacity => capacity(&args, addr).await,
         }
     });
     println!("{result}");
@@ -435,5 +496,790 @@ async fn acks(args: &Args, addr: SocketAddr) -> Value {
         });
     }
     add_cpu(&mut out, args.server_pid, before, elapsed);
+    out
+}
+
+// ---- capacity -----------------------------------------------------------------------
+
+/// Members of each connection's small group room (`cap-g{i/100}`) and large
+/// one (`cap-k{i/1000}`).
+const GROUP_SMALL: usize = 100;
+const GROUP_LARGE: usize = 1000;
+/// Phases the driver announces to every connection task.
+const PHASE_JOIN_ALL: u8 = 1;
+const PHASE_STORM: u8 = 2;
+
+fn cap_rooms(i: usize, all_room: bool) -> Vec<String> {
+    let mut rooms = vec![format!("cap-g{}", i / GROUP_SMALL), format!("cap-k{}", i / GROUP_LARGE)];
+    if all_room {
+        rooms.push("cap-all".to_string());
+    }
+    rooms
+}
+
+/// CPU time of every thread of a process in nanoseconds (the sum of
+/// /proc/PID/task/*/schedstat: the clock `loopback_floor` reads for its
+/// writer thread). Threads that exited are not in it: for short windows.
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let mut any = false;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// TCP sockets in use and the kernel's TCP memory in KiB (`/proc/net/sockstat`:
+/// `mem` is in pages), machine-wide.
+fn sockstat_tcp() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)?.parse::<u64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    Some((field("inuse")?, field("mem")? * page / 1024))
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// The unsigned integer after `key` in `packet` (`"b":12` → 12).
+fn num_after(packet: &[u8], key: &[u8]) -> Option<u64> {
+    let at = packet.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = packet[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&packet[at..at + digits]).ok()?.parse().ok()
+}
+
+/// socket.io-client's reconnection delay before attempt `attempt` (its
+/// `Backoff.duration()`): min·2^attempt, moved by up to ±jitter of itself
+/// (down when ⌊rand·10⌋ is even), then capped at max.
+fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64, jitter: f64) -> Duration {
+    let mut ms = min_ms as f64 * 2f64.powi(attempt.min(40) as i32);
+    if jitter > 0.0 {
+        let rand = fastrand::f64();
+        let deviation = (rand * jitter * ms).floor();
+        ms = if ((rand * 10.0).floor() as u64) & 1 == 0 { ms - deviation } else { ms + deviation };
+    }
+    Duration::from_millis(ms.min(max_ms as f64) as u64)
+}
+
+/// Connects, authenticates as `user` and joins `rooms`, each with its ack.
+async fn join_user(addr: SocketAddr, user: &str, rooms: &[String]) -> std::io::Result<Client> {
+    let mut client = connect_user(addr, user).await?;
+    for room in rooms {
+        let ack = client.request("join-room", &json!({ "roomName": room })).await?;
+        if ack["success"] != true {
+            return Err(std::io::Error::other(format!("join-room refused: {ack}")));
+        }
+    }
+    Ok(client)
+}
+
+/// What one connection's task and the driver share about it.
+#[derive(Default)]
+struct CapConn {
+    connected: Cell<bool>,
+    alive: Cell<bool>,
+    /// Dropped in the storm (the others are checked for losses).
+    dropper: Cell<bool>,
+    connect_us: Cell<u64>,
+    /// The broadcast id last received (duplicates count as strays).
+    last_broadcast: Cell<u64>,
+    /// Storm relays: the next number expected, numbers skipped, numbers
+    /// seen again or out of order.
+    next_seq: Cell<u64>,
+    missing: Cell<u64>,
+    disorder: Cell<u64>,
+    /// Storm: microseconds after the run's start when it was back.
+    back_us: Cell<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct CapOpts {
+    addr: SocketAddr,
+    all_room: bool,
+    connect_timeout: Duration,
+    backoff_min_ms: u64,
+    backoff_max_ms: u64,
+    backoff_jitter: f64,
+}
+
+struct Cap {
+    start: Instant,
+    conns: Vec<CapConn>,
+    /// Connection attempts in flight at most (`--concurrency`).
+    gate: tokio::sync::Semaphore,
+    /// Something a waiting driver may want to re-check happened.
+    progress: tokio::sync::Notify,
+    settled: Cell<usize>,
+    errors: RefCell<Vec<String>>,
+    error_count: Cell<u64>,
+    joined_all: Cell<usize>,
+    join_all_failed: Cell<usize>,
+    broadcast_id: Cell<u64>,
+    broadcast_expected: Cell<usize>,
+    latencies: RefCell<Vec<u64>>,
+    strays: Cell<u64>,
+    storm_checking: Cell<bool>,
+    storm_sent: RefCell<Vec<u64>>,
+    back: Cell<usize>,
+    reconnect_attempts: Cell<u64>,
+    reconnect_failures: Cell<u64>,
+    unexpected_disconnects: Cell<u64>,
+    staying_disconnected: Cell<u64>,
+}
+
+impl Cap {
+    fn note_error(&self, what: String) {
+        self.error_count.set(self.error_count.get() + 1);
+        let mut errors = self.errors.borrow_mut();
+        if errors.len() < 5 {
+            errors.push(what);
+        }
+    }
+
+    fn alive(&self, range: std::ops::Range<usize>) -> usize {
+        self.conns[range].iter().filter(|c| c.alive.get()).count()
+    }
+
+    /// Waits until `done()` holds or `limit` passes; true if it holds.
+    async fn wait_for(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), self.progress.notified()).await;
+        }
+        true
+    }
+
+    /// A text packet for connection `i` (its reads; pings are answered before).
+    fn packet(&self, i: usize, packet: &[u8]) {
+        let conn = &self.conns[i];
+        if packet.starts_with(b"42[\"cap-b\"") {
+            match (num_after(packet, b"\"b\":"), num_after(packet, b"\"t\":")) {
+                (Some(b), Some(t)) if b == self.broadcast_id.get() && conn.last_broadcast.get() != b => {
+                    conn.last_broadcast.set(b);
+                    let mut latencies = self.latencies.borrow_mut();
+                    latencies.push(micros_since(self.start).saturating_sub(t));
+                    if latencies.len() >= self.broadcast_expected.get() {
+                        self.progress.notify_one();
+                    }
+                }
+                _ => self.strays.set(self.strays.get() + 1),
+            }
+        } else if packet.starts_with(b"42[\"cap-s\"") && self.storm_checking.get() && !conn.dropper.get() {
+            if let Some(s) = num_after(packet, b"\"s\":") {
+                let next = conn.next_seq.get();
+                if s == next {
+                    conn.next_seq.set(next + 1);
+                } else if s > next {
+                    conn.missing.set(conn.missing.get() + (s - next));
+                    conn.next_seq.set(s + 1);
+                } else {
+                    conn.disorder.set(conn.disorder.get() + 1);
+                }
+            }
+        }
+    }
+}
+
+/// One connection for the whole run: connect, then read (answering pings)
+/// and follow the driver's phases; a dropper reconnects in the storm.
+async fn cap_conn(i: usize, cap: Rc<Cap>, opts: CapOpts, mut phase: tokio::sync::watch::Receiver<u8>) {
+    let conn = &cap.conns[i];
+    let user = format!("cap-{i}");
+    let permit = cap.gate.acquire().await.expect("gate open");
+    let t0 = Instant::now();
+    let attempt = tokio::time::timeout(opts.connect_timeout, join_user(opts.addr, &user, &cap_rooms(i, false))).await;
+    drop(permit);
+    let mut client = match attempt {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            cap.note_error(format!("connect {i}: {e}"));
+            cap.settled.set(cap.settled.get() + 1);
+            cap.progress.notify_one();
+            return;
+        }
+        Err(_) => {
+            cap.note_error(format!("connect {i}: timed out after {:?}", opts.connect_timeout));
+            cap.settled.set(cap.settled.get() + 1);
+            cap.progress.notify_one();
+            return;
+        }
+    };
+    conn.connect_us.set(t0.elapsed().as_micros() as u64);
+    conn.connected.set(true);
+    conn.alive.set(true);
+    cap.settled.set(cap.settled.get() + 1);
+    cap.progress.notify_one();
+    let mut seen = 0u8;
+    loop {
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = *phase.borrow_and_update();
+                while seen < now {
+                    seen += 1;
+                    if seen == PHASE_JOIN_ALL && opts.all_room {
+                        let _permit = cap.gate.acquire().await.expect("gate open");
+                        match client.request("join-room", &json!({ "roomName": "cap-all" })).await {
+                            Ok(ack) if ack["success"] == true => cap.joined_all.set(cap.joined_all.get() + 1),
+                            other => {
+                                cap.note_error(format!("join cap-all {i}: {other:?}"));
+                                cap.join_all_failed.set(cap.join_all_failed.get() + 1);
+                            }
+                        }
+                        cap.progress.notify_one();
+                    } else if seen == PHASE_STORM && conn.dropper.get() {
+                        // Abrupt: no close frame, no Socket.IO DISCONNECT.
+                        drop(client);
+                        conn.alive.set(false);
+                        client = reconnect(i, &cap, opts).await;
+                        conn.alive.set(true);
+                        conn.back_us.set(micros_since(cap.start).max(1));
+                        cap.back.set(cap.back.get() + 1);
+                        cap.progress.notify_one();
+                    }
+                }
+            }
+            read = client.read_batch(|packet| cap.packet(i, packet)) => {
+                if let Err(e) = read {
+                    conn.alive.set(false);
+                    cap.unexpected_disconnects.set(cap.unexpected_disconnects.get() + 1);
+                    if cap.storm_checking.get() && !conn.dropper.get() {
+                        cap.staying_disconnected.set(cap.staying_disconnected.get() + 1);
+                    }
+                    cap.note_error(format!("connection {i} lost: {e}"));
+                    cap.progress.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// socket.io-client's reconnection: wait the backoff delay, try (connect,
+/// authenticate, join the rooms again), and again with the next delay.
+async fn reconnect(i: usize, cap: &Cap, opts: CapOpts) -> Client {
+    let user = format!("cap-{i}");
+    let rooms = cap_rooms(i, opts.all_room);
+    let mut attempt = 0;
+    loop {
+        tokio::time::sleep(backoff_delay(attempt, opts.backoff_min_ms, opts.backoff_max_ms, opts.backoff_jitter)).await;
+        attempt += 1;
+        cap.reconnect_attempts.set(cap.reconnect_attempts.get() + 1);
+        match tokio::time::timeout(opts.connect_timeout, join_user(opts.addr, &user, &rooms)).await {
+            Ok(Ok(client)) => return client,
+            Ok(Err(e)) => cap.note_error(format!("reconnect {i}: {e}")),
+            Err(_) => cap.note_error(format!("reconnect {i}: timed out")),
+        }
+        cap.reconnect_failures.set(cap.reconnect_failures.get() + 1);
+    }
+}
+
+/// A minimal HTTP/1.1 client for the broker's API (keep-alive, reopened when
+/// the server has closed it).
+struct Http {
+    addr: SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+}
+
+impl Http {
+    async fn post(&mut self, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Some(stream) = &self.stream {
+            // A closed keep-alive connection reads as EOF; an open one would block.
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => self.stream = None,
+            }
+        }
+        if self.stream.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.addr).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected");
+        let body = body.to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                self.stream = None;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| std::io::Error::other("HTTP answer without Content-Length"))?;
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                self.stream = None;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+/// Who sends broadcasts and storm relays: the HTTP API, or a publisher
+/// connection relaying `custom-event`s (member of every room it relays to).
+enum Sender {
+    Api(Http),
+    Relay(Client),
+}
+
+impl Sender {
+    /// Sends `data` as event `event` to `room` (None: to all). Ok(delivered
+    /// count, when the API tells it).
+    async fn send(&mut self, room: Option<&str>, event: &str, data: Value) -> Result<Option<u64>, String> {
+        match self {
+            Sender::Api(http) => {
+                let path = match room {
+                    Some(room) => format!("/api/rooms/{room}/broadcast"),
+                    None => "/api/broadcast".to_string(),
+                };
+                match http.post(&path, &json!({ "event": event, "data": data })).await {
+                    Ok((200, answer)) => Ok(answer["delivered"].as_u64()),
+                    Ok((status, answer)) => Err(format!("POST {path}: {status} {answer}")),
+                    Err(e) => Err(format!("POST {path}: {e}")),
+                }
+            }
+            Sender::Relay(client) => {
+                let room = room.unwrap_or("cap-all");
+                let relay = json!({ "event": event, "data": data, "roomName": room });
+                match client.request("custom-event", &relay).await {
+                    Ok(ack) if ack["success"] == true => Ok(None),
+                    Ok(ack) => Err(format!("custom-event to {room}: {ack}")),
+                    Err(e) => Err(format!("custom-event to {room}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn percentile_ms(sorted_us: &[u64], q: f64) -> Option<f64> {
+    if sorted_us.is_empty() {
+        return None;
+    }
+    let at = ((sorted_us.len() as f64 * q).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    Some(sorted_us[at] as f64 / 1000.0)
+}
+
+fn median_of(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// One broadcast: send, wait until every target has it (or a time limit),
+/// latency over recipients and the server's CPU from send to the last receipt.
+async fn cap_broadcast(cap: &Cap, sender: &mut Sender, id: u64, room: Option<&str>, targets: usize, pid: Option<u32>) -> Value {
+    let expected = cap.alive(0..targets);
+    cap.latencies.borrow_mut().clear();
+    cap.broadcast_expected.set(expected);
+    cap.broadcast_id.set(id);
+    let cpu0 = pid.and_then(process_cpu_ns);
+    let sent = micros_since(cap.start);
+    let result = sender.send(room, "cap-b", json!({ "b": id, "t": sent })).await;
+    let limit = Duration::from_secs_f64(10.0 + targets as f64 / 1000.0);
+    cap.wait_for(limit, || cap.latencies.borrow().len() >= expected).await;
+    let cpu1 = pid.and_then(process_cpu_ns);
+    cap.broadcast_id.set(u64::MAX);
+    let mut latencies = std::mem::take(&mut *cap.latencies.borrow_mut());
+    latencies.sort_unstable();
+    let mut out = json!({
+        "recipients": expected,
+        "received": latencies.len(),
+        "missing": expected.saturating_sub(latencies.len()),
+        "p50_ms": percentile_ms(&latencies, 0.5),
+        "p99_ms": percentile_ms(&latencies, 0.99),
+        "max_ms": percentile_ms(&latencies, 1.0),
+    });
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        out["server_cpu_ms"] = json!(b.saturating_sub(a) as f64 / 1e6);
+    }
+    match result {
+        Ok(Some(delivered)) => out["api_delivered"] = json!(delivered),
+        Ok(None) => {}
+        Err(e) => out["error"] = json!(e),
+    }
+    out
+}
+
+/// The storm's publisher: numbered relays to every group room in turn, at
+/// `rate` per second, until `stop`. Returns (relays sent, errors, seconds).
+async fn storm_publisher(cap: Rc<Cap>, mut sender: Sender, rate: f64, stop: Rc<Cell<bool>>) -> (Sender, u64, u64, f64) {
+    let groups = cap.storm_sent.borrow().len();
+    let started = Instant::now();
+    let mut next_at = Instant::now();
+    let (mut sent, mut errors, mut g) = (0u64, 0u64, 0usize);
+    while !stop.get() {
+        tokio::time::sleep_until(next_at.into()).await;
+        next_at += Duration::from_secs_f64(1.0 / rate);
+        let seq = cap.storm_sent.borrow()[g];
+        // The number is used whatever the answer: a failed relay that still
+        // arrived must not be counted as a duplicate of the next one.
+        cap.storm_sent.borrow_mut()[g] = seq + 1;
+        let room = format!("cap-g{g}");
+        if let Err(e) = sender.send(Some(&room), "cap-s", json!({ "g": g, "s": seq })).await {
+            errors += 1;
+            cap.note_error(format!("storm relay: {e}"));
+        }
+        sent += 1;
+        g = (g + 1) % groups;
+    }
+    (sender, sent, errors, started.elapsed().as_secs_f64())
+}
+
+async fn capacity(args: &Args, addr: SocketAddr) -> Value {
+    let n = args.connections;
+    let pid = args.server_pid;
+    let opts = CapOpts {
+        addr,
+        all_room: args.all_room,
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        backoff_min_ms: args.backoff_min_ms,
+        backoff_max_ms: args.backoff_max_ms,
+        backoff_jitter: args.backoff_jitter,
+    };
+    let cap = Rc::new(Cap {
+        start: Instant::now(),
+        conns: (0..n).map(|_| CapConn::default()).collect(),
+        gate: tokio::sync::Semaphore::new(args.concurrency.max(1)),
+        progress: tokio::sync::Notify::new(),
+        settled: Cell::new(0),
+        errors: RefCell::new(Vec::new()),
+        error_count: Cell::new(0),
+        joined_all: Cell::new(0),
+        join_all_failed: Cell::new(0),
+        broadcast_id: Cell::new(u64::MAX),
+        broadcast_expected: Cell::new(0),
+        latencies: RefCell::new(Vec::new()),
+        strays: Cell::new(0),
+        storm_checking: Cell::new(false),
+        storm_sent: RefCell::new(Vec::new()),
+        back: Cell::new(0),
+        reconnect_attempts: Cell::new(0),
+        reconnect_failures: Cell::new(0),
+        unexpected_disconnects: Cell::new(0),
+        staying_disconnected: Cell::new(0),
+    });
+    // The storm drops every connection where ⌊i·f⌋ steps (f = 0.2: every fifth).
+    let f = args.storm_fraction.clamp(0.0, 1.0);
+    for (i, conn) in cap.conns.iter().enumerate() {
+        conn.dropper.set(((i + 1) as f64 * f).floor() > (i as f64 * f).floor());
+    }
+    let mut problems: Vec<String> = Vec::new();
+    let mut out = json!({
+        "scenario": "capacity",
+        "connections": n,
+        "rate": args.rate,
+        "concurrency": args.concurrency,
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "all_room": args.all_room,
+        "rooms_per_conn": 2,
+        "ping_interval_ms": args.ping_interval_ms,
+    });
+
+    // -- connect at a steady rate ---------------------------------------------------
+    let rss0 = pid.and_then(process_usage).map(|(_, rss)| rss);
+    let sock0 = sockstat_tcp();
+    let slab0 = meminfo_kib("Slab:");
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(0u8);
+    let rate: Option<f64> = args.rate.parse().ok();
+    let t_connect = Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((t_connect + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        }
+        tokio::task::spawn_local(cap_conn(i, cap.clone(), opts, phase_rx.clone()));
+    }
+    cap.wait_for(Duration::from_secs(3600), || cap.settled.get() >= n).await;
+    let connect_secs = t_connect.elapsed().as_secs_f64();
+    let mut connect_us: Vec<u64> =
+        cap.conns.iter().filter(|c| c.connected.get()).map(|c| c.connect_us.get()).collect();
+    connect_us.sort_unstable();
+    let connected = connect_us.len();
+    out["connected"] = json!(connected);
+    out["connect_failed"] = json!(n - connected);
+    out["connect_seconds"] = json!(connect_secs);
+    out["connect_rate"] = json!(connected as f64 / connect_secs.max(1e-9));
+    out["connect_ms_p50"] = json!(percentile_ms(&connect_us, 0.5));
+    out["connect_ms_p99"] = json!(percentile_ms(&connect_us, 0.99));
+    out["connect_ms_max"] = json!(percentile_ms(&connect_us, 1.0));
+    if connected < n {
+        problems.push(format!("{} of {n} connections failed", n - connected));
+    }
+
+    // -- memory: user space (RSS) and the kernel's (sockstat, slab) ----------------
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = pid.and_then(process_usage).map(|(_, rss)| rss);
+    let sock1 = sockstat_tcp();
+    let slab1 = meminfo_kib("Slab:");
+    let per_conn = |before: u64, after: u64, unit: f64| (after as f64 - before as f64) * unit / connected.max(1) as f64;
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        out["server_rss_kib_before"] = json!(a);
+        out["server_rss_kib"] = json!(b);
+        out["rss_per_connection_kib"] = json!(per_conn(a, b, 1.0));
+    }
+    // Machine-wide, so both ends of every loopback connection (the load
+    // generator's sockets too) and whatever else runs meanwhile.
+    if let (Some((inuse0, mem0)), Some((inuse1, mem1))) = (sock0, sock1) {
+        out["tcp_inuse_before"] = json!(inuse0);
+        out["tcp_inuse_after"] = json!(inuse1);
+        out["kernel_tcp_mem_kib_before"] = json!(mem0);
+        out["kernel_tcp_mem_kib_after"] = json!(mem1);
+        out["kernel_tcp_mem_bytes_per_connection"] = json!(per_conn(mem0, mem1, 1024.0));
+    }
+    if let (Some(a), Some(b)) = (slab0, slab1) {
+        out["kernel_slab_kib_before"] = json!(a);
+        out["kernel_slab_kib_after"] = json!(b);
+        out["kernel_slab_bytes_per_connection"] = json!(per_conn(a, b, 1024.0));
+    }
+    if args.all_room {
+        let alive = cap.alive(0..n);
+        phase_tx.send_replace(PHASE_JOIN_ALL);
+        let joined = cap
+            .wait_for(Duration::from_secs(120), || cap.joined_all.get() + cap.join_all_failed.get() >= alive)
+            .await;
+        if !joined || cap.join_all_failed.get() > 0 {
+            problems.push(format!("{} of {alive} did not join cap-all", alive - cap.joined_all.get()));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let (Some(a), Some((_, b))) = (rss0, pid.and_then(process_usage)) {
+            out["server_rss_kib_all_room"] = json!(b);
+            out["rss_per_connection_kib_all_room"] = json!(per_conn(a, b, 1.0));
+        }
+    }
+
+    // -- idle: heartbeats only ------------------------------------------------------
+    let lost_before = cap.unexpected_disconnects.get();
+    let alive = cap.alive(0..n);
+    // CPU from the threads' schedstat (ns; /proc/PID/stat counts 10 ms
+    // ticks), and from /proc/PID/stat beside it, which also keeps the time of
+    // threads that exit meanwhile.
+    let idle0 = pid.and_then(process_usage);
+    let idle0_ns = pid.and_then(process_cpu_ns);
+    let t_idle = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
+    let idle_secs = t_idle.elapsed().as_secs_f64();
+    let idle1_ns = pid.and_then(process_cpu_ns);
+    out["idle_seconds"] = json!(idle_secs);
+    if let (Some((c0, _)), Some((c1, _))) = (idle0, pid.and_then(process_usage)) {
+        out["idle_server_cpu_percent_stat"] = json!((c1 - c0) / idle_secs * 100.0);
+    }
+    if let (Some(a), Some(b)) = (idle0_ns, idle1_ns) {
+        let cpu = b.saturating_sub(a) as f64 / 1e9;
+        out["idle_server_cpu_percent"] = json!(cpu / idle_secs * 100.0);
+        let intervals = idle_secs * 1000.0 / args.ping_interval_ms as f64;
+        out["idle_server_cpu_us_per_conn_per_interval"] = json!(cpu * 1e6 / intervals / alive.max(1) as f64);
+    }
+    out["idle_disconnected"] = json!(cap.unexpected_disconnects.get() - lost_before);
+    if idle_secs * 1000.0 < args.ping_interval_ms as f64 {
+        out["idle_note"] = json!("the idle window is shorter than the ping interval: not every connection was pinged");
+    }
+
+    // -- broadcasts: to all, to a group of 1,000 --------------------------------------
+    let groups = n.div_ceil(GROUP_SMALL);
+    let mut sender = match args.via {
+        Via::Api => Sender::Api(Http { addr, stream: None }),
+        Via::Relay => {
+            // Member of every room it relays to (shardcast refuses a relay
+            // to a room the sender is not in; the others do not care).
+            let mut rooms: Vec<String> = (0..groups).map(|g| format!("cap-g{g}")).collect();
+            rooms.push("cap-k0".into());
+            if args.all_room {
+                rooms.push("cap-all".into());
+            }
+            match tokio::time::timeout(Duration::from_secs(60), join_user(addr, "cap-publisher", &rooms)).await {
+                Ok(Ok(client)) => Sender::Relay(client),
+                other => {
+                    problems.push(format!("the publisher could not connect: {:?}", other.map(|r| r.err())));
+                    out["problems"] = json!(problems);
+                    out["ok"] = json!(false);
+                    return out;
+                }
+            }
+        }
+    };
+    let can_all = args.via == Via::Api || args.all_room;
+    if !can_all {
+        problems.push("no broadcast to all: --via relay needs --all-room".into());
+    }
+    let group = n.min(GROUP_LARGE);
+    let (mut all_runs, mut group_runs) = (Vec::new(), Vec::new());
+    let mut id = 1; // 0 is what no connection has received yet
+    for _ in 0..args.broadcasts {
+        if can_all {
+            all_runs.push(cap_broadcast(&cap, &mut sender, id, None, n, pid).await);
+            id += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        group_runs.push(cap_broadcast(&cap, &mut sender, id, Some("cap-k0"), group, pid).await);
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    out["group_size"] = json!(group);
+    for (name, runs) in [("all", &all_runs), ("group", &group_runs)] {
+        if runs.is_empty() {
+            continue;
+        }
+        let field = |key: &str| median_of(runs.iter().map(|r: &Value| r[key].as_f64()));
+        out[format!("bcast_{name}_recipients")] = json!(runs[0]["recipients"]);
+        for key in ["p50_ms", "p99_ms", "max_ms", "server_cpu_ms"] {
+            out[format!("bcast_{name}_{key}")] = json!(field(key));
+        }
+        let missing: u64 = runs.iter().map(|r| r["missing"].as_u64().unwrap_or(0)).sum();
+        out[format!("bcast_{name}_missing")] = json!(missing);
+        out[format!("bcast_{name}_runs")] = json!(runs);
+        if missing > 0 {
+            problems.push(format!("broadcasts to {name}: {missing} deliveries missing"));
+        }
+        if let Some(e) = runs.iter().find_map(|r| r["error"].as_str()) {
+            problems.push(format!("broadcast to {name} failed: {e}"));
+        }
+    }
+    out["bcast_strays"] = json!(cap.strays.get());
+
+    // -- reconnect storm ---------------------------------------------------------------
+    let droppers = cap.conns.iter().filter(|c| c.dropper.get() && c.alive.get()).count();
+    if droppers > 0 {
+        *cap.storm_sent.borrow_mut() = vec![0; groups];
+        cap.storm_checking.set(true);
+        let stop = Rc::new(Cell::new(false));
+        let publisher = tokio::task::spawn_local(storm_publisher(cap.clone(), sender, args.storm_rate, stop.clone()));
+        // A second of relays before the drop: everyone's sequences are under way.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let staying = cap.conns.iter().filter(|c| !c.dropper.get() && c.alive.get()).count();
+        let cpu0 = pid.and_then(process_usage);
+        let drop_us = micros_since(cap.start);
+        phase_tx.send_replace(PHASE_STORM);
+        let all_back = cap.wait_for(Duration::from_secs_f64(args.storm_timeout), || cap.back.get() >= droppers).await;
+        let back_secs = (micros_since(cap.start) - drop_us) as f64 / 1e6;
+        let cpu1 = pid.and_then(process_usage);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.set(true);
+        let (_sender, relays, publish_errors, publish_secs) = publisher.await.expect("publisher");
+        // Let the last relays arrive: until every staying client has every number.
+        let complete = || {
+            let sent = cap.storm_sent.borrow();
+            cap.conns.iter().enumerate().all(|(i, c)| {
+                c.dropper.get() || !c.alive.get() || c.next_seq.get() >= sent[i / GROUP_SMALL]
+            })
+        };
+        cap.wait_for(Duration::from_secs(10), complete).await;
+        cap.storm_checking.set(false);
+        let sent = cap.storm_sent.borrow().clone();
+        let (mut checked, mut lost, mut disorder, mut with_errors) = (0u64, 0u64, 0u64, 0u64);
+        for (i, c) in cap.conns.iter().enumerate() {
+            if c.dropper.get() || !c.connected.get() {
+                continue;
+            }
+            let tail = sent[i / GROUP_SMALL].saturating_sub(c.next_seq.get());
+            let missing = c.missing.get() + tail;
+            checked += sent[i / GROUP_SMALL];
+            lost += missing;
+            disorder += c.disorder.get();
+            if missing + c.disorder.get() > 0 {
+                with_errors += 1;
+            }
+        }
+        let mut back_us: Vec<u64> = cap
+            .conns
+            .iter()
+            .filter(|c| c.dropper.get() && c.back_us.get() > 0)
+            .map(|c| c.back_us.get() - drop_us)
+            .collect();
+        back_us.sort_unstable();
+        out["storm_dropped"] = json!(droppers);
+        out["storm_back"] = json!(cap.back.get());
+        out["storm_all_back_seconds"] = json!(if all_back { Some(back_secs) } else { None });
+        out["storm_back_ms_p50"] = json!(percentile_ms(&back_us, 0.5));
+        out["storm_back_ms_p99"] = json!(percentile_ms(&back_us, 0.99));
+        out["storm_reconnect_attempts"] = json!(cap.reconnect_attempts.get());
+        out["storm_reconnect_failures"] = json!(cap.reconnect_failures.get());
+        if let (Some((c0, _)), Some((c1, _))) = (cpu0, cpu1) {
+            out["storm_server_cpu_seconds"] = json!(c1 - c0);
+        }
+        out["storm_staying"] = json!(staying);
+        out["storm_staying_disconnected"] = json!(cap.staying_disconnected.get());
+        out["storm_relays"] = json!(relays);
+        out["storm_relays_per_sec"] = json!(relays as f64 / publish_secs.max(1e-9));
+        out["storm_publish_errors"] = json!(publish_errors);
+        out["storm_checked_deliveries"] = json!(checked);
+        out["storm_lost"] = json!(lost);
+        out["storm_duplicated_or_reordered"] = json!(disorder);
+        out["storm_staying_with_errors"] = json!(with_errors);
+        out["backoff_ms"] = json!([args.backoff_min_ms, args.backoff_max_ms, args.backoff_jitter]);
+        if !all_back {
+            problems.push(format!(
+                "storm: only {} of {droppers} back after {:.0} s",
+                cap.back.get(),
+                args.storm_timeout
+            ));
+        }
+        if cap.staying_disconnected.get() > 0 {
+            problems.push(format!("storm: {} staying clients were disconnected", cap.staying_disconnected.get()));
+        }
+        if lost + disorder > 0 || publish_errors > 0 {
+            problems.push(format!(
+                "storm: staying clients lost {lost} relays, {disorder} duplicated or out of order, {publish_errors} publish errors"
+            ));
+        }
+    }
+
+    // -- the end ----------------------------------------------------------------------
+    out["disconnected_unexpectedly"] = json!(cap.unexpected_disconnects.get());
+    out["alive_at_end"] = json!(cap.alive(0..n));
+    if cap.unexpected_disconnects.get() > 0 {
+        problems.push(format!("{} connections were lost unexpectedly", cap.unexpected_disconnects.get()));
+    }
+    if let Some(pid) = pid {
+        if process_usage(pid).is_none() {
+            problems.push("the server exited".into());
+        }
+    }
+    out["errors"] = json!(cap.error_count.get());
+    out["error_samples"] = json!(*cap.errors.borrow());
+    out["ok"] = json!(problems.is_empty());
+    out["problems"] = json!(problems);
     out
 }
