@@ -11,6 +11,8 @@
 //!   second half of one after an upgrade from polling.
 //! - [`polling`]: Engine.IO over HTTP long-polling, and the switch to
 //!   WebSocket.
+//! - [`upgrade`]: the WebSocket side of that switch (`2probe`, `5`, its
+//!   deadline) as a state machine told the time.
 //!
 //! [`CloseReason`] and [`Traffic`] (byte counters) are shared by all of them.
 //!
@@ -23,6 +25,7 @@ pub mod engine;
 pub mod heartbeat;
 pub mod outbox;
 pub mod polling;
+pub mod upgrade;
 pub mod websocket;
 
 /// Why a connection ended. Also the `reason` label of the closed-connections metric.

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::engine::{on_text_packet, supervise, EngineHandler, Settings};
+use super::upgrade::{ProbeStep, UpgradeProbe};
 use super::Traffic;
 use super::outbox::{advance, fill_slices, send_vectored, Outbox, MAX_IOVECS};
 use super::CloseReason;
@@ -107,30 +108,33 @@ pub async fn run_upgrade<H: EngineHandler>(
 ) -> CloseReason {
     let mut decoder = FrameDecoder::new(settings.max_payload);
     let mut buf = BytesMut::from(&already_read[..]);
-    let probe_deadline = Instant::now() + settings.ping_timeout;
+    let mut probe = UpgradeProbe::new(std::time::Instant::now(), settings.ping_timeout);
+    let deadline = Instant::from_std(probe.deadline());
     loop {
-        let message = match tokio::time::timeout_at(probe_deadline, next_message(&mut stream, &mut buf, &mut decoder, traffic)).await {
+        let message = match tokio::time::timeout_at(deadline, next_message(&mut stream, &mut buf, &mut decoder, traffic)).await {
             Ok(Ok(message)) => message,
             Ok(Err(reason)) => return reason,
-            Err(_) => return CloseReason::ProtocolError("upgrade not completed in time".into()),
+            Err(_) => match probe.on_deadline() {
+                ProbeStep::Fail(reason) => return reason,
+                _ => unreachable!("a deadline only fails an upgrade"),
+            },
         };
         let text = match &message {
             Message::Text(bytes) => std::str::from_utf8(bytes).unwrap_or(""),
             Message::Close { .. } => return CloseReason::ClientClose,
             _ => continue,
         };
-        match engineio::decode(text) {
-            Ok(engineio::Packet::Ping("probe")) => {
+        match probe.on_packet(std::time::Instant::now(), engineio::decode(text)) {
+            ProbeStep::AnswerProbe => {
                 let reply = engineio::control_frame(engineio::PONG, "probe");
                 if stream.write_all(reply.wire()).await.is_err() {
                     return CloseReason::TransportError;
                 }
                 traffic.sent(reply.wire().len());
-                // The client pauses polling before it upgrades: release its pending GET.
                 handler.outbox().push_or_close(engineio::control_frame(b'6', ""));
             }
-            Ok(engineio::Packet::Upgrade) => break,
-            _ => return CloseReason::ProtocolError("expected 2probe or 5 during the upgrade".into()),
+            ProbeStep::Upgraded => break,
+            ProbeStep::Fail(reason) => return reason,
         }
     }
     upgraded();
