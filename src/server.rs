@@ -530,18 +530,7 @@ async fn serve_connection(
         }
         received = stream.try_read_buf(&mut head);
     }
-    let half_closed = has_finished_sending(&stream);
-    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot, half_closed).await
-}
-
-/// Whether the client has already shut its sending side (its FIN came with
-/// the request: `socket.end(request)`, a one-shot `nc -N`). Such a client
-/// still waits for the answer, so hyper must not take the EOF for an abort —
-/// but only for it: elsewhere an EOF while a long-poll waits is how an
-/// abandoned GET is noticed.
-fn has_finished_sending(stream: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(0))
+    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot).await
 }
 
 /// One non-blocking `recv` into `buf`'s spare room.
@@ -558,7 +547,6 @@ async fn serve_http(
     stream: PrefixedStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
-    half_closed: bool,
 ) {
     let broker = services.broker.clone();
     // Dropped with the connection (or when hyper hands an upgraded one over,
@@ -577,7 +565,6 @@ async fn serve_http(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .half_close(half_closed)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {

@@ -192,29 +192,6 @@ describe('the WebSocket handshake, however the request arrives', () => {
     });
     assert.match(answer, /^HTTP\/1\.1 400 /);
   });
-
-  /** Sends `request` and half-closes in the same go (`socket.end(request)`,
-   * as curl --data with a one-shot client or a shell `printf | nc -N` do);
-   * resolves with everything the server wrote until it closed. */
-  const halfClosed = (request) => new Promise((resolve, reject) => {
-    const socket = net.connect(server.port, '127.0.0.1', () => socket.end(request));
-    let text = '';
-    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no close; got ${JSON.stringify(text)}`)); }, 5000);
-    socket.on('data', (d) => { text += d; });
-    socket.on('end', () => { clearTimeout(timer); resolve(text); });
-    socket.on('error', (e) => { clearTimeout(timer); reject(e); });
-  });
-
-  it('a client that half-closes right after its request still gets the answer', async () => {
-    const health = await halfClosed(`GET /health HTTP/1.1\r\nHost: 127.0.0.1:${server.port}\r\n\r\n`);
-    assert.match(health, /^HTTP\/1\.1 200 /);
-    assert.match(health, /"status":"ok"/);
-    const body = JSON.stringify({ event: 'half-closed', data: 1 });
-    const publish = await halfClosed(`POST /api/broadcast HTTP/1.1\r\nHost: 127.0.0.1:${server.port}\r\n`
-      + `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
-    assert.match(publish, /^HTTP\/1\.1 200 /);
-    assert.match(publish, /"success":true/);
-  });
 });
 
 // ---------------------------------------------------------------------------
