@@ -308,12 +308,14 @@ fn run_shard(
         let listener = TcpListener::from_std(listener).expect("listener is non-blocking");
         tokio::task::spawn_local(crate::shard::run_inbox(shard.clone()));
         let acceptor = tokio::task::spawn_local(accept_loop(shard.clone(), services, listener));
-        let mut ticks = 0u32;
-        while !shard.is_shutting_down() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            ticks += 1;
-            if ticks % 20 == 0 {
-                release_freed_memory();
+        // Wakes once a second (not on a short tick: an idle shard should
+        // cost nothing), and at once when shutdown begins.
+        let mut collect = tokio::time::interval(Duration::from_secs(1));
+        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shard.shutdown_begun() => break,
+                _ = collect.tick() => release_freed_memory(),
             }
         }
         acceptor.abort();

@@ -105,6 +105,8 @@ pub struct Shard {
     /// GET answered by the session's shard must still be written here).
     requests_in_flight: Cell<usize>,
     shutting_down: Cell<bool>,
+    /// Wakes whoever waits for shutdown (the shard thread's main loop).
+    shutdown_begun: tokio::sync::Notify,
 }
 
 /// An HTTP request being answered on a shard (see [`Shard::request_in_flight`]).
@@ -130,6 +132,7 @@ impl Shard {
             applying_inbox: Cell::new(false),
             requests_in_flight: Cell::new(0),
             shutting_down: Cell::new(false),
+            shutdown_begun: tokio::sync::Notify::new(),
         }
     }
 
@@ -172,6 +175,13 @@ impl Shard {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_begun(&self) {
+        while !self.shutting_down.get() {
+            self.shutdown_begun.notified().await;
+        }
     }
 
     /// Counts an HTTP request as being answered until the guard drops.
@@ -424,6 +434,7 @@ impl Shard {
     /// that opens from now on.
     fn begin_shutdown(&self) {
         self.shutting_down.set(true);
+        self.shutdown_begun.notify_one();
         self.sessions.borrow_mut().close_all(CloseReason::ServerShutdown);
     }
 
