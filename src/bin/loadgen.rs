@@ -798,7 +798,7 @@ struct Http {
 
 impl Http {
     async fn post(&mut self, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         if let Some(stream) = &self.stream {
             // A closed keep-alive connection reads as EOF; an open one would block.
             let mut probe = [0u8; 1];
@@ -825,13 +825,10 @@ impl Http {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if let Err(e) = read_more(stream, &mut buf).await {
                 self.stream = None;
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                return Err(e);
             }
-            buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -843,13 +840,10 @@ impl Http {
             })
             .ok_or_else(|| std::io::Error::other("HTTP answer without Content-Length"))?;
         while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if let Err(e) = read_more(stream, &mut buf).await {
                 self.stream = None;
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                return Err(e);
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
         let value = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
         Ok((status, value))
@@ -1282,4 +1276,17 @@ async fn capacity(args: &Args, addr: SocketAddr) -> Value {
     out["ok"] = json!(problems.is_empty());
     out["problems"] = json!(problems);
     out
+}
+
+/// Appends one read's worth to `buf`; the end of the stream is an error
+/// (an HTTP answer was still expected).
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let n = stream.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
 }
