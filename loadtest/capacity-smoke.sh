@@ -40,28 +40,8 @@ if [[ "$(ulimit -n)" != unlimited && "$(ulimit -n)" -lt $((N + 200)) ]]; then
   exit 2
 fi
 
-if [[ -n "${LOADTEST_OUT:-}" ]]; then
-  OUT="$LOADTEST_OUT"; mkdir -p "$OUT"; KEEP_OUT=1
-else
-  OUT="$(mktemp -d)"; KEEP_OUT=0
-fi
-
-BROKER_PID=""
-stop_broker() {
-  if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill -TERM "$BROKER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$BROKER_PID" 2>/dev/null || true
-    wait "$BROKER_PID" 2>/dev/null || true
-  fi
-  BROKER_PID=""
-}
-cleanup() {
-  stop_broker
-  [[ "$KEEP_OUT" = 1 ]] || rm -rf "$OUT"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/broker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/broker.sh"
 
 # Presence and room announcements off, as for large notification rooms
 # (README: ROOM_EVENTS); pings every second, 3 s to answer: a client that stops

@@ -47,23 +47,8 @@ if [[ ! -x "$BIN" ]]; then
   exit 2
 fi
 
-if [[ -n "${LOADTEST_OUT:-}" ]]; then
-  OUT="$LOADTEST_OUT"; mkdir -p "$OUT"; KEEP_OUT=1
-else
-  OUT="$(mktemp -d)"; KEEP_OUT=0
-fi
-
-BROKER_PID=""
-cleanup() {
-  if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-    kill -TERM "$BROKER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$BROKER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$BROKER_PID" 2>/dev/null || true
-  fi
-  [[ "$KEEP_OUT" = 1 ]] || rm -rf "$OUT"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/broker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/broker.sh"
 
 PORT=0 HOST=127.0.0.1 RUST_LOG="${RUST_LOG:-warn}" "$BIN" >"$OUT/broker.log" 2>&1 &
 BROKER_PID=$!
