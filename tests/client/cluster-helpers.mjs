@@ -163,10 +163,16 @@ export async function startCluster(redis, count = 3, env = {}, { waitMs = 15000 
   const nodes = await Promise.all(Array.from({ length: count }, (_, i) => {
     const nodeId = `n${i}${tag}`;
     return startServer({ SHARDS: 2, CLUSTER_NODE_TTL: '3s', NODE_ID: nodeId, ...env, REDIS_URL: redis.url })
-      .then((s) => Object.assign(s, { nodeId, name: `node ${i} (${nodeId}, port ${s.port})` }));
+      .then((s) => Object.assign(s, { requestedNodeId: nodeId, nodeId, name: `node ${i} (port ${s.port})` }));
   }));
   try {
     await waitClusterSize(nodes, count, waitMs);
+    // The id each node goes by (its /health), which the tests compare answers with.
+    for (const [i, node] of nodes.entries()) {
+      const h = await health(node);
+      node.nodeId = h.json.cluster.node;
+      node.name = `node ${i} (${node.nodeId}, port ${node.port})`;
+    }
   } catch (e) {
     await stopNodes(nodes);
     throw e;

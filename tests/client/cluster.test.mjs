@@ -88,6 +88,17 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     await redis?.stop();
   });
 
+  it('NODE_ID names the node: /health, /api/stats and the connections it lists', async () => {
+    for (const node of nodes) {
+      const h = await health(node);
+      assert.equal(h.status, 200);
+      assert.equal(h.json.status, 'ok');
+      assert.deepEqual(pick(h.json.cluster, ['node', 'redis', 'delivery', 'nodes']),
+        { node: node.requestedNodeId, redis: 'up', delivery: 'ok', nodes: 3 }, `/health of ${node.name} started with NODE_ID=${node.requestedNodeId}`);
+      assert.equal((await stats(node)).node.id, node.requestedNodeId, `GET /api/stats node.id of ${node.name}`);
+    }
+  });
+
   it('join-room memberCount is cluster-wide; user-joined, custom-event relays and user-left reach the members on every node exactly once', async () => {
     const [A, B, C] = nodes;
     const room = uid('room');
@@ -123,21 +134,22 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
 
     // A leave on B and a disconnect on C: every remaining member hears each once.
     const [leaver, gone] = [members[4], members[5]];
+    const goneId = gone.id; // socket.io-client clears socket.id on disconnect
     const leaveAck = await emitWithAck(leaver, 'leave-room', { roomName: room });
     assertSuccess(leaveAck, 'leave-room');
     gone.disconnect();
     const rest = members.slice(0, 4);
     await Promise.all(rest.filter((m) => m !== leaver).map((m) => Promise.all([
       waitForEvent(m, 'user-left', 5000, (d) => d.roomName === room && d.socketId === leaver.id),
-      waitForEvent(m, 'user-left', 5000, (d) => d.roomName === room && d.socketId === gone.id),
+      waitForEvent(m, 'user-left', 5000, (d) => d.roomName === room && d.socketId === goneId),
     ])));
     await sleep(300); // duplicates
     for (const m of rest.filter((x) => x !== leaver)) {
       const left = received(m, 'user-left', (d) => d.roomName === room);
-      assert.deepEqual(sorted(left.map((d) => d.socketId)), sorted([leaver.id, gone.id]), `user-left heard by ${label(m)}`);
+      assert.deepEqual(sorted(left.map((d) => d.socketId)), sorted([leaver.id, goneId]), `user-left heard by ${label(m)}`);
       assert.deepEqual(sorted(left.map((d) => d.userId)), sorted([leaver.userId, gone.userId]));
     }
-    assert.equal(received(leaver, 'user-left', (d) => d.roomName === room && d.socketId === gone.id).length, 0,
+    assert.equal(received(leaver, 'user-left', (d) => d.roomName === room && d.socketId === goneId).length, 0,
       'a member that left before the disconnect hears nothing more of the room');
 
     // The room as every node sees it: 4 members, their users.
