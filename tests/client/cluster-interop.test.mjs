@@ -20,7 +20,7 @@ import {
 } from './helpers.mjs';
 import {
   redisMissing, startRedis, startCluster, stopNodes, postJson, waitRoomSubscribers, join, userOn, anonOn,
-  expectDeliveries,
+  expectDeliveries, metric,
 } from './cluster-helpers.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -150,12 +150,18 @@ describe('cluster interop: Node socket.io 4.8 + @socket.io/redis-adapter 8 and @
     await nodeCall(nOut, 'room-emit', { rooms: [room, room2], event: 'node-two-rooms', data: 'two' });
     await nodeCall(nOut, 'room-emit', { rooms: room2, event: 'node-room2', data: 2 });
     await nodeCall(nOut, 'all-emit', { event: 'node-all', data: { all: true } });
+    await nodeCall(nOut, 'room-emit', { rooms: room, event: 'node-args', args: [1, 'two', { three: 3 }, null] });
     await expectDeliveries(all, [
       { event: 'node-room', expected: inRoom, data: rich('node-room') },
       { event: 'node-two-rooms', expected: inRoom, data: 'two' },
       { event: 'node-room2', expected: [s1, n1], data: 2 },
       { event: 'node-all', expected: all, data: { all: true } },
+      { event: 'node-args', expected: inRoom, data: 1 },
     ]);
+    for (const s of inRoom) {
+      const [rec] = s.inbox.events.filter((e) => e.event === 'node-args');
+      assert.deepEqual(rec.args, [1, 'two', { three: 3 }, null], `every argument of io.to(room).emit(event, ...args) on ${s.userId}@${s.nodeName}`);
+    }
   });
 
   it('shardcast HTTP room broadcasts (with exclude) and broadcasts to all reach the Node server\'s clients exactly once', async () => {
@@ -180,6 +186,21 @@ describe('cluster interop: Node socket.io 4.8 + @socket.io/redis-adapter 8 and @
       { event: 'sc-relay', expected: [s1, s3, n1, n2], data: rich('sc-relay') },
       { event: 'node-relay', expected: [n2, s1, s2, s3], data: rich('node-relay') },
     ]);
+  });
+
+  it('a binary broadcast from socket.io (msgpack bin) is dropped by shardcast and counted; the Node clients get it; what follows still flows', async () => {
+    const [A, B] = nodes;
+    const UNDECODABLE = 'shardcast_cluster_messages_undecodable_total';
+    const before = await Promise.all([metric(A, UNDECODABLE), metric(B, UNDECODABLE)]);
+    emitter.to(room).emit('em-bin', Buffer.from([1, 2, 3]));
+    emitter.to(room).emit('em-after-bin', 'text');
+    await expectDeliveries(all, [
+      { event: 'em-bin', expected: [n1, n2] },
+      { event: 'em-after-bin', expected: inRoom, data: 'text' },
+    ]);
+    for (const s of [n1, n2]) assert.deepEqual([...received(s, 'em-bin')[0]], [1, 2, 3], 'the Node clients get the binary argument');
+    const after = await Promise.all([metric(A, UNDECODABLE), metric(B, UNDECODABLE)]);
+    assert.deepEqual(after.map((v, i) => v - before[i]), [1, 1], `${UNDECODABLE} on the two nodes (both have members): ${before} -> ${after}`);
   });
 
   it('@socket.io/redis-emitter: to(room), to([rooms]), except(room) and emit to all reach shardcast and Node clients exactly once, in order', async () => {

@@ -8,7 +8,7 @@
 // Prints "listening <port>" once it serves and the adapter's subscriptions
 // are in place. Its clients drive it with events (every one acknowledged):
 //   join <room>                        socket.join(room)
-//   room-emit { rooms, event, data }   io.to(rooms).emit(event, data)
+//   room-emit { rooms, event, data }   io.to(rooms).emit(event, data)   ({ args: [...] }: several arguments)
 //   all-emit { event, data }           io.emit(event, data)
 //   relay { room, event, data }        socket.to(room).emit(event, data) (sender excluded)
 
@@ -31,7 +31,7 @@ const io = new Server(httpServer, { adapter: createAdapter(pub, sub, { key }) })
 
 io.on('connection', (socket) => {
   socket.on('join', (room, ack) => { socket.join(room); ack({ ok: true, id: socket.id }); });
-  socket.on('room-emit', ({ rooms, event, data }, ack) => { io.to(rooms).emit(event, data); ack({ ok: true }); });
+  socket.on('room-emit', ({ rooms, event, data, args }, ack) => { io.to(rooms).emit(event, ...(args || [data])); ack({ ok: true }); });
   socket.on('all-emit', ({ event, data }, ack) => { io.emit(event, data); ack({ ok: true }); });
   socket.on('relay', ({ room, event, data }, ack) => { socket.to(room).emit(event, data); ack({ ok: true }); });
 });

@@ -479,6 +479,101 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     }
   });
 
+  it('concurrent joins on three nodes (12 fresh rooms): each member hears exactly the joins counted after its own (ack memberCount + user-joined = members)', async () => {
+    const [A, B, C] = nodes;
+    const problems = [];
+    for (let r = 0; r < 12; r++) {
+      const room = uid(`cj${r}`);
+      const ss = await Promise.all([A, B, C].map((n, i) => userOn(n, uid(`cj${r}-${i}`))));
+      // The three joins leave this process back to back, first from a different node each round.
+      const order = [0, 1, 2].map((k) => (k + r) % 3);
+      const acksInOrder = await Promise.all(order.map((i) => emitWithAck(ss[i], 'join-room', { roomName: room })));
+      const acks = [0, 1, 2].map((i) => acksInOrder[order.indexOf(i)]);
+      for (const a of acks) assertSuccess(a, 'concurrent join-room');
+      assert.deepEqual(sorted(acks.map((a) => a.memberCount)), [1, 2, 3], `room ${r}: the three concurrent joins are counted 1, 2, 3: ${JSON.stringify(acks)}`);
+      // Every join is announced to every member that was in the room before it
+      // (a miss is recorded below with the rest, after at most 3 s).
+      await waitUntil(() => ss.every((s, i) => received(s, 'user-joined', (d) => d.roomName === room).length >= 3 - acks[i].memberCount), 3000)
+        .catch(() => {});
+      await sleep(150); // stray announcements
+      ss.forEach((s, i) => {
+        const heard = received(s, 'user-joined', (d) => d.roomName === room).map((d) => d.userId);
+        const later = ss.filter((_, j) => acks[j].memberCount > acks[i].memberCount).map((x) => x.userId);
+        if (JSON.stringify(sorted(heard)) !== JSON.stringify(sorted(later))) {
+          problems.push(`room ${r}: member ${s.userId} on ${s.nodeName} joined as #${acks[i].memberCount} and heard user-joined for [${heard}], expected [${later}]`);
+        }
+      });
+      for (const s of ss) s.disconnect();
+    }
+    assert.deepEqual(problems, [], 'each member hears user-joined for exactly the joins counted after its own: not one it already counted (a client keeping count would count it twice), none missed');
+  });
+
+  it('a user connecting on three nodes at once gets one user-online, and one user-offline when all three go (8 rounds)', async () => {
+    const [A, B, C] = nodes;
+    const obs = [await userOn(A, uid('race-obsA')), await userOn(B, uid('race-obsB')), await userOn(C, uid('race-obsC'))];
+    const users = [];
+    for (let r = 0; r < 8; r++) {
+      const u = uid(`race${r}`);
+      users.push(u);
+      const ss = await Promise.all([A, B, C].map((n) => userOn(n, u)));
+      await Promise.all(obs.map((o) => waitForEvent(o, 'user-online', 5000, (d) => d.userId === u)));
+      for (const s of ss) s.disconnect();
+      await Promise.all(obs.map((o) => waitForEvent(o, 'user-offline', 5000, (d) => d.userId === u)));
+    }
+    await sleep(300);
+    for (const o of obs) {
+      for (const u of users) {
+        const seq = o.inbox.events.filter((e) => ['user-online', 'user-offline'].includes(e.event) && e.data.userId === u).map((e) => e.event);
+        assert.deepEqual(seq, ['user-online', 'user-offline'], `${label(o)}: presence of ${u}, on three nodes at once`);
+      }
+    }
+    for (const u of users) assert.equal((await userInfo(B, u)).online, false);
+  });
+
+  it('room and user names with #, :, *, ?, [ ], spaces and non-ASCII cross the nodes like any other', async () => {
+    const [A, B, C] = nodes;
+    const room = `a#b:c*d?[e] ☃ ${uid('odd')}#`;
+    const u = `u:*?[x]# ${uid('odd')}`;
+    const us = [await userOn(B, u), await userOn(C, u)];
+    const m = await userOn(A, uid('odd-m'));
+    for (const s of [m, ...us]) await join(s, room);
+    await waitRoomSubscribers(rc, room, 3);
+    const prefixTwin = await userOn(C, uid('odd-twin')); // a member of a room whose name is a prefix of the other
+    await join(prefixTwin, room.slice(0, 5));
+    const all = [m, ...us, prefixTwin];
+    assertSuccess(await emitWithAck(m, 'custom-event', { event: 'odd-relay', data: room, roomName: room }));
+    const rb = await postJson(C, `/api/rooms/${enc(room)}/broadcast`, { event: 'odd-room', data: 1, exclude: [m.userId] });
+    const us1 = await postJson(A, `/api/users/${enc(u)}/send`, { event: 'odd-user', data: u });
+    assert.deepEqual([rb.delivered, us1.delivered, us1.online], [2, 2, true], JSON.stringify([rb, us1]));
+    await expectDeliveries(all, [
+      { event: 'odd-relay', expected: us, data: room },
+      { event: 'odd-room', expected: us, data: 1 },
+      { event: 'odd-user', expected: us, data: u },
+    ]);
+    const info = await userInfo(A, u);
+    assert.equal(info.connections.length, 2, JSON.stringify(info));
+    assert.equal((await roomInfo(A, room)).memberCount, 3);
+  });
+
+  it('a 300 KB payload crosses the nodes intact (relay, room broadcast, user send)', async () => {
+    const [A, B, C] = nodes;
+    const room = uid('big');
+    const big = { text: 'é☃'.repeat(50000), list: Array.from({ length: 5000 }, (_, i) => i) };
+    const a = await userOn(A, uid('big-a'));
+    const b = await userOn(B, uid('big-b'));
+    const c = await userOn(C, uid('big-c'));
+    for (const s of [a, b, c]) await join(s, room);
+    await waitRoomSubscribers(rc, room, 3);
+    assertSuccess(await emitWithAck(a, 'custom-event', { event: 'big-relay', data: big, roomName: room }));
+    assert.equal((await postJson(B, `/api/rooms/${enc(room)}/broadcast`, { event: 'big-room', data: big })).delivered, 3);
+    assert.equal((await postJson(C, `/api/users/${enc(a.userId)}/send`, { event: 'big-user', data: big })).delivered, 1);
+    await expectDeliveries([a, b, c], [
+      { event: 'big-relay', expected: [b, c], data: big },
+      { event: 'big-room', expected: [a, b, c], data: big },
+      { event: 'big-user', expected: [a], data: big },
+    ], { graceMs: 100 });
+  });
+
   it('interest: a node with no member in a room receives no Redis message for it; the room channel is dropped on its last local leave', async () => {
     const [A, B, C] = nodes;
     const room = uid('interest');
@@ -502,6 +597,7 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     for (let i = 0; i < 10; i++) await relay(a1, room, 'int-relay', i);
     await waitUntil(() => received(b1, 'int-bc').length === N && received(b1, 'int-relay').length === 10, 5000,
       () => `b1 got ${received(b1, 'int-bc').length}/${N} broadcasts, ${received(b1, 'int-relay').length}/10 relays`);
+    assert.deepEqual(received(b1, 'int-bc'), range(0, N), 'HTTP publishes on A, each after the previous answer, reach B in order');
     const after = await Promise.all(nodes.map((n) => metric(n, RX)));
     const delta = after.map((v, i) => v - before[i]);
     assert.ok(delta[1] >= N + 10, `node B (a member) received ${delta[1]} Redis messages for ${N + 10} publishes`);
@@ -740,6 +836,11 @@ describe('cluster: Redis restarted in the middle of traffic', { skip: redisMissi
       const r = await roomInfo(node, room);
       assert.equal(r && r.memberCount, 4, `${room} on ${node.name} after the restart: ${JSON.stringify(r)}`);
     }
+    // Nobody left: no member heard a user-offline for another (Redis forgetting them is not their leaving).
+    for (const s of members) {
+      const flaps = received(s, 'user-offline', (d) => [ua1, ua2, ub1, uc1].includes(d.userId)).map((d) => d.userId);
+      assert.deepEqual(flaps, [], `${label(s)} heard user-offline for users that never left`);
+    }
     const newcomer = uid('rr-new');
     await userOn(B, newcomer);
     await waitForEvent(a1, 'user-online', 5000, (d) => d.userId === newcomer);
@@ -752,6 +853,170 @@ describe('cluster: Redis restarted in the middle of traffic', { skip: redisMissi
       const got = seqs(s, 'stream');
       assertIncreasing(got, `relay stream on ${label(s)}`);
       assert.ok(got.length > 0 && got[got.length - 1] === sent - 1, `${label(s)} has the last relay sent after Redis returned (got ${got.length}, last ${got[got.length - 1]} of ${sent - 1})`);
+    }
+  });
+});
+
+// ===========================================================================
+// Redis stalled (SIGSTOP) for longer than CLUSTER_NODE_TTL, then resumed
+// ===========================================================================
+
+describe('cluster: Redis stalled longer than CLUSTER_NODE_TTL (SIGSTOP, then SIGCONT)', { skip: redisMissing }, () => {
+  let redis;
+  let nodes;
+
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startCluster(redis, 3, { CLUSTER_NODE_TTL: '3s', CLUSTER_REQUEST_TIMEOUT: '1s' });
+  });
+  after(async () => {
+    if (redis && !redis.exited) { try { process.kill(redis.pid, 'SIGCONT'); } catch { /* gone */ } }
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+
+  it('local delivery goes on during the stall; afterwards presence and rooms are right and no user that stayed is announced offline', async () => {
+    const [A, B, C] = nodes;
+    const room = uid('stall');
+    const names = { a1: uid('st-a1'), a2: uid('st-a2'), b1: uid('st-b1'), b2: uid('st-b2'), c1: uid('st-c1') };
+    const a1 = await userOn(A, names.a1);
+    const a2 = await userOn(A, names.a2);
+    const b1 = await userOn(B, names.b1);
+    const b2 = await userOn(B, names.b2);
+    const c1 = await userOn(C, names.c1);
+    for (const s of [a1, a2, b1, b2, c1]) await join(s, room);
+    const rc = redis.client();
+    try { await waitRoomSubscribers(rc, room, 3); } finally { rc.disconnect(); }
+    await Promise.all([a1, a2, b1, b2].map((s) => waitForEvent(s, 'user-online', 5000, (d) => d.userId === names.c1)));
+
+    process.kill(redis.pid, 'SIGSTOP');
+    const stalledAt = Date.now();
+    try {
+      // A relay while Redis does not answer: acknowledged within CLUSTER_REQUEST_TIMEOUT + slack, delivered on the node.
+      const t = Date.now();
+      const ack = await emitWithAck(a1, 'custom-event', { event: 'stall-relay', data: 1, roomName: room }, 10000);
+      assertSuccess(ack, 'relay during the stall');
+      assert.ok(Date.now() - t < 1000 + 2000, `the relay ack took ${Date.now() - t} ms while Redis stalled`);
+      await waitForEvent(a2, 'stall-relay', 3000);
+      // A user leaves and another arrives during the stall.
+      b2.disconnect();
+      const lateName = uid('st-late');
+      const late = await userOn(C, lateName);
+      // Stall past the TTL: every heartbeat key expires in Redis's eyes.
+      await sleep(Math.max(0, 3000 + 1500 - (Date.now() - stalledAt)));
+      process.kill(redis.pid, 'SIGCONT');
+      await waitClusterSize(nodes, 3, 15000);
+      // Let the nodes re-register and anything they announce arrive.
+      let last;
+      await waitUntil(async () => {
+        last = [await userInfo(A, lateName), await userInfo(A, names.b2), await roomInfo(A, room), await stats(B)];
+        return last[0].online && !last[1].online && last[2] && last[2].memberCount === 4 && last[3].onlineUsers === 5;
+      }, 10000, () => `after the stall: ${JSON.stringify(last)}`, 100);
+      await sleep(1000); // one more heartbeat round for late announcements
+      for (const [k, u] of Object.entries(names)) {
+        for (const n of nodes) {
+          const info = await userInfo(n, u);
+          assert.equal(info.online, k !== 'b2', `${u} on ${n.name} after the stall: ${JSON.stringify(info)}`);
+        }
+      }
+      const stayed = [names.a1, names.a2, names.b1, names.c1];
+      const flaps = [];
+      for (const s of [a1, a2, b1, c1, late]) {
+        const off = received(s, 'user-offline', (d) => stayed.includes(d.userId)).map((d) => d.userId);
+        if (off.length) flaps.push(`${label(s)} heard user-offline for [${off}]`);
+      }
+      assert.deepEqual(flaps, [], 'users that never left were announced offline after the stall');
+      for (const s of [a1, b1, c1]) assert.equal(received(s, 'user-offline', (d) => d.userId === names.b2).length, 1, `${label(s)}: user-offline for the user who left during the stall`);
+      await relay(c1, room, 'after-stall', 2);
+      await expectDeliveries([a1, a2, b1, c1], [{ event: 'after-stall', expected: [a1, a2, b1], data: 2 }]);
+    } finally {
+      try { process.kill(redis.pid, 'SIGCONT'); } catch { /* gone */ }
+    }
+  });
+});
+
+// ===========================================================================
+// A node stopped cleanly (SIGTERM), default CLUSTER_NODE_TTL
+// ===========================================================================
+
+describe('cluster: a node stopped cleanly (SIGTERM) with CLUSTER_NODE_TTL=15s', { skip: redisMissing }, () => {
+  let redis;
+  let nodes;
+
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startCluster(redis, 3, { CLUSTER_NODE_TTL: '15s', CLUSTER_REQUEST_TIMEOUT: '2s' });
+  });
+  after(async () => {
+    await stopNodes(nodes);
+    await redis?.stop();
+  });
+
+  it('its users go offline at once, and the others\' queries and publishes do not wait for it', async () => {
+    const [A, B, C] = nodes;
+    const obsA = await userOn(A, uid('cs-obsA'));
+    const obsB = await userOn(B, uid('cs-obsB'));
+    const v = uid('cs-victim');
+    await userOn(C, v);
+    await Promise.all([obsA, obsB].map((o) => waitForEvent(o, 'user-online', 5000, (d) => d.userId === v)));
+    const stoppedAt = Date.now();
+    const exit = await C.stop();
+    assert.deepEqual(exit, { code: 0, signal: null }, 'the node exits by itself on SIGTERM');
+    await Promise.all([obsA, obsB].map((o) => waitForEvent(o, 'user-offline', 2000, (d) => d.userId === v)));
+    process.stdout.write(`# user-offline ${Date.now() - stoppedAt} ms after SIGTERM\n`);
+    // A node that left cleanly is not waited for (its heartbeat key is gone).
+    const st = await http(A, 'GET', '/api/stats');
+    assert.equal(st.status, 200);
+    assert.ok(st.ms < 1000, `GET /api/stats right after a clean stop took ${st.ms} ms (CLUSTER_REQUEST_TIMEOUT=2s): ${st.text}`);
+    assert.deepEqual(pick(st.json.cluster, CLUSTER_KEYS), { nodes: 2, answered: 2, partial: false }, st.text);
+    const bc = await http(B, 'POST', '/api/broadcast', { event: 'cs-all', data: 1 });
+    assert.ok(bc.ms < 1000, `a broadcast to all right after a clean stop took ${bc.ms} ms: ${bc.text}`);
+    assert.deepEqual([bc.json.delivered, bc.json.partial === true], [2, false], bc.text);
+  });
+});
+
+// ===========================================================================
+// Two deployments on one Redis, told apart by REDIS_PREFIX and REDIS_ADAPTER_KEY
+// ===========================================================================
+
+describe('cluster: REDIS_PREFIX and REDIS_ADAPTER_KEY keep two deployments on one Redis apart', { skip: redisMissing }, () => {
+  let redis;
+  let x;
+  let y;
+
+  before(async () => {
+    redis = await startRedis();
+    [x, y] = await Promise.all([
+      startCluster(redis, 2, { REDIS_PREFIX: 'depx', REDIS_ADAPTER_KEY: 'sio-x' }),
+      startCluster(redis, 2, { REDIS_PREFIX: 'depy', REDIS_ADAPTER_KEY: 'sio-y' }),
+    ]);
+  });
+  after(async () => {
+    await stopNodes([...(x || []), ...(y || [])]);
+    await redis?.stop();
+  });
+
+  it('same room and user names in both: each deployment sees only its own nodes, members and users', async () => {
+    const room = uid('shared-name');
+    const u = uid('shared-user');
+    const xs = [await userOn(x[0], u), await userOn(x[1], uid('x-other'))];
+    const ys = [await userOn(y[0], u), await userOn(y[1], uid('y-other'))];
+    for (const s of [...xs, ...ys]) await join(s, room);
+    const all = [...xs, ...ys];
+    const rx = await postJson(x[0], `/api/rooms/${enc(room)}/broadcast`, { event: 'dep-x', data: 'x' });
+    const ry = await postJson(y[1], `/api/users/${enc(u)}/send`, { event: 'dep-y', data: 'y' });
+    const ra = await postJson(x[1], '/api/broadcast', { event: 'dep-x-all', data: 'x' });
+    assert.deepEqual([rx.delivered, ry.delivered, ra.delivered], [2, 1, 2], JSON.stringify([rx, ry, ra]));
+    await expectDeliveries(all, [
+      { event: 'dep-x', expected: xs, data: 'x' },
+      { event: 'dep-y', expected: [ys[0]], data: 'y' },
+      { event: 'dep-x-all', expected: xs, data: 'x' },
+    ]);
+    for (const n of [...x, ...y]) {
+      const s = await stats(n);
+      assert.deepEqual([s.cluster.nodes, s.connections, s.rooms], [2, 2, 1], `${n.name}: ${JSON.stringify(s)}`);
+      assert.equal((await roomInfo(n, room)).memberCount, 2);
+      assert.equal((await userInfo(n, u)).connections.length, 1);
     }
   });
 });
