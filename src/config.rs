@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", value_parser = non_empty)]
     pub redis_url: Option<String>,
 
+    /// This node's name in a cluster (Redis keys and channels, `/health`, logs); default:
+    /// random at each start. Letters, digits, `.`, `_`, `-`; at most 64.
+    #[arg(long, env = "NODE_ID", value_parser = node_id)]
+    pub node_id: Option<String>,
+
     /// Prefix of shardcast's own Redis keys and channels (one per deployment sharing a Redis).
     #[arg(long, env = "REDIS_PREFIX", default_value = "shardcast", value_parser = non_empty)]
     pub redis_prefix: String,
@@ -282,6 +287,14 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["shardcast"])
     }
+}
+
+fn node_id(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > 64 || !value.chars().all(allowed) {
+        return Err("must be 1 to 64 letters, digits, '.', '_' or '-'".into());
+    }
+    Ok(value.to_string())
 }
 
 fn non_empty(value: &str) -> Result<String, String> {

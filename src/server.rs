@@ -129,7 +129,8 @@ impl Server {
         // Cluster mode: the shards' queue to the cluster thread exists before the shards.
         let cluster_queue = config.redis_url.as_ref().map(|_| {
             let (commands, queued) = Cluster::channel();
-            let status = Arc::new(ClusterStatus::new(wire::node_name(node_tag())));
+            let name = config.node_id.clone().unwrap_or_else(|| wire::node_name(node_tag()));
+            let status = Arc::new(ClusterStatus::new(name));
             (ClusterLink::new(commands.clone(), status.clone()), (commands, queued), status)
         });
         let (link, cluster_queue) = match cluster_queue {

@@ -159,8 +159,8 @@ enum Expect {
     Listed,
     /// Every live node.
     Live,
-    /// The one node, if `PUBLISH` reached a subscriber.
-    Node(String),
+    /// The node the script returned, if any.
+    Node,
 }
 
 impl Finish {
@@ -406,9 +406,13 @@ impl Node {
                 (cmd, finish(Expect::Listed), message.len())
             }
             Target::Socket(id) => {
-                let node = wire::node_name(id.node());
                 let message = node_message(To::Socket(id.to_string()));
-                (Self::publish_cmd(&self.names.node_channel(&node), &message), finish(Expect::Node(node)), message.len())
+                let cmd = self.eval(
+                    scripts::TO_SOCKET_NODE,
+                    &[&self.names.set("tags")],
+                    &[wire::node_name(id.node()).as_bytes(), self.names.node_channel("").as_bytes(), &message],
+                );
+                (cmd, finish(Expect::Node), message.len())
             }
             // Presence goes through the user scripts; several rooms come only from socket.io nodes.
             Target::Authenticated | Target::Rooms(_) => {
@@ -484,8 +488,7 @@ impl Node {
                     let expected = match expect {
                         Expect::Listed => nodes(Some(value)),
                         Expect::Live => self.live.borrow().iter().filter(|n| **n != self.name).cloned().collect(),
-                        Expect::Node(node) if int(&Some(value)).unwrap_or(0) > 0 => vec![node],
-                        Expect::Node(_) => Vec::new(),
+                        Expect::Node => redis::from_redis_value::<Option<String>>(value).ok().flatten().into_iter().collect(),
                     };
                     self.pending.expect_counts(id, expected);
                 }
@@ -662,13 +665,14 @@ impl Node {
         let ttl_ms = self.settings.node_ttl.as_millis().max(1) as u64;
         let cmd = self.eval(
             scripts::HEARTBEAT,
-            &[&self.names.key("node", &self.name), &self.names.set("nodes")],
+            &[&self.names.key("node", &self.name), &self.names.set("nodes"), &self.names.set("tags")],
             &[
                 self.name.as_bytes(),
                 ttl_ms.to_string().as_bytes(),
                 self.names.prefix().as_bytes(),
                 self.names.all_channel().as_bytes(),
                 now_ms().to_string().as_bytes(),
+                wire::node_name(node_tag()).as_bytes(),
             ],
         );
         let mut publisher = self.publisher.clone();

@@ -78,16 +78,28 @@ end
 return nodes
 "#;
 
-/// The heartbeat: refreshes this node's key, sweeps nodes whose key has
-/// expired (their users go offline — `presence` published — and their room
-/// counts go), and lists the live nodes.
-/// KEYS: this node's key, nodes set. ARGV: node, TTL in ms, prefix, all
-/// channel, now in ms. Returns `{fresh, live node...}`; `fresh` = 1 when
-/// this node's key was missing (first beat, Redis restarted, or swept).
+/// Publishes to the node whose socket ids carry a tag (the tags hash maps
+/// tags to node names). KEYS: tags hash. ARGV: tag, node channel prefix,
+/// message. Returns the node's name, or nil if no live node has the tag.
+pub const TO_SOCKET_NODE: &str = r#"
+local node = redis.call('HGET', KEYS[1], ARGV[1])
+if not node then return false end
+redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
+return node
+"#;
+
+/// The heartbeat: refreshes this node's key and its entry in the tags hash,
+/// sweeps nodes whose key has expired (their users go offline — `presence`
+/// published — their room counts and tags go), and lists the live nodes.
+/// KEYS: this node's key, nodes set, tags hash. ARGV: node, TTL in ms,
+/// prefix, all channel, now in ms, this node's tag. Returns `{fresh, live
+/// node...}`; `fresh` = 1 when this node's key was missing (first beat,
+/// Redis restarted, or swept).
 pub const HEARTBEAT: &str = r#"
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[6], ARGV[1])
 local prefix = ARGV[3]
 local live = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -110,6 +122,10 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     end
     redis.call('DEL', users_key, rooms_key)
     redis.call('SREM', KEYS[2], node)
+    local tags = redis.call('HGETALL', KEYS[3])
+    for i = 1, #tags, 2 do
+      if tags[i + 1] == node then redis.call('HDEL', KEYS[3], tags[i]) end
+    end
   end
 end
 table.insert(live, 1, fresh and 1 or 0)

@@ -67,7 +67,8 @@ impl Names {
     }
 }
 
-/// A node's name on Redis: its socket ids' node tag, in hex.
+/// A node's default name (`NODE_ID` unset), and the key of its socket
+/// ids' node tag in the tags hash: the tag in hex.
 pub fn node_name(tag: u32) -> String {
     format!("{tag:08x}")
 }
