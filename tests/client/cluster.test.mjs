@@ -600,6 +600,7 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     assert.deepEqual(received(b1, 'int-bc'), range(0, N), 'HTTP publishes on A, each after the previous answer, reach B in order');
     const after = await Promise.all(nodes.map((n) => metric(n, RX)));
     const delta = after.map((v, i) => v - before[i]);
+    process.stdout.write(`# Redis messages received during ${N + 10} publishes to a room with members on A and B: A ${delta[0]}, B ${delta[1]}, C ${delta[2]}\n`);
     assert.ok(delta[1] >= N + 10, `node B (a member) received ${delta[1]} Redis messages for ${N + 10} publishes`);
     assert.ok(delta[2] <= 2, `node C (no member) received ${delta[2]} Redis messages during ${N + 10} publishes to the room (deltas A,B,C: ${delta})`);
 
