@@ -169,12 +169,14 @@ impl Server {
         }
 
         let mut threads = Vec::with_capacity(shard_count);
+        let closed = Arc::new(AtomicUsize::new(0));
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let shared = shared.clone();
             let services = services.clone();
+            let closed = closed.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(index, shared, services, listener, inbox))
+                .spawn(move || run_shard(index, shared, services, listener, inbox, closed))
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
@@ -342,6 +344,7 @@ fn run_shard(
     services: Arc<Services>,
     listener: std::net::TcpListener,
     inbox: ShardInbox,
+    closed: Arc<AtomicUsize>,
 ) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -368,6 +371,16 @@ fn run_shard(
         while !shard.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A closed socket's last messages go to the homes of its rooms and
+        // user, on other shards: every shard waits until all have closed
+        // theirs, then applies what it was sent (in cluster mode, that puts
+        // the last leaves and offlines on Redis before the node leaves).
+        closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let shards = shard.shared.router.shard_count();
+        while closed.load(std::sync::atomic::Ordering::SeqCst) < shards && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shard.catch_up();
     });
 }
 
