@@ -120,7 +120,14 @@ pub enum FrameError {
     InvalidUtf8,
     #[error("malformed close frame")]
     BadClose,
+    #[error("64-bit payload length with its most significant bit set")]
+    BadLength,
 }
+
+/// The most a decoder reserves ahead of the bytes it has, for a frame whose
+/// head announced more: a large frame's buffer then grows as its bytes
+/// arrive (doubling, so the copies stay linear in its size).
+pub const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// Reassembles client frames into messages, enforcing a limit on the whole
 /// message (not just on each frame).
@@ -142,13 +149,18 @@ impl FrameDecoder {
         loop {
             let Some(head) = parse_head(buf)? else { return Ok(None) };
             let partial_len = self.partial.as_ref().map_or(0, |(_, data)| data.len());
-            if !head.opcode_is_control() && partial_len as u64 + head.payload_len > self.max_message as u64 {
-                return Err(FrameError::TooBig { size: partial_len as u64 + head.payload_len, limit: self.max_message });
+            let size = (partial_len as u64).saturating_add(head.payload_len);
+            if !head.opcode_is_control() && size > self.max_message as u64 {
+                return Err(FrameError::TooBig { size, limit: self.max_message });
             }
             let total = head.head_len + head.payload_len as usize;
             if buf.len() < total {
-                // Ask for the whole frame at once rather than growing step by step.
-                buf.reserve(total - buf.len());
+                // Room for the rest of the frame, but no more than
+                // `RESERVE_AHEAD` on the strength of its length field alone:
+                // memory follows the bytes that arrive, not those announced
+                // (a 14-byte head claiming a whole `MAX_PAYLOAD_BYTES` frame
+                // would otherwise cost that much per connection).
+                buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
                 return Ok(None);
             }
             let mut payload = buf.split_to(total);
@@ -245,7 +257,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
             if buf.len() < 10 {
                 return Ok(None);
             }
-            (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 8)
+            let len = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            // RFC 6455 §5.2: the most significant bit must be 0.
+            if len >> 63 != 0 {
+                return Err(FrameError::BadLength);
+            }
+            (len, 8)
         }
         n => (n as u64, 0),
     };
@@ -356,6 +373,43 @@ mod tests {
         // A huge declared length is refused from the header alone.
         let mut head = BytesMut::from(&[0x81u8, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4][..]);
         assert!(matches!(FrameDecoder::new(10).decode(&mut head), Err(FrameError::TooBig { .. })));
+    }
+
+    /// Found by `fuzz/` (websocket_frames): the continuation of a fragmented
+    /// message announcing a length near 2^64 overflowed the size check.
+    #[test]
+    fn a_continuation_announcing_almost_2_to_the_64_is_refused_not_an_overflow() {
+        let mut fragment = client_frame(false, 1, b"a");
+        let mut huge = vec![0x80, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        fragment.extend_from_slice(&huge);
+        assert_eq!(decode_all(&mut FrameDecoder::new(1000), &fragment), Err(FrameError::BadLength));
+        // Just under the top bit: too big, not a wrapped sum.
+        let mut fragment = client_frame(false, 1, b"a");
+        let mut huge = vec![0x80, 0xFF];
+        huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        fragment.extend_from_slice(&huge);
+        assert!(matches!(decode_all(&mut FrameDecoder::new(1000), &fragment), Err(FrameError::TooBig { .. })));
+    }
+
+    #[test]
+    fn an_announced_length_reserves_no_more_than_reserve_ahead() {
+        let frame = client_frame(true, 2, &vec![7; 1 << 20]);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::from(&frame[..14]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 14 + RESERVE_AHEAD, "reserved {} bytes for a head", buf.capacity());
+        // The frame still decodes as its bytes arrive.
+        for piece in frame[14..].chunks(100_000) {
+            buf.extend_from_slice(piece);
+            if let Some(message) = decoder.decode(&mut buf).unwrap() {
+                assert_eq!(message, Message::Binary(Bytes::from(vec![7; 1 << 20])));
+                return;
+            }
+        }
+        panic!("the whole frame did not decode");
     }
 
     #[test]
