@@ -116,6 +116,7 @@ pub enum FrameError {
     UnfinishedMessage,
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooBig { size: u64, limit: usize },
+    /// In a text message or a close frame's reason.
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
     #[error("malformed close frame")]
@@ -194,7 +195,7 @@ impl FrameDecoder {
                         1 => Err(FrameError::BadClose),
                         _ => {
                             if simdutf8::basic::from_utf8(&payload[2..]).is_err() {
-                                return Err(FrameError::BadClose);
+                                return Err(FrameError::InvalidUtf8);
                             }
                             Ok(Some(Message::Close { code: Some(u16::from_be_bytes([payload[0], payload[1]])) }))
                         }
@@ -422,6 +423,7 @@ mod tests {
             (client_frame(true, 0x9, &[0; 126]), FrameError::BadControlFrame),
             (client_frame(true, 0x1, &[0xC3, 0x28]), FrameError::InvalidUtf8),
             (client_frame(true, 0x8, &[3]), FrameError::BadClose),
+            (client_frame(true, 0x8, &[0x03, 0xE8, 0xFF]), FrameError::InvalidUtf8),
             ({
                 let mut f = client_frame(true, 1, b"x");
                 f[0] |= 0x40;

@@ -39,6 +39,9 @@ pub enum CloseReason {
     ConnectTimeout,
     /// A malformed frame or packet, or a packet not allowed in this state.
     ProtocolError(String),
+    /// A text message (or a close frame's reason) that is not UTF-8:
+    /// counted as a protocol error, closed with 1007 as RFC 6455 asks.
+    InvalidUtf8,
     PayloadTooLarge,
     /// The outbound queue stayed full: the client does not read fast enough.
     SlowConsumer,
@@ -65,7 +68,7 @@ impl CloseReason {
             CloseReason::TransportError => "transport_error",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::ConnectTimeout => "connect_timeout",
-            CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 => "protocol_error",
             CloseReason::PayloadTooLarge => "payload_too_large",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ServerShutdown => "server_shutdown",
@@ -77,6 +80,7 @@ impl CloseReason {
         match self {
             CloseReason::ClientClose => Some((1000, "")),
             CloseReason::ProtocolError(detail) => Some((1002, detail.as_str())),
+            CloseReason::InvalidUtf8 => Some((1007, "text message is not valid UTF-8")),
             CloseReason::PayloadTooLarge => Some((1009, "message too big")),
             CloseReason::ServerShutdown => Some((1001, "server shutting down")),
             CloseReason::ConnectTimeout => Some((1008, "no Socket.IO CONNECT in time")),
