@@ -45,12 +45,14 @@ pub enum CloseReason {
     PayloadTooLarge,
     /// The outbound queue stayed full: the client does not read fast enough.
     SlowConsumer,
+    /// The client kept sending events past the rate limit.
+    RateLimited,
     ServerShutdown,
 }
 
 impl CloseReason {
     /// Every value [`CloseReason::label`] can return.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "client_close",
         "transport_error",
         "ping_timeout",
@@ -58,6 +60,7 @@ impl CloseReason {
         "protocol_error",
         "payload_too_large",
         "slow_consumer",
+        "rate_limited",
         "server_shutdown",
     ];
 
@@ -71,6 +74,7 @@ impl CloseReason {
             CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 => "protocol_error",
             CloseReason::PayloadTooLarge => "payload_too_large",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
             CloseReason::ServerShutdown => "server_shutdown",
         }
     }
@@ -85,6 +89,7 @@ impl CloseReason {
             CloseReason::ServerShutdown => Some((1001, "server shutting down")),
             CloseReason::ConnectTimeout => Some((1008, "no Socket.IO CONNECT in time")),
             CloseReason::SlowConsumer => Some((1008, "too slow to read")),
+            CloseReason::RateLimited => Some((1008, "rate limit exceeded")),
             CloseReason::TransportError | CloseReason::PingTimeout => None,
         }
     }

@@ -168,7 +168,7 @@ async fn serve<H: EngineHandler>(
                 let written = tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok();
                 let refused = matches!(
                     reason,
-                    CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 | CloseReason::PayloadTooLarge
+                    CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 | CloseReason::PayloadTooLarge | CloseReason::RateLimited
                 );
                 (reason, written && refused)
             }
@@ -187,11 +187,11 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// After a close frame sent because of the client's input (a protocol
-/// error, too big a message): says it is done writing (FIN), then
+/// error, too big a message, a flood): says it is done writing (FIN), then
 /// reads and throws away what the client still sends, until it closes too
 /// or [`LINGER`] has passed; the descriptor is closed then. Closing at once with its bytes unread would
 /// make the kernel answer with a reset, which can overtake the close frame:
-/// the client would see 1006 instead of 1002, 1007 or 1009.
+/// the client would see 1006 instead of 1002, 1007, 1008 or 1009.
 async fn linger(mut read_half: OwnedReadHalf) {
     // SAFETY: a plain shutdown of the write side of a socket this session owns.
     unsafe { libc::shutdown(read_half.as_ref().as_raw_fd(), libc::SHUT_WR) };

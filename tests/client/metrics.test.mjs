@@ -259,7 +259,7 @@ async function waitForGauges(server, want, what, timeoutMs = 8000) {
 
 // Label values the broker may use (everything else would be unbounded).
 const CLOSE_REASONS = ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error',
-  'payload_too_large', 'slow_consumer', 'server_shutdown'];
+  'payload_too_large', 'slow_consumer', 'rate_limited', 'server_shutdown'];
 const EVENT_LABELS = ['authenticate', 'join-room', 'leave-room', 'private-message', 'custom-event', 'ping', 'other'];
 const CODES = ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED',
   'LIMIT_EXCEEDED', 'UNKNOWN_EVENT'];
@@ -1140,7 +1140,7 @@ describe('/metrics on a fresh broker', () => {
         assert.ok(sample, `${name}{${label}="${value}"} is exported from the start`);
         assert.equal(sample.value, 0);
       };
-      for (const reason of ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error', 'payload_too_large', 'slow_consumer', 'server_shutdown']) {
+      for (const reason of CLOSE_REASONS) {
         zero('shardcast_connections_closed_total', 'reason', reason);
       }
       for (const code of ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED', 'LIMIT_EXCEEDED', 'UNKNOWN_EVENT']) {
