@@ -726,6 +726,27 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
     assert.equal(cnt(after, 'shardcast_messages_delivered_total') - cnt(before, 'shardcast_messages_delivered_total'), PUBLISHES);
   });
 
+  it('connections closed for what their client sent count by reason: protocol_error (1002, 1007), payload_too_large (1009)', async () => {
+    const before = await scrape(server);
+    const closeWith = async (send) => {
+      const raw = await rawConnect(server, { autoPong: true });
+      assert.equal((await raw.connectNs('/')).type, 0);
+      await send(raw);
+      return (await raw.waitClosed(5000)).code;
+    };
+    assert.equal(await closeWith((raw) => raw.send('garbage')), 1002);
+    assert.equal(await closeWith((raw) => raw.send(Buffer.from([0x34, 0x32, 0xff]), { binary: false })), 1007);
+    assert.equal(await closeWith((raw) => raw.send(`4${'x'.repeat(1000000)}`)), 1009);
+    const want = Object.fromEntries(CLOSE_REASONS.map((r) => [r, { protocol_error: 2, payload_too_large: 1 }[r] ?? 0]));
+    let got;
+    await waitUntil(async () => {
+      const after = await scrape(server);
+      got = Object.fromEntries(CLOSE_REASONS.map((r) => [r, cnt(after, 'shardcast_connections_closed_total', { reason: r })
+        - cnt(before, 'shardcast_connections_closed_total', { reason: r })]));
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, 5000, () => `connections_closed_total grew by ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  });
+
   it('a refused CONNECT (AUTH_FAILED, LIMIT_EXCEEDED) counts in requests_rejected_total', async () => {
     const jwtSecret = 'metrics-test-secret';
     const limited = await startServer({ SHARDS: 2, JWT_SECRET: jwtSecret, MAX_CONNECTIONS: 1 });
