@@ -17,20 +17,28 @@ pub enum Verdict {
 
 /// A connection's rate limit: events at `rate` per second with bursts of
 /// `burst`; past that they are refused, and refusals are tolerated at the
-/// same rate and burst. A client that goes on anyway — sending at more than
-/// twice the limit for longer than a burst lasts — is disconnected. So
-/// however a client floods, the work it causes (handled events plus refusal
-/// answers) stays within twice the limit, plus the bursts.
+/// same rate with bursts of [`REFUSAL_BURSTS`] × `burst` (a page that fires
+/// a few bursts too many at once is refused, not cut off). A client that
+/// goes on anyway — sending at more than twice the limit until those are
+/// used up — is disconnected. So however a client floods, the work it
+/// causes (handled events plus refusal answers) stays within twice the
+/// limit, plus the bursts.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     events: TokenBucket,
     refusals: TokenBucket,
 }
 
+/// How many bursts' worth of refusals a client may collect before it is cut off.
+pub const REFUSAL_BURSTS: f64 = 4.0;
+
 impl RateLimit {
     /// Full buckets at `now`.
     pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimit {
-        RateLimit { events: TokenBucket::new(rate, burst, now), refusals: TokenBucket::new(rate, burst, now) }
+        RateLimit {
+            events: TokenBucket::new(rate, burst, now),
+            refusals: TokenBucket::new(rate, REFUSAL_BURSTS * burst, now),
+        }
     }
 
     /// The verdict on an event at `now`.
@@ -115,17 +123,17 @@ mod tests {
     fn a_flood_is_refused_then_disconnected() {
         let t0 = Instant::now();
         let mut limit = RateLimit::new(10.0, 5.0, t0);
-        let seen = verdicts(&mut limit, t0, 11);
+        let seen = verdicts(&mut limit, t0, 26);
         assert_eq!(&seen[..5], &[Verdict::Allow; 5], "the burst");
-        assert_eq!(&seen[5..10], &[Verdict::Refuse; 5], "as many refusals as the burst");
-        assert_eq!(seen[10], Verdict::Disconnect);
+        assert_eq!(&seen[5..25], &[Verdict::Refuse; 20], "four bursts' worth of refusals");
+        assert_eq!(seen[25], Verdict::Disconnect);
     }
 
     #[test]
     fn twice_the_rate_is_refused_but_never_disconnected() {
         let t0 = Instant::now();
         let mut limit = RateLimit::new(10.0, 5.0, t0);
-        // 20 events a second for a minute, after a burst that emptied both buckets' slack.
+        // 20 events a second for a minute.
         let mut t = t0;
         let mut counts = [0usize; 3];
         for _ in 0..1200 {
@@ -143,13 +151,13 @@ mod tests {
         let mut limit = RateLimit::new(10.0, 5.0, t0);
         let mut t = t0;
         // 30 a second: 10 allowed and 20 refused each second, the refusals'
-        // bucket (5, +10/s) runs dry within a second or so.
+        // bucket (20, +10/s) runs dry in about two seconds.
         let disconnected_after = (1..=300).find(|_| {
             t += Duration::from_micros(33_334);
             limit.check(t) == Verdict::Disconnect
         });
         let after = disconnected_after.expect("disconnected within 10 s");
-        assert!((20..=60).contains(&after), "disconnected after {after} events");
+        assert!((60..=90).contains(&after), "disconnected after {after} events");
     }
 
     #[test]
@@ -157,8 +165,9 @@ mod tests {
         let t0 = Instant::now();
         let mut limit = RateLimit::new(10.0, 5.0, t0);
         verdicts(&mut limit, t0, 10);
-        let later = t0 + Duration::from_secs(1);
-        assert_eq!(verdicts(&mut limit, later, 11).last(), Some(&Verdict::Disconnect));
+        // Two seconds refill the refusals' 20 (10/s) and the events' 5.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(verdicts(&mut limit, later, 26).last(), Some(&Verdict::Disconnect));
         let mut limit = RateLimit::new(10.0, 5.0, t0);
         verdicts(&mut limit, t0, 10);
         assert_eq!(&verdicts(&mut limit, later, 10)[..5], &[Verdict::Allow; 5]);

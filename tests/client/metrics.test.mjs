@@ -727,6 +727,8 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
   });
 
   it('connections closed for what their client sent count by reason: protocol_error (1002, 1007), payload_too_large (1009)', async () => {
+    // The clients of the tests before are closed as they end: let their closes land first.
+    await waitUntil(async () => val(await scrape(server), 'shardcast_connections') === 0, 5000, () => 'connections left from earlier tests');
     const before = await scrape(server);
     const closeWith = async (send) => {
       const raw = await rawConnect(server, { autoPong: true });
