@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 45000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
+    /// Milliseconds a client has to send an HTTP request's head (from
+    /// connecting, or from its previous request), and then its body.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
     /// Largest message a client may send, in bytes.
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
     pub max_payload_bytes: u64,
@@ -261,6 +266,11 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// `REQUEST_TIMEOUT_MS` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// Whether `user-online` / `user-offline` are sent (`PRESENCE_EVENTS`).
     pub fn presence_enabled(&self) -> bool {
         self.presence_events.is_on()
@@ -337,6 +347,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!((c.port, c.host.as_str()), (3000, "0.0.0.0"));
         assert_eq!((c.ping_interval_ms, c.ping_timeout_ms, c.max_payload_bytes), (25000, 20000, 1_000_000));
+        assert_eq!(c.request_timeout(), Duration::from_secs(30));
         assert_eq!(c.websocket_namespace, "/");
         assert_eq!(c.websocket_transports, Transports { websocket: true, polling: true });
         assert!(c.presence_enabled());
@@ -349,6 +360,7 @@ mod tests {
             (&["--port", "abc"][..], "PORT"),
             (&["--shards", "0"], "SHARDS"),
             (&["--ping-interval-ms", "0"], "PING_INTERVAL_MS"),
+            (&["--request-timeout-ms", "0"], "REQUEST_TIMEOUT_MS"),
             (&["--websocket-transports", "carrier-pigeon"], "WEBSOCKET_TRANSPORTS"),
             (&["--websocket-namespace", "chat"], "WEBSOCKET_NAMESPACE"),
             (&["--presence-events", "maybe"], "PRESENCE_EVENTS"),

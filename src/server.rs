@@ -537,8 +537,6 @@ fn answer_at_wall(shard: &Shard, socket: &socket2::Socket) -> bool {
 /// What a connection's first read may take before hyper gets the connection
 /// (browsers' upgrade requests, cookies included, are well under this).
 const FIRST_READ_BYTES: usize = 4096;
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection. Its request head is read here first: a
 /// new session's WebSocket upgrade is answered without hyper (see
@@ -555,7 +553,9 @@ async fn serve_connection(
     slot: ConnectionSlot,
 ) {
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
-    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    // A head trickled in a byte at a time, or never sent, ends here
+    // (`REQUEST_TIMEOUT_MS`); hyper has the same bound for each request after.
+    let deadline = tokio::time::Instant::now() + services.config.request_timeout();
     // The listener accepts once the request has arrived (TCP_DEFER_ACCEPT),
     // so this read usually finds it. It bypasses tokio, which does not know
     // the new socket is readable until its reactor has polled.
@@ -609,6 +609,7 @@ async fn serve_http(
     slot: ConnectionSlot,
 ) {
     let broker = services.broker.clone();
+    let request_timeout = services.config.request_timeout();
     // Dropped with the connection (or when hyper hands an upgraded one over,
     // which takes a slot of its own).
     let slot = Rc::new(slot);
@@ -624,7 +625,7 @@ async fn serve_http(
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(request_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {

@@ -263,7 +263,7 @@ async function waitForGauges(server, want, what, timeoutMs = 8000) {
 
 // Label values the broker may use (everything else would be unbounded).
 const CLOSE_REASONS = ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error',
-  'payload_too_large', 'slow_consumer', 'server_shutdown'];
+  'payload_too_large', 'slow_consumer', 'rate_limited', 'server_shutdown'];
 const EVENT_LABELS = ['authenticate', 'join-room', 'leave-room', 'private-message', 'custom-event', 'ping', 'other'];
 const CODES = ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED',
   'LIMIT_EXCEEDED', 'UNKNOWN_EVENT'];
@@ -751,6 +751,29 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
     // The room's one member is on one shard: one sample per publish.
     assert.equal(cnt(after, 'shardcast_broadcast_fanout_seconds_count') - cnt(before, 'shardcast_broadcast_fanout_seconds_count'), PUBLISHES);
     assert.equal(cnt(after, 'shardcast_messages_delivered_total') - cnt(before, 'shardcast_messages_delivered_total'), PUBLISHES);
+  });
+
+  it('connections closed for what their client sent count by reason: protocol_error (1002, 1007), payload_too_large (1009)', async () => {
+    // The clients of the tests before are closed as they end: let their closes land first.
+    await waitUntil(async () => val(await scrape(server), 'shardcast_connections') === 0, 5000, () => 'connections left from earlier tests');
+    const before = await scrape(server);
+    const closeWith = async (send) => {
+      const raw = await rawConnect(server, { autoPong: true });
+      assert.equal((await raw.connectNs('/')).type, 0);
+      await send(raw);
+      return (await raw.waitClosed(5000)).code;
+    };
+    assert.equal(await closeWith((raw) => raw.send('garbage')), 1002);
+    assert.equal(await closeWith((raw) => raw.send(Buffer.from([0x34, 0x32, 0xff]), { binary: false })), 1007);
+    assert.equal(await closeWith((raw) => raw.send(`4${'x'.repeat(1000000)}`)), 1009);
+    const want = Object.fromEntries(CLOSE_REASONS.map((r) => [r, { protocol_error: 2, payload_too_large: 1 }[r] ?? 0]));
+    let got;
+    await waitUntil(async () => {
+      const after = await scrape(server);
+      got = Object.fromEntries(CLOSE_REASONS.map((r) => [r, cnt(after, 'shardcast_connections_closed_total', { reason: r })
+        - cnt(before, 'shardcast_connections_closed_total', { reason: r })]));
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, 5000, () => `connections_closed_total grew by ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
   });
 
   it('a refused CONNECT (AUTH_FAILED, LIMIT_EXCEEDED) counts in requests_rejected_total', async () => {
@@ -1588,7 +1611,7 @@ describe('/metrics on a fresh broker', () => {
         assert.ok(sample, `${name}{${label}="${value}"} is exported from the start`);
         assert.equal(sample.value, 0);
       };
-      for (const reason of ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error', 'payload_too_large', 'slow_consumer', 'server_shutdown']) {
+      for (const reason of CLOSE_REASONS) {
         zero('shardcast_connections_closed_total', 'reason', reason);
       }
       for (const code of ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED', 'LIMIT_EXCEEDED', 'UNKNOWN_EVENT']) {
