@@ -823,8 +823,26 @@ impl Node {
     /// Subscribes to every channel this node needs and registers its rooms
     /// and users again (after a restart Redis has forgotten them).
     async fn resync(self: &Rc<Self>) {
+        // What Redis says this node has, read before this node's own record:
+        // an entry the record lacks is stale (a leave or an offline that
+        // could not reach Redis while it was away), and one the record gains
+        // meanwhile is in the record by the time it is compared.
+        let mut publisher = self.publisher.clone();
+        let on_redis = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(self.names.key("node-users", &self.name))
+            .cmd("SMEMBERS")
+            .arg(self.names.key("node-rooms", &self.name))
+            .query_async::<(Vec<String>, Vec<String>)>(&mut publisher)
+            .await;
+        let (users_on_redis, rooms_on_redis) = match on_redis {
+            Ok(sets) => sets,
+            Err(error) => return self.redis_down(&error.to_string()),
+        };
         let rooms: Vec<(Arc<str>, u32)> = self.registered.borrow().rooms.iter().map(|(r, n)| (r.clone(), *n)).collect();
         let users: Vec<Arc<str>> = self.registered.borrow().users.iter().cloned().collect();
+        let stale_users: Vec<String> = users_on_redis.into_iter().filter(|u| !users.iter().any(|k| **k == **u)).collect();
+        let stale_rooms: Vec<String> = rooms_on_redis.into_iter().filter(|r| !rooms.iter().any(|(k, _)| **k == **r)).collect();
         let mut channels = vec![self.names.all_channel(), self.names.node_channel(&self.name), self.names.adapter_all().to_string()];
         channels.extend(rooms.iter().map(|(room, _)| self.names.adapter_room(room)));
         let mut subscriber = self.subscriber.clone();
@@ -837,19 +855,32 @@ impl Node {
             registered.subscribed = rooms.iter().map(|(room, _)| room.clone()).collect();
             self.status.subscriptions.store(registered.subscribed.len() + 3, Ordering::Relaxed);
         }
-        if rooms.is_empty() && users.is_empty() {
+        if rooms.is_empty() && users.is_empty() && stale_users.is_empty() && stale_rooms.is_empty() {
             return;
         }
         let mut pipe = redis::pipe();
+        for room in &stale_rooms {
+            pipe.add_command(self.room_script(room, 0, None)).ignore();
+        }
+        for user in &stale_users {
+            // `user-offline` goes out (from Redis) if no node has the user.
+            pipe.add_command(self.user_script(scripts::USER_OFFLINE, user, false)).ignore();
+        }
         for (room, members) in &rooms {
             pipe.add_command(self.room_script(room, *members, None)).ignore();
         }
         for user in &users {
             pipe.add_command(self.user_script(scripts::USER_ONLINE, user, true)).ignore();
         }
-        let mut publisher = self.publisher.clone();
         match pipe.query_async::<()>(&mut publisher).await {
-            Ok(()) => tracing::info!(node = %self.name, rooms = rooms.len(), users = users.len(), "registered this node's rooms and users on Redis again"),
+            Ok(()) => tracing::info!(
+                node = %self.name,
+                rooms = rooms.len(),
+                users = users.len(),
+                stale_rooms = stale_rooms.len(),
+                stale_users = stale_users.len(),
+                "registered this node's rooms and users on Redis again"
+            ),
             Err(error) => self.redis_down(&error.to_string()),
         }
     }
