@@ -17,7 +17,7 @@ use crate::app::validate;
 use crate::protocol::socketio;
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{
-    node_tag, Answer, ClusterAnswers, ClusterLink, ClusterQuery, ConnectionInfo, CounterSnapshot, Delivery, Query, Remote, RoomInfo,
+    node_tag, Answer, ClusterAnswers, ClusterLink, ClusterQuery, Here, ConnectionInfo, CounterSnapshot, Delivery, Query, Remote, RoomInfo,
     ShardStats, Shared, SocketId, Target,
 };
 
@@ -393,15 +393,24 @@ impl Broker {
             Target::Socket(_) => "socket",
         };
         // Queued for the other nodes first: their count comes back while this node delivers.
+        // A room broadcast or a broadcast to all reaches this node's sockets
+        // when it comes back from Redis (one order for every node).
+        let mut here = None;
         let remote = match self.cluster() {
+            Some(link) if delivery.ordered_by_redis() => {
+                let (count, counted) = tokio::sync::oneshot::channel();
+                here = Some(counted);
+                Some(link.publish_counted(delivery.clone(), Some(Here::EchoCounted(count))))
+            }
             Some(link) if matches!(delivery.target, Target::User(_)) || delivery.crosses_nodes() => {
-                Some(link.publish_counted(delivery.clone()))
+                Some(link.publish_counted(delivery.clone(), None))
             }
             _ => None,
         };
         let shards: Vec<usize> = match &delivery.target {
             Target::Socket(id) if id.node() != node_tag() => Vec::new(),
             Target::Socket(id) => vec![id.shard()],
+            _ if here.is_some() => Vec::new(),
             _ => (0..self.shared.router.shard_count()).collect(),
         };
         if shards.is_empty() {
@@ -415,6 +424,9 @@ impl Broker {
         let mut sent = Sent::default();
         for reply in replies {
             sent.delivered += reply.await.unwrap_or(0);
+        }
+        if let Some(here) = here {
+            sent.delivered += here.await.unwrap_or(0);
         }
         if let Some(remote) = remote {
             let Remote { delivered, partial } = remote.await.unwrap_or(Remote { delivered: 0, partial: true });

@@ -19,7 +19,7 @@ use super::{scripts, ClusterError, ClusterSettings};
 use crate::broker::Broker;
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{
-    node_tag, Answer, ClusterAnswers, ClusterCmd, ClusterQuery, ClusterStatus, ConnectionInfo, Delivery, Remote, RoomInfo,
+    node_tag, Answer, ClusterAnswers, ClusterCmd, ClusterQuery, ClusterStatus, ConnectionInfo, Delivery, Here, Remote, RoomInfo,
     ShardStats, Shared, SocketId, Target,
 };
 
@@ -150,8 +150,9 @@ pub(super) async fn run(
 
 /// How one queued command ends, once its pipeline has answered.
 enum Finish {
-    Sent(Option<oneshot::Sender<bool>>),
-    Counted { id: u64, expect: Expect },
+    /// `echo`: this node's sockets get it when it comes back (see [`Membership`]).
+    Sent { sent: Option<oneshot::Sender<bool>>, echo: Option<u64> },
+    Counted { id: u64, expect: Expect, echo: Option<u64> },
     /// A join or leave: its echo (if announced) or its end.
     Membership { echo: u64, fallback: u32 },
     Online { user: Arc<str>, reply: oneshot::Sender<()> },
@@ -175,21 +176,27 @@ impl Finish {
     }
 }
 
-/// A join or leave waiting for Redis: for the count (the script's reply)
-/// and, if announced, for its announcement to come back on the room's
-/// channel (its place among every node's room traffic).
+/// A join, a leave or a broadcast waiting for Redis: for the script's or
+/// `PUBLISH`'s reply and, if published, for its message to come back on
+/// its channel — its place among every node's traffic, where this node's
+/// own sockets get it.
 struct Membership {
-    /// The announcement for this node's members, delivered when it comes back.
+    /// What this node's sockets get when it comes back.
     announce: Option<Delivery>,
-    /// Waiting for the announcement to come back.
+    /// Waiting for the message to come back.
     echo_due: bool,
     members: Option<u32>,
+    /// Redis could not take it.
+    failed: bool,
     done: MembershipDone,
 }
 
 enum MembershipDone {
     Join { room: Arc<str>, socket: SocketId, reply: oneshot::Sender<u32> },
     Leave(Option<oneshot::Sender<()>>),
+    /// A room broadcast or a broadcast to all (`sent`: Redis took it;
+    /// `count`: sockets reached on this node).
+    Publish { sent: Option<oneshot::Sender<bool>>, count: Option<oneshot::Sender<usize>> },
 }
 
 impl Node {
@@ -249,16 +256,22 @@ impl Node {
         let cmd = self.room_script(room, members_here, message.as_deref().map(|m| (channel.as_str(), m)));
         let echo_due = message.is_some();
         let size = message.as_ref().map_or(0, |m| m.len());
-        self.memberships.borrow_mut().insert(echo, Membership { announce, echo_due, members: None, done });
+        self.memberships.borrow_mut().insert(echo, Membership { announce, echo_due, members: None, failed: false, done });
         (cmd, Finish::Membership { echo, fallback: members_here }, size)
     }
 
     /// A join's or leave's announcement came back from Redis: this node's
     /// members get it now, in its place among the room's traffic.
-    pub fn echo_arrived(&self, echo: u64) {
+    pub fn echo_arrived(self: &Rc<Self>, echo: u64) {
         let mut memberships = self.memberships.borrow_mut();
         let Some(waiting) = memberships.get_mut(&echo) else { return };
         waiting.echo_due = false;
+        if matches!(waiting.done, MembershipDone::Publish { .. }) {
+            // Delivered (and counted) here now; Redis's reply to the publish may still be on its way.
+            let waiting = memberships.remove(&echo).expect("present");
+            drop(memberships);
+            return self.complete_membership(waiting);
+        }
         if let Some(announce) = waiting.announce.take() {
             self.deliver_here(announce);
         }
@@ -269,12 +282,29 @@ impl Node {
         }
     }
 
-    fn complete_membership(&self, waiting: Membership) {
+    fn complete_membership(self: &Rc<Self>, waiting: Membership) {
+        if let MembershipDone::Publish { sent, count } = waiting.done {
+            if let Some(sent) = sent {
+                let _ = sent.send(!waiting.failed);
+            }
+            match (waiting.announce, count) {
+                (Some(delivery), Some(count)) => self.deliver_here_then(delivery, move |n| {
+                    let _ = count.send(n);
+                }),
+                (Some(delivery), None) => self.deliver_here(delivery),
+                (None, Some(count)) => {
+                    let _ = count.send(0);
+                }
+                (None, None) => {}
+            }
+            return;
+        }
         if let Some(announce) = waiting.announce {
             self.deliver_here(announce);
         }
         let members = waiting.members.unwrap_or(0);
         match waiting.done {
+            MembershipDone::Publish { .. } => {}
             MembershipDone::Join { room, socket, reply } => self.shared.router.confirm_join(room, socket, members, reply),
             MembershipDone::Leave(reply) => {
                 if let Some(reply) = reply {
@@ -290,6 +320,7 @@ impl Node {
         let mut memberships = self.memberships.borrow_mut();
         let Some(waiting) = memberships.get_mut(&echo) else { return };
         waiting.members = Some(members.unwrap_or(fallback));
+        waiting.failed = members.is_none();
         if members.is_some() && waiting.echo_due {
             // The echo is on its way on the other connection; if Redis
             // loses it (a restart), give up waiting after the timeout.
@@ -345,8 +376,8 @@ impl Node {
         let mut touched: Vec<Arc<str>> = Vec::new();
         for command in commands {
             match command {
-                ClusterCmd::Publish { delivery, sent, counted } => {
-                    if let Some(entry) = self.publish_entry(&delivery, sent, counted) {
+                ClusterCmd::Publish { delivery, sent, counted, here } => {
+                    if let Some(entry) = self.publish_entry(&delivery, sent, counted, here) {
                         entries.push(entry);
                     }
                 }
@@ -443,8 +474,40 @@ impl Node {
         delivery: &Delivery,
         sent: Option<oneshot::Sender<bool>>,
         counted: Option<oneshot::Sender<Remote>>,
+        here: Option<Here>,
     ) -> Option<(Cmd, Finish, usize)> {
         let ts = now_ms();
+        // Delivered here when it comes back: the wait is registered first.
+        // A room with no member here is not subscribed: nothing would come
+        // back, and nobody here is to get it.
+        let comes_back = match &delivery.target {
+            Target::Room(room) => self.registered.borrow().rooms.contains_key(room),
+            _ => true,
+        };
+        let (sent, echo) = match here {
+            Some(Here::EchoCounted(count)) if !comes_back => {
+                let _ = count.send(0);
+                (sent, None)
+            }
+            Some(here) if delivery.ordered_by_redis() && comes_back => {
+                let echo = self.next_echo.get() + 1;
+                self.next_echo.set(echo);
+                let count = match here {
+                    Here::EchoCounted(count) => Some(count),
+                    Here::Echo => None,
+                };
+                let waiting = Membership {
+                    announce: Some(delivery.clone()),
+                    echo_due: true,
+                    members: None,
+                    failed: false,
+                    done: MembershipDone::Publish { sent, count },
+                };
+                self.memberships.borrow_mut().insert(echo, waiting);
+                (None, Some(echo))
+            }
+            _ => (sent, None),
+        };
         let reply_id = counted.map(|reply| {
             let id = self.pending.open_count(reply);
             let node = self.clone();
@@ -456,8 +519,8 @@ impl Node {
         });
         let payload = delivery.frame.payload();
         let finish = |expect: Expect| match reply_id {
-            Some(id) => Finish::Counted { id, expect },
-            None => Finish::Sent(None),
+            Some(id) => Finish::Counted { id, expect, echo },
+            None => Finish::Sent { sent: None, echo },
         };
         let fail = |sent: Option<oneshot::Sender<bool>>| {
             if let Some(sent) = sent {
@@ -466,11 +529,14 @@ impl Node {
             if let Some(id) = reply_id {
                 self.pending.fail_count(id);
             }
+            if let Some(echo) = echo {
+                self.membership_counted(echo, None, 0);
+            }
         };
         let adapter_message = |rooms: &[&str]| {
             let except: Vec<String> = delivery.except.iter().map(|id| id.to_string()).collect();
             let except_users = delivery.exclude_users.iter().flat_map(|users| users.iter().map(|u| u.to_string())).collect();
-            let extension = Extension { ts, reply: reply_id, except_users, echo: None };
+            let extension = Extension { ts, reply: reply_id, except_users, echo };
             wire::encode_adapter(&self.name, &self.settings.namespace, &payload, rooms, &except, &extension)
         };
         let node_message = |to: To| {
@@ -534,7 +600,7 @@ impl Node {
             }
         };
         let finish = match (finish, sent) {
-            (Finish::Sent(_), sent) => Finish::Sent(sent),
+            (Finish::Sent { echo, .. }, sent) => Finish::Sent { sent, echo },
             (finish, _) => finish,
         };
         Some((cmd, finish, size))
@@ -589,13 +655,16 @@ impl Node {
         let nodes = |value: Option<Value>| -> Vec<String> {
             value.and_then(|v| redis::from_redis_value::<Vec<String>>(v).ok()).unwrap_or_default()
         };
+        if let Finish::Sent { echo: Some(echo), .. } | Finish::Counted { echo: Some(echo), .. } = &finish {
+            self.membership_counted(*echo, value.as_ref().map(|_| 0), 0);
+        }
         match finish {
-            Finish::Sent(sent) => {
+            Finish::Sent { sent, .. } => {
                 if let Some(sent) = sent {
                     let _ = sent.send(value.is_some());
                 }
             }
-            Finish::Counted { id, expect } => match value {
+            Finish::Counted { id, expect, .. } => match value {
                 None => self.pending.fail_count(id),
                 Some(value) => {
                     let expected = match expect {
@@ -650,6 +719,17 @@ impl Node {
 
     /// Like [`Node::deliver_here`], then publishes the count to `origin`.
     pub fn deliver_here_counted(self: &Rc<Self>, delivery: Delivery, origin: String, id: u64) {
+        let node = self.clone();
+        self.deliver_here_then(delivery, move |delivered| {
+            let message = NodeMessage::Count { o: node.name.clone(), id, delivered }.encode();
+            tokio::task::spawn_local(async move {
+                node.publish_now(&node.names.node_channel(&origin), &message).await;
+            });
+        });
+    }
+
+    /// Like [`Node::deliver_here`], then tells `then` how many sockets it reached.
+    fn deliver_here_then(self: &Rc<Self>, delivery: Delivery, then: impl FnOnce(usize) + 'static) {
         let router = &self.shared.router;
         let shards: Vec<usize> = match &delivery.target {
             Target::Socket(id) if id.shard() < router.shard_count() => vec![id.shard()],
@@ -657,14 +737,12 @@ impl Node {
             _ => (0..router.shard_count()).collect(),
         };
         let replies: Vec<_> = shards.into_iter().map(|shard| router.deliver_counted(shard, delivery.clone(), None)).collect();
-        let node = self.clone();
         tokio::task::spawn_local(async move {
             let mut delivered = 0;
             for reply in replies {
                 delivered += reply.await.unwrap_or(0);
             }
-            let message = NodeMessage::Count { o: node.name.clone(), id, delivered }.encode();
-            node.publish_now(&node.names.node_channel(&origin), &message).await;
+            then(delivered);
         });
     }
 

@@ -54,11 +54,20 @@ pub struct ClusterAnswers {
 
 /// What a shard or the broker asks of the cluster thread.
 pub enum ClusterCmd {
-    /// A delivery that started on this node (a relay, an announcement, an
-    /// HTTP publish): carry it to the other nodes that may hold a recipient.
-    /// `sent` is told `true` once Redis took it, `false` if it could not;
-    /// `counted` (HTTP publishes) is told how many sockets the other nodes reached.
-    Publish { delivery: Delivery, sent: Option<oneshot::Sender<bool>>, counted: Option<oneshot::Sender<Remote>> },
+    /// A delivery that started on this node (a relay, an HTTP publish):
+    /// carry it to the other nodes that may hold a recipient. `sent` is told
+    /// `true` once Redis took it, `false` if it could not; `counted` (HTTP
+    /// publishes) is told how many sockets the other nodes reached.
+    /// `here`: a room broadcast or a broadcast to all reaches this node's own
+    /// sockets only when it comes back from Redis — its place among every
+    /// node's traffic, so all nodes see one order — and `sent` / `here`'s
+    /// count (sockets reached on this node) are told then.
+    Publish {
+        delivery: Delivery,
+        sent: Option<oneshot::Sender<bool>>,
+        counted: Option<oneshot::Sender<Remote>>,
+        here: Option<Here>,
+    },
     /// From a room's home: `socket` (of this node) joined; the room has
     /// `members_here` on this node now (1: subscribe to the room's channel
     /// first). Redis counts the join and publishes `announce` in one step;
@@ -83,6 +92,14 @@ pub enum ClusterCmd {
     Query { query: ClusterQuery, reply: oneshot::Sender<ClusterAnswers> },
 }
 
+/// How a published delivery reaches this node's own sockets.
+pub enum Here {
+    /// When it comes back from Redis.
+    Echo,
+    /// When it comes back, telling how many sockets it reached here.
+    EchoCounted(oneshot::Sender<usize>),
+}
+
 /// The handle shards and the broker hold: a queue to the cluster thread.
 pub struct ClusterLink {
     commands: mpsc::UnboundedSender<ClusterCmd>,
@@ -101,16 +118,17 @@ impl ClusterLink {
     }
 
     /// Publishes a delivery; the receiver says whether Redis took it.
-    pub fn publish(&self, delivery: Delivery) -> oneshot::Receiver<bool> {
+    /// `here`: see [`ClusterCmd::Publish`].
+    pub fn publish(&self, delivery: Delivery, here: Option<Here>) -> oneshot::Receiver<bool> {
         let (sent, taken) = oneshot::channel();
-        self.send(ClusterCmd::Publish { delivery, sent: Some(sent), counted: None });
+        self.send(ClusterCmd::Publish { delivery, sent: Some(sent), counted: None, here });
         taken
     }
 
     /// Publishes a delivery and counts what the other nodes reached.
-    pub fn publish_counted(&self, delivery: Delivery) -> oneshot::Receiver<Remote> {
+    pub fn publish_counted(&self, delivery: Delivery, here: Option<Here>) -> oneshot::Receiver<Remote> {
         let (counted, count) = oneshot::channel();
-        self.send(ClusterCmd::Publish { delivery, sent: None, counted: Some(counted) });
+        self.send(ClusterCmd::Publish { delivery, sent: None, counted: Some(counted), here });
         count
     }
 

@@ -47,6 +47,13 @@ impl Delivery {
         Delivery { target, frame, except: None, exclude_users: None, except_names: None, published_at: Instant::now() }
     }
 
+    /// In cluster mode, whether this node's own sockets get it when it comes
+    /// back from Redis (its place in one order for every node) rather than
+    /// at once: room broadcasts and broadcasts to all.
+    pub fn ordered_by_redis(&self) -> bool {
+        matches!(self.target, Target::Room(_) | Target::All)
+    }
+
     /// Whether sockets of other nodes may be concerned (cluster mode).
     /// Deliveries to a user go through the user's home instead.
     pub fn crosses_nodes(&self) -> bool {

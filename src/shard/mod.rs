@@ -69,7 +69,7 @@ use home::HomeTables;
 use local::LocalTables;
 use sessions::Sessions;
 
-pub use cluster::{ClusterAnswers, ClusterCmd, ClusterLink, ClusterQuery, ClusterStatus, Remote};
+pub use cluster::{ClusterAnswers, ClusterCmd, ClusterLink, ClusterQuery, ClusterStatus, Here, Remote};
 pub use id::{node_tag, SocketId};
 pub use local::Conn;
 pub use messages::{Answer, ConnectionInfo, Delivery, ExceptNames, Query, RoomInfo, ShardMsg, ShardStats, Target};
@@ -305,10 +305,14 @@ impl Shard {
 
     /// Sends a delivery to every shard that may hold a recipient (this one
     /// directly, the others over their channels) and, in cluster mode, to
-    /// the other nodes: the receiver then says whether Redis took it.
+    /// the other nodes: the receiver then says whether Redis took it. A room
+    /// broadcast in cluster mode reaches this node's shards when it comes
+    /// back from Redis (see [`ClusterCmd::Publish`]), and the receiver
+    /// answers then.
     pub fn deliver(&self, delivery: Delivery) -> Option<oneshot::Receiver<bool>> {
         let published = match &self.shared.cluster {
-            Some(link) if delivery.crosses_nodes() => Some(link.publish(delivery.clone())),
+            Some(link) if delivery.ordered_by_redis() => return Some(link.publish(delivery, Some(Here::Echo))),
+            Some(link) if delivery.crosses_nodes() => Some(link.publish(delivery.clone(), None)),
             _ => None,
         };
         match &delivery.target {
