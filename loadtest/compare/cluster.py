@@ -252,6 +252,7 @@ class Cluster:
     def __init__(self, kind, tag):
         self.kind, self.spec, self.tag = kind, SERVERS[kind], tag
         self.redis = None
+        self.gen = None
         self.nodes = []
         self.logs = []
         self.ports = []
@@ -354,6 +355,9 @@ class Cluster:
         return bad
 
     def stop(self):
+        if self.gen and self.gen.poll() is None:
+            self.gen.kill()
+            self.gen.wait()
         for proc in self.nodes:
             stop(proc)
         stop(self.redis)
@@ -429,6 +433,7 @@ def run_in(cluster, kind, via, rate, duration, tag):
     snaps = {}
     with open(out_path, "w") as out, open(err_path, "w") as err:
         gen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE, text=True)
+        cluster.gen = gen
 
         def follow():
             for line in gen.stderr:
@@ -844,7 +849,14 @@ def main():
         sys.exit(1 if bad else 0)
 
 
+def _terminated(signum, _frame):
+    # `timeout` or a CI runner stopping us: unwind, so that every process
+    # this run started is stopped by its `finally`.
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     if len(sys.argv) == 3 and sys.argv[1] == "--table":
         with open(sys.argv[2]) as f:
             print(render(json.load(f)["results"]))
