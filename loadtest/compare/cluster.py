@@ -41,8 +41,19 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from compare import (compilers_running, cpu_seconds, env_num, env_str, fmt, fmt_rate,  # noqa: E402
+from compare import (compilers_running, cpu_seconds, env_num, env_str, fmt_rate,  # noqa: E402
                      machine_user_seconds, user_seconds)
+
+
+def fmt(v, digits=3):
+    """3 significant digits, whole numbers from 100 up (1,234 not 1.23e+03)."""
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
 
 SMOKE = env_str("SMOKE", "0") not in ("0", "", "false", "no")
 QUICK = SMOKE or env_str("QUICK", "0") not in ("0", "", "false", "no")
