@@ -63,6 +63,9 @@ CONNECTIONS = env_num("CLUSTER_CONNECTIONS", 600 if SMOKE else 3000, int)  # in 
 LOCAL_ROOM_SIZE = env_num("CLUSTER_LOCAL_ROOM_SIZE", 10, int)
 SPREAD_ROOM_SIZE = env_num("CLUSTER_SPREAD_ROOM_SIZE", 30, int)
 LOCAL_SHARE = env_num("CLUSTER_LOCAL_SHARE", 0.5)
+# One run per path with every publish to a one-node room (share 1) and one
+# with every publish to an every-node room (share 0): Redis traffic per room kind.
+MIX_SHARES = [float(x) for x in env_str("CLUSTER_MIX_SHARES", "" if SMOKE else "1,0").split(",") if x]
 RATE = env_num("CLUSTER_RATE", 200 if SMOKE else 500)  # publishes/s of the fixed-rate runs
 DURATION = env_num("CLUSTER_DURATION", 3 if SMOKE else (5 if QUICK else 10))
 LANES = env_num("CLUSTER_LANES", 16, int)
@@ -400,9 +403,9 @@ def wait_quiet():
 
 # ---- one run -------------------------------------------------------------------------
 
-def loadgen_args(kind, via, rate, duration):
+def loadgen_args(kind, via, rate, duration, share):
     args = ["--scenario", "cluster", "--connections", CONNECTIONS, "--local-room-size", LOCAL_ROOM_SIZE,
-            "--spread-room-size", SPREAD_ROOM_SIZE, "--local-share", LOCAL_SHARE, "--via", via,
+            "--spread-room-size", SPREAD_ROOM_SIZE, "--local-share", share, "--via", via,
             "--rate", fmt_rate(rate) if isinstance(rate, (int, float)) else rate,
             "--duration", duration, "--lanes", LANES, "--publish-node", PUBLISH_NODE,
             "--payload-bytes", PAYLOAD_BYTES, "--sync"]
@@ -414,16 +417,17 @@ def loadgen_args(kind, via, rate, duration):
 _run_counter = 0
 
 
-def run_once(kind, via, rate, duration):
+def run_once(kind, via, rate, duration, share=None):
     """A fresh cluster, one loadgen run, the figures. {"error": ...} on failure."""
     global _run_counter
     _run_counter += 1
+    share = LOCAL_SHARE if share is None else share
     tag = f"{kind}-{via}-{_run_counter}"
     if QUIET_TIMEOUT > 0:
         wait_quiet()
     cluster = Cluster(kind, tag)
     try:
-        result = run_in(cluster, kind, via, rate, duration, tag)
+        result = run_in(cluster, kind, via, rate, duration, share, tag)
     finally:
         cluster.stop()
     result["log_errors"] = cluster.log_errors()
@@ -433,12 +437,12 @@ def run_once(kind, via, rate, duration):
     return result
 
 
-def run_in(cluster, kind, via, rate, duration, tag):
+def run_in(cluster, kind, via, rate, duration, share, tag):
     try:
         cluster.start()
     except RuntimeError as e:
         return {"error": str(e)}
-    cmd = pinned(LOADGEN_CPUS, [LOADGEN, "--urls", cluster.urls()] + loadgen_args(kind, via, rate, duration))
+    cmd = pinned(LOADGEN_CPUS, [LOADGEN, "--urls", cluster.urls()] + loadgen_args(kind, via, rate, duration, share))
     out_path = os.path.join(OUT_DIR, f"loadgen-{tag}.json")
     err_path = os.path.join(OUT_DIR, f"loadgen-{tag}.stderr")
     snaps = {}
@@ -721,6 +725,32 @@ def search_table(results):
     return "\n".join(["", head, "|---" * (len(kinds) + 1 + (len(kinds) == 2)) + "|"] + rows)
 
 
+def mix_table(results):
+    """Redis messages received per node per publish, by room kind."""
+    kinds = [k for k in SERVERS_WANTED if k in results]
+    rows = []
+    for via in VIAS:
+        for share in MIX_SHARES:
+            key = f"mix-{via}-{share:g}"
+            runs = {k: [r for r in results[k].get(key) or [] if "cluster" in r] for k in kinds}
+            if not any(runs.values()):
+                continue
+            what = {1.0: "one-node rooms only", 0.0: "every-node rooms only"}.get(share, f"{share * 100:g} % one-node")
+            per_pub = {k: median_of(runs[k], c("redis_messages_received_per_node_per_publish")) for k in kinds}
+            per_del = {k: median_of(runs[k], c("redis_messages_per_delivery")) for k in kinds}
+            cells = [f"{fmt(per_pub[k])} ({fmt(per_del[k])})" for k in kinds]
+            ratio = ""
+            if len(kinds) == 2 and per_pub[kinds[0]] is not None and per_pub[kinds[1]]:
+                ratio = f"{per_pub[kinds[0]] / per_pub[kinds[1]]:.2f}×"
+            rows.append(f"| {via}, {what} | " + " | ".join(cells) + (f" | {ratio} |" if len(kinds) == 2 else " |"))
+    if not rows:
+        return ""
+    head = ("| Redis messages received per node per publish (per delivered event), "
+            f"{fmt_rate(RATE)} publishes/s | " + " | ".join(SERVERS[k]["label"] for k in kinds)
+            + (" | shardcast / socket.io |" if len(kinds) == 2 else " |"))
+    return "\n".join(["", head, "|---" * (len(kinds) + 1 + (len(kinds) == 2)) + "|"] + rows)
+
+
 def describe():
     per_node = CONNECTIONS // NODES
     locals_ = NODES * -(-per_node // LOCAL_ROOM_SIZE)
@@ -738,6 +768,9 @@ def describe():
 
 def render(results):
     md = fixed_table(results)
+    mt = mix_table(results)
+    if mt:
+        md += "\n" + mt
     st = search_table(results)
     if st:
         md += "\n" + st
@@ -746,7 +779,7 @@ def render(results):
         for key, runs in res.items():
             for r in (runs if isinstance(runs, list) else (runs or {}).get("trials") or []):
                 why = r.get("error") or "; ".join(r.get("problems") or [])
-                if why and key.startswith("fixed"):
+                if why and not key.startswith("search"):
                     notes.append(f"* {SERVERS[kind]['label']}, {key}: {why}")
                 if (r.get("cluster") or {}).get("disturbed_by"):
                     notes.append(f"* {SERVERS[kind]['label']}, {key}: disturbed by "
@@ -839,6 +872,11 @@ def main():
                     log(f"    node log: {e}")
                 runs.append(r)
             res[f"fixed-{via}"] = runs
+        for via in VIAS:
+            for share in MIX_SHARES:
+                r = run_once(kind, via, RATE, DURATION, share)
+                log(f"  {via} @ {fmt_rate(RATE)}/s, {share * 100:g} % to one-node rooms: {short(r)}")
+                res[f"mix-{via}-{share:g}"] = [r]
         if SEARCH:
             for via in SEARCH_VIAS:
                 log(f"  sustained search via {via}")
