@@ -157,7 +157,7 @@ struct Args {
     local_share: f64,
     /// Cluster: publisher lanes; each owns a share of the rooms and publishes
     /// to them one at a time, each after the previous answer or ack.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     lanes: usize,
     /// Cluster (`--via api`): which node gets each HTTP publish: `rotate`
     /// (the next node each time, as a load balancer would), `room` (always
@@ -1579,6 +1579,8 @@ struct LaneStats {
     partial: u64,
     delivered_sum: u64,
     by_node: Vec<u64>,
+    /// Microseconds from sending a publish to its answer (API) or ack (relay).
+    answer_us: Vec<u64>,
 }
 
 struct Lane {
@@ -1604,6 +1606,7 @@ impl Lane {
         let seq = room.sent.get();
         room.sent.set(seq + 1);
         self.stats.published += 1;
+        let asked = Instant::now();
         let result = match via {
             Via::Api => {
                 let node = match choice {
@@ -1667,6 +1670,7 @@ impl Lane {
                 }
             }
         };
+        self.stats.answer_us.push(asked.elapsed().as_micros() as u64);
         if let Err(e) = result {
             self.stats.errors += 1;
             room.failed.borrow_mut().push(seq);
@@ -1956,6 +1960,10 @@ async fn cluster(args: &Args) -> Value {
     out["publishes_by_node"] = json!(by_node);
     out["publisher_behind_ms"] = json!(behind.as_secs_f64() * 1000.0);
     out["publish_errors"] = json!(errors);
+    let mut answer_us: Vec<u64> = lanes.iter().flat_map(|l| l.stats.answer_us.iter().copied()).collect();
+    answer_us.sort_unstable();
+    out["answer_ms_p50"] = json!(percentile_ms(&answer_us, 0.5));
+    out["answer_ms_p99"] = json!(percentile_ms(&answer_us, 0.99));
     out["expected"] = json!(m_expected);
     out["deliveries"] = json!(cl.m_received.get());
     out["deliveries_per_publish"] = json!(cl.m_received.get() as f64 / published.max(1) as f64);
