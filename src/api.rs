@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::app::validate;
-use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope};
+use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope, Sent};
 use crate::clock::iso8601;
 use crate::config::Config;
 use crate::limits::ConnectionBudget;
@@ -166,26 +166,44 @@ pub async fn handle(
         }
     };
     let result = match route {
-        Route::Connections => Ok(connections_body(broker.active_connections().await)),
-        Route::Rooms => Ok(rooms_body(broker.active_rooms().await)),
+        Route::Connections => {
+            let (list, partial) = broker.connections_view(None).await;
+            Ok(with_partial(broker, connections_body(list), partial))
+        }
+        Route::Rooms => {
+            let (list, partial) = broker.rooms_view().await;
+            Ok(with_partial(broker, rooms_body(list), partial))
+        }
         Route::Stats => {
             let stats = broker.stats().await;
-            Ok(json!({
+            let mut body = json!({
                 "connections": stats.connections,
                 "rooms": stats.rooms,
                 "onlineUsers": stats.online_users,
                 "connectionsPerShard": stats.connections_per_shard,
                 "connectionCapacity": budget.capacity.connections,
-            }))
+            });
+            if let Some(cluster) = &stats.cluster {
+                body["node"] = json!({
+                    "id": cluster.node,
+                    "connections": cluster.node_connections,
+                    "rooms": cluster.node_rooms,
+                    "onlineUsers": cluster.node_online_users,
+                    "connectionsPerShard": stats.connections_per_shard,
+                });
+                body["cluster"] = json!({ "nodes": cluster.nodes, "answered": cluster.answered, "partial": cluster.partial });
+            }
+            Ok(body)
         }
         Route::User(user) => {
-            let connections = broker.user_connections(&user).await;
-            let online = broker.is_user_online(&user).await;
-            Ok(json!({
+            let (connections, partial) = broker.connections_view(Some(&user)).await;
+            let online = !connections.is_empty() || broker.is_user_online(&user).await;
+            let body = json!({
                 "userId": user,
                 "online": online,
                 "connections": connections.iter().map(connection_json).collect::<Vec<_>>(),
-            }))
+            });
+            Ok(with_partial(broker, body, partial))
         }
         publish => match read_body(request).await {
             Ok(body) => run_publish_route(broker, publish, &body).await,
@@ -283,8 +301,8 @@ async fn run_publish_route(broker: &Broker, route: Route, body: &[u8]) -> Result
     let fields: PublishIn = validate::json_object("body", text)?;
     let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
     let publish = parse_publish(&fields, allow_exclude)?;
-    let delivered = broker.send(prepare(broker, &route, &publish)?).await;
-    Ok(publish_result(&route, delivered))
+    let sent = broker.send_counted(prepare(broker, &route, &publish)?).await;
+    Ok(publish_result(&route, sent))
 }
 
 fn prepare(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<Publication, ApiError> {
@@ -299,13 +317,26 @@ fn prepare(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<Publ
     Ok(broker.prepare(scope, &publish.event, &publish.data, options)?)
 }
 
-fn publish_result(route: &Route, delivered: usize) -> Value {
-    match route {
+fn publish_result(route: &Route, sent: Sent) -> Value {
+    let delivered = sent.delivered;
+    let mut result = match route {
         Route::RoomBroadcast(room) => json!({ "success": true, "delivered": delivered, "roomName": room }),
         Route::UserSend(user) => json!({ "success": true, "delivered": delivered, "userId": user, "online": delivered > 0 }),
         Route::SocketSend(socket) => json!({ "success": true, "delivered": delivered, "socketId": socket }),
         _ => json!({ "success": true, "delivered": delivered }),
+    };
+    if sent.partial {
+        result["partial"] = json!(true);
     }
+    result
+}
+
+/// In cluster mode, says whether every node's part is in the answer.
+fn with_partial(broker: &Broker, mut body: Value, partial: bool) -> Value {
+    if broker.cluster_status().is_some() {
+        body["partial"] = json!(partial);
+    }
+    body
 }
 
 #[derive(Deserialize)]
@@ -364,17 +395,22 @@ async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
         planned.push((route, publication));
     }
     let mut results = Vec::with_capacity(planned.len());
-    let mut total = 0;
+    let (mut total, mut partial) = (0, false);
     for (route, publication) in planned {
-        let delivered = broker.send(publication).await;
-        total += delivered;
-        results.push(publish_result(&route, delivered));
+        let sent = broker.send_counted(publication).await;
+        total += sent.delivered;
+        partial |= sent.partial;
+        results.push(publish_result(&route, sent));
     }
-    Ok(json!({ "success": true, "delivered": total, "results": results }))
+    let mut body = json!({ "success": true, "delivered": total, "results": results });
+    if partial {
+        body["partial"] = json!(true);
+    }
+    Ok(body)
 }
 
 fn connection_json(info: &ConnectionInfo) -> Value {
-    json!({
+    let mut json = json!({
         "socketId": info.socket_id,
         "userId": info.user_id,
         "rooms": info.rooms,
@@ -382,7 +418,11 @@ fn connection_json(info: &ConnectionInfo) -> Value {
         "shard": info.shard,
         "connectedAt": iso8601(info.connected_at),
         "lastActivity": iso8601(info.last_activity),
-    })
+    });
+    if let Some(node) = &info.node {
+        json["node"] = json!(node);
+    }
+    json
 }
 
 fn connections_body(list: Vec<ConnectionInfo>) -> Value {

@@ -31,7 +31,7 @@ pub fn decode_client_event(frame: &[u8]) -> usize {
 
 fn shared(shards: usize) -> (Arc<Shared>, Vec<crate::shard::ShardInbox>) {
     let (router, inboxes) = Router::new(shards);
-    (Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() }), inboxes)
+    (Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default(), cluster: None }), inboxes)
 }
 
 /// A room whose members are spread over several shards (single-shard

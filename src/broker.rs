@@ -4,7 +4,10 @@
 //!
 //! Publishes encode the event once (Socket.IO packet and WebSocket frame)
 //! and hand the same buffer to every shard; queries ask every shard for its
-//! part and merge the answers.
+//! part and merge the answers. In cluster mode, publishes also go to the
+//! cluster thread (which counts what the other nodes reached) and queries
+//! merge the other nodes' answers too; the `node_*` methods answer for this
+//! node alone.
 
 use std::sync::Arc;
 
@@ -13,7 +16,10 @@ use serde::Serialize;
 use crate::app::validate;
 use crate::protocol::socketio;
 use crate::protocol::wsframe::OutFrame;
-use crate::shard::{Answer, ConnectionInfo, CounterSnapshot, Delivery, Query, RoomInfo, ShardStats, Shared, SocketId, Target};
+use crate::shard::{
+    node_tag, Answer, ClusterAnswers, ClusterLink, ClusterQuery, ConnectionInfo, CounterSnapshot, Delivery, Query, Remote, RoomInfo,
+    ShardStats, Shared, SocketId, Target,
+};
 
 /// Options of a broadcast (as in the seed's `BroadcastOptions`).
 #[derive(Debug, Clone, Default)]
@@ -39,8 +45,38 @@ pub struct Stats {
     pub rooms: usize,
     /// Users with at least one authenticated connection.
     pub online_users: usize,
-    /// Connections per shard, by shard index.
+    /// Connections per shard of this node, by shard index.
     pub connections_per_shard: Vec<usize>,
+    /// In cluster mode: this node's own figures, and how complete the answer is.
+    pub cluster: Option<ClusterStats>,
+}
+
+/// This node's part of [`Stats`] in cluster mode (the totals are cluster-wide).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    /// This node's name on Redis.
+    pub node: String,
+    /// Live nodes, this one included.
+    pub nodes: usize,
+    /// Nodes whose figures are in the totals, this one included.
+    pub answered: usize,
+    /// Some live node did not answer in time (or Redis was unreachable).
+    pub partial: bool,
+    /// Connections on this node.
+    pub node_connections: usize,
+    /// Rooms with members on this node.
+    pub node_rooms: usize,
+    /// Users with connections on this node.
+    pub node_online_users: usize,
+}
+
+/// What a publish reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Connections it was queued for, on every node.
+    pub delivered: usize,
+    /// Some node did not report its count in time (or Redis was unreachable).
+    pub partial: bool,
 }
 
 /// Who a publish is for.
@@ -129,27 +165,104 @@ impl Broker {
                 validate::check_name("userId", user).map_err(invalid)?;
                 Some(Target::User(Arc::from(user)))
             }
+            // Another node's socket ids name shards of that node.
             Scope::Socket(socket) => SocketId::parse(socket)
-                .filter(|id| id.shard() < self.shared.router.shard_count())
+                .filter(|id| id.node() != node_tag() || id.shard() < self.shared.router.shard_count())
                 .map(Target::Socket),
         };
         let frame = self.encode(event, data)?;
         Ok(Publication { target, frame, exclude: options.exclude })
     }
 
-    /// Every connection, on every shard.
+    fn cluster(&self) -> Option<&ClusterLink> {
+        self.shared.cluster.as_ref()
+    }
+
+    /// Cluster mode's status (Redis, nodes, traffic); `None` on a single node.
+    pub(crate) fn cluster_status(&self) -> Option<&crate::shard::ClusterStatus> {
+        self.cluster().map(|link| &*link.status)
+    }
+
+    /// Asks the other nodes (cluster mode only).
+    async fn ask_cluster(&self, query: ClusterQuery) -> Option<ClusterAnswers> {
+        let link = self.cluster()?;
+        Some(link.query(query).await.unwrap_or(ClusterAnswers { partial: true, ..ClusterAnswers::default() }))
+    }
+
+    /// Every connection, on every shard (and node).
     pub async fn active_connections(&self) -> Vec<ConnectionInfo> {
+        self.connections_view(None).await.0
+    }
+
+    /// Every connection (of one user, or all) on every node; `true` if some
+    /// node did not answer.
+    pub(crate) async fn connections_view(&self, user: Option<&str>) -> (Vec<ConnectionInfo>, bool) {
+        let mut all = self.node_connections(user).await;
+        let mut partial = false;
+        if let Some(answers) = self.ask_cluster(ClusterQuery::Connections { user: user.map(Arc::from) }).await {
+            partial = answers.partial;
+            for (_, answer) in answers.answers {
+                if let Answer::Connections(list) = answer {
+                    all.extend(list);
+                }
+            }
+        }
+        (all, partial)
+    }
+
+    /// This node's connections (of one user, or all).
+    pub(crate) async fn node_connections(&self, user: Option<&str>) -> Vec<ConnectionInfo> {
+        let node = self.cluster().map(|link| link.status.node.clone());
         let mut all = Vec::new();
-        for answer in self.ask_all(Query::Connections { user: None }).await {
+        for answer in self.ask_all(Query::Connections { user: user.map(Arc::from) }).await {
             if let Answer::Connections(list) = answer {
                 all.extend(list);
             }
         }
+        if node.is_some() {
+            all.iter_mut().for_each(|conn| conn.node = node.clone());
+        }
         all
     }
 
-    /// Every room, by name.
+    /// Every room, by name (across nodes: members summed, users merged).
     pub async fn active_rooms(&self) -> Vec<RoomInfo> {
+        self.rooms_view().await.0
+    }
+
+    /// Every room on every node; `true` if some node did not answer.
+    pub(crate) async fn rooms_view(&self) -> (Vec<RoomInfo>, bool) {
+        let mut all = self.node_rooms().await;
+        let Some(answers) = self.ask_cluster(ClusterQuery::Rooms).await else { return (all, false) };
+        let mut by_name: ahash::AHashMap<String, usize> = all.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        for (_, answer) in answers.answers {
+            let Answer::Rooms(list) = answer else { continue };
+            for room in list {
+                match by_name.get(&room.name) {
+                    Some(&i) => {
+                        let merged = &mut all[i];
+                        merged.member_count += room.member_count;
+                        for user in room.users {
+                            if !merged.users.contains(&user) {
+                                merged.users.push(user);
+                            }
+                        }
+                        merged.created_at = merged.created_at.min(room.created_at);
+                        merged.last_activity = merged.last_activity.max(room.last_activity);
+                    }
+                    None => {
+                        by_name.insert(room.name.clone(), all.len());
+                        all.push(room);
+                    }
+                }
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        (all, answers.partial)
+    }
+
+    /// The rooms with members on this node (their members here only).
+    pub(crate) async fn node_rooms(&self) -> Vec<RoomInfo> {
         let mut all = Vec::new();
         for answer in self.ask_all(Query::Rooms).await {
             if let Answer::Rooms(list) = answer {
@@ -160,8 +273,35 @@ impl Broker {
         all
     }
 
-    /// Counts over every shard.
+    /// Counts over every shard (in cluster mode: over every node, with this
+    /// node's own figures in [`Stats::cluster`]).
     pub async fn stats(&self) -> Stats {
+        let mut stats = self.node_stats().await;
+        let Some(answers) = self.ask_cluster(ClusterQuery::Stats).await else { return stats };
+        let mut cluster = ClusterStats {
+            node: self.cluster().map(|link| link.status.node.clone()).unwrap_or_default(),
+            nodes: answers.nodes,
+            answered: 1 + answers.answers.len(),
+            partial: answers.partial,
+            node_connections: stats.connections,
+            node_rooms: stats.rooms,
+            node_online_users: stats.online_users,
+        };
+        for (_, answer) in &answers.answers {
+            if let Answer::Stats(remote) = answer {
+                stats.connections += remote.connections;
+            }
+        }
+        // Rooms and users on several nodes count once: Redis keeps the sets.
+        stats.rooms = answers.rooms.unwrap_or(stats.rooms);
+        stats.online_users = answers.online_users.unwrap_or(stats.online_users);
+        cluster.nodes = cluster.nodes.max(cluster.answered);
+        stats.cluster = Some(cluster);
+        stats
+    }
+
+    /// Counts over this node's shards.
+    pub(crate) async fn node_stats(&self) -> Stats {
         let mut stats = Stats::default();
         for answer in self.ask_all(Query::Stats).await {
             if let Answer::Stats(ShardStats { connections, rooms, online_users }) = answer {
@@ -174,7 +314,7 @@ impl Broker {
         stats
     }
 
-    /// Socket.IO connections in the process.
+    /// Socket.IO connections (in cluster mode, on every node).
     pub async fn connection_count(&self) -> usize {
         self.stats().await.connections
     }
@@ -184,22 +324,21 @@ impl Broker {
         self.stats().await.rooms
     }
 
-    /// The connections of one user, on every shard.
+    /// The connections of one user, on every shard (and node).
     pub async fn user_connections(&self, user_id: &str) -> Vec<ConnectionInfo> {
-        let mut all = Vec::new();
-        for answer in self.ask_all(Query::Connections { user: Some(Arc::from(user_id)) }).await {
-            if let Answer::Connections(list) = answer {
-                all.extend(list);
-            }
-        }
-        all
+        self.connections_view(Some(user_id)).await.0
     }
 
-    /// Whether `user_id` has at least one connection (asked of the user's home shard).
+    /// Whether `user_id` has at least one connection (asked of the user's
+    /// home shard; in cluster mode, of Redis if not here).
     pub async fn is_user_online(&self, user_id: &str) -> bool {
         let home = self.shared.router.home_of(user_id);
         let answer = self.shared.router.ask(home, Query::UserOnline { user: Arc::from(user_id) });
-        matches!(answer.await, Ok(Answer::UserOnline(true)))
+        if matches!(answer.await, Ok(Answer::UserOnline(true))) {
+            return true;
+        }
+        let answers = self.ask_cluster(ClusterQuery::UserOnline { user: Arc::from(user_id) }).await;
+        answers.and_then(|a| a.online).unwrap_or(false)
     }
 
     /// Every shard's table sizes and counters, in shard order (for `/metrics`).
@@ -229,14 +368,19 @@ impl Broker {
     }
 
     /// Hands a prepared publish to every shard that may hold a recipient
-    /// and sums what each delivered.
+    /// and sums what each delivered (in cluster mode, on every node).
     pub async fn send(&self, publication: Publication) -> usize {
+        self.send_counted(publication).await.delivered
+    }
+
+    /// Like [`Broker::send`], saying whether every node's count came in.
+    pub(crate) async fn send_counted(&self, publication: Publication) -> Sent {
         let Publication { target, frame, exclude } = publication;
         let Some(target) = target else {
             // A socket id that names no socket reaches nobody, but the
             // publish is counted like any other (on the first shard).
             self.shared.router.run_on(0, |shard| shard.counters.broadcast("socket"));
-            return 0;
+            return Sent::default();
         };
         let mut delivery = Delivery::new(target, frame);
         if !exclude.is_empty() {
@@ -244,24 +388,40 @@ impl Broker {
         }
         let scope = match &delivery.target {
             Target::All | Target::Authenticated => "all",
-            Target::Room(_) => "room",
+            Target::Room(_) | Target::Rooms(_) => "room",
             Target::User(_) => "user",
             Target::Socket(_) => "socket",
         };
+        // Queued for the other nodes first: their count comes back while this node delivers.
+        let remote = match self.cluster() {
+            Some(link) if matches!(delivery.target, Target::User(_)) || delivery.crosses_nodes() => {
+                Some(link.publish_counted(delivery.clone()))
+            }
+            _ => None,
+        };
         let shards: Vec<usize> = match &delivery.target {
+            Target::Socket(id) if id.node() != node_tag() => Vec::new(),
             Target::Socket(id) => vec![id.shard()],
             _ => (0..self.shared.router.shard_count()).collect(),
         };
+        if shards.is_empty() {
+            self.shared.router.run_on(0, move |shard| shard.counters.broadcast(scope));
+        }
         let mut replies = Vec::with_capacity(shards.len());
         for (i, shard) in shards.into_iter().enumerate() {
             let count_as = (i == 0).then_some(scope);
             replies.push(self.shared.router.deliver_counted(shard, delivery.clone(), count_as));
         }
-        let mut delivered = 0;
+        let mut sent = Sent::default();
         for reply in replies {
-            delivered += reply.await.unwrap_or(0);
+            sent.delivered += reply.await.unwrap_or(0);
         }
-        delivered
+        if let Some(remote) = remote {
+            let Remote { delivered, partial } = remote.await.unwrap_or(Remote { delivered: 0, partial: true });
+            sent.delivered += delivered;
+            sent.partial = partial;
+        }
+        sent
     }
 
     async fn ask_all(&self, query: Query) -> Vec<Answer> {

@@ -119,9 +119,28 @@ pub struct Config {
     #[arg(long, env = "ROOM_EVENTS", value_enum, default_value = "on", ignore_case = true)]
     pub room_events: Switch,
 
-    /// Redis URL for cluster mode.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL: set, this node joins a cluster through it (unset: one node, no Redis).
+    #[arg(long, env = "REDIS_URL", value_parser = non_empty)]
     pub redis_url: Option<String>,
+
+    /// Prefix of shardcast's own Redis keys and channels (one per deployment sharing a Redis).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "shardcast", value_parser = non_empty)]
+    pub redis_prefix: String,
+
+    /// The socket.io Redis adapter's channel prefix (its `key` option), for room broadcasts
+    /// shared with socket.io servers and emitters.
+    #[arg(long, env = "REDIS_ADAPTER_KEY", default_value = "socket.io", value_parser = non_empty)]
+    pub redis_adapter_key: String,
+
+    /// A cluster node whose heartbeat key is this old is dead: its users go offline and its
+    /// room members stop counting (e.g. `15s`, `3s`).
+    #[arg(long, env = "CLUSTER_NODE_TTL", default_value = "15s", value_parser = duration_at_least_1s)]
+    pub cluster_node_ttl: humantime::Duration,
+
+    /// How long a cluster-wide query or an HTTP publish waits for the other nodes' answers
+    /// before answering with what it has (`"partial": true`).
+    #[arg(long, env = "CLUSTER_REQUEST_TIMEOUT", default_value = "2s", value_parser = duration_at_least_10ms)]
+    pub cluster_request_timeout: humantime::Duration,
 
     /// `development` turns on debug logging.
     #[arg(long, env = "NODE_ENV")]
@@ -263,6 +282,29 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["shardcast"])
     }
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(value.to_string())
+}
+
+fn duration_at_least(value: &str, min: Duration) -> Result<humantime::Duration, String> {
+    let duration: humantime::Duration = value.parse().map_err(|e| format!("{e} (write e.g. 15s, 500ms)"))?;
+    if *duration < min {
+        return Err(format!("must be at least {}", humantime::format_duration(min)));
+    }
+    Ok(duration)
+}
+
+fn duration_at_least_1s(value: &str) -> Result<humantime::Duration, String> {
+    duration_at_least(value, Duration::from_secs(1))
+}
+
+fn duration_at_least_10ms(value: &str) -> Result<humantime::Duration, String> {
+    duration_at_least(value, Duration::from_millis(10))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! - `app`: Socket.IO on an Engine.IO session, and the events of SPEC §2–§4;
 //! - `broker`: the server-side handle ([`Broker`]);
 //! - `config`: settings from the environment and the command line;
+//!   `cluster`: cluster mode on Redis (the cluster thread, the wire formats);
 //! - `api` (`/api`), `engine_http` (the HTTP side of Engine.IO), `metrics`
 //!   (`/metrics`);
 //! - `server`: listeners, shard threads, HTTP routing, shutdown.
@@ -30,6 +31,7 @@ mod app;
 mod broker;
 pub mod client;
 mod clock;
+mod cluster;
 mod config;
 mod engine_http;
 mod http;
@@ -44,7 +46,7 @@ mod transport;
 mod tests;
 
 pub use app::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
-pub use broker::{BroadcastOptions, Broker, Publication, PublishError, Scope, Stats};
+pub use broker::{BroadcastOptions, Broker, ClusterStats, Publication, PublishError, Scope, Sent, Stats};
 pub use clock::now_iso8601;
 pub use config::{Config, LogFormat, Switch};
 pub use server::{Extensions, Server, StartError};

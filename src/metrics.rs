@@ -14,9 +14,12 @@ use crate::app::errors::RequestError;
 use crate::app::session::BUILTIN_EVENTS;
 use crate::broker::Broker;
 use crate::limits::{ConnectionBudget, REFUSAL_REASONS};
+use crate::shard::ClusterStatus;
+use std::sync::atomic::Ordering;
 use crate::transport::CloseReason;
 
 pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
+pub const CLUSTER_LAG: &str = "shardcast_cluster_delivery_lag_seconds";
 
 use crate::shard::stats::LATENCY_BUCKETS;
 
@@ -38,6 +41,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(FAN_OUT_LATENCY.to_string()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(Matcher::Full(CLUSTER_LAG.to_string()), LATENCY_BUCKETS)
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -133,9 +138,36 @@ impl Metrics {
             for ((route, status), n) in http {
                 counter!("shardcast_http_requests_total", "route" => route, "status" => status.to_string()).absolute(n);
             }
+            if let Some(cluster) = broker.cluster_status() {
+                record_cluster(cluster);
+            }
         });
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+/// Cluster mode's figures (`REDIS_URL` set).
+fn record_cluster(status: &ClusterStatus) {
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    gauge!("shardcast_cluster_nodes").set(status.nodes.load(Ordering::Relaxed) as f64);
+    gauge!("shardcast_cluster_redis_up").set(if status.is_redis_up() { 1.0 } else { 0.0 });
+    gauge!("shardcast_cluster_subscriptions").set(status.subscriptions.load(Ordering::Relaxed) as f64);
+    counter!("shardcast_cluster_messages_published_total").absolute(load(&status.messages_published));
+    counter!("shardcast_cluster_messages_received_total").absolute(load(&status.messages_received));
+    counter!("shardcast_cluster_bytes_published_total").absolute(load(&status.bytes_published));
+    counter!("shardcast_cluster_bytes_received_total").absolute(load(&status.bytes_received));
+    counter!("shardcast_cluster_publish_failures_total").absolute(load(&status.publish_failures));
+    counter!("shardcast_cluster_messages_undecodable_total").absolute(load(&status.undecodable));
+    // The cluster thread's samples since the last scrape move into the histogram.
+    let lag = histogram!(CLUSTER_LAG);
+    if let Ok(mut guard) = status.delivery_lag.lock() {
+        if let Some(samples) = guard.as_mut() {
+            for value in samples.iter_recorded() {
+                lag.record_many(value.value_iterated_to() as f64 / 1e6, value.count_at_value() as usize);
+            }
+            samples.reset();
+        }
     }
 }
 
@@ -189,6 +221,23 @@ fn describe_all() {
     describe_counter!("shardcast_bytes_received_total", Unit::Bytes, "Bytes read from client sockets.");
     describe_counter!("shardcast_bytes_sent_total", Unit::Bytes, "Bytes written to client sockets.");
     describe_counter!("shardcast_http_requests_total", "HTTP requests (API, health, metrics, handshakes), by route and status.");
+    describe_gauge!("shardcast_cluster_nodes", "Cluster mode: live nodes (with a fresh heartbeat key), this one included.");
+    describe_gauge!("shardcast_cluster_redis_up", "Cluster mode: 1 while Redis answers, 0 while cross-node delivery is degraded.");
+    describe_gauge!("shardcast_cluster_subscriptions", "Cluster mode: Redis channels this node is subscribed to.");
+    describe_counter!("shardcast_cluster_messages_published_total", "Cluster mode: messages this node published on Redis.");
+    describe_counter!("shardcast_cluster_messages_received_total", "Cluster mode: messages this node received from Redis (its own included).");
+    describe_counter!("shardcast_cluster_bytes_published_total", Unit::Bytes, "Cluster mode: bytes of the messages published.");
+    describe_counter!("shardcast_cluster_bytes_received_total", Unit::Bytes, "Cluster mode: bytes of the messages received.");
+    describe_counter!(
+        "shardcast_cluster_publish_failures_total",
+        "Cluster mode: publishes that could not reach Redis (the other nodes missed them; local delivery happened)."
+    );
+    describe_counter!("shardcast_cluster_messages_undecodable_total", "Cluster mode: messages from Redis that could not be read (dropped).");
+    describe_histogram!(
+        CLUSTER_LAG,
+        Unit::Seconds,
+        "Cluster mode: from the publish on the origin node to its arrival here (clocks of different machines add their skew)."
+    );
     describe_histogram!(
         FAN_OUT_LATENCY,
         Unit::Seconds,

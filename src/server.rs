@@ -30,13 +30,14 @@ use crate::engine_http::{Endpoint, Handler};
 use crate::transport::engine::{EngineAppFactory, Settings};
 use crate::broker::Broker;
 use crate::app;
+use crate::cluster::{wire, Cluster, ClusterError, ClusterSettings};
 use crate::config::Config;
 use crate::engine_http;
 use crate::http::{json_response, HttpResponse, PrefixedStream};
 use crate::limits::{self, Backoff, Capacity, ConnectionBudget, ConnectionSlot, NofileLimit};
 use crate::metrics::Metrics;
 use crate::protocol::http_upgrade::{self, Head};
-use crate::shard::{Router, Shard, ShardInbox, Shared};
+use crate::shard::{node_tag, ClusterLink, ClusterStatus, Router, Shard, ShardInbox, Shared};
 
 /// How long shutdown waits for connections to close before leaving anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -70,6 +71,8 @@ pub struct Server {
     services: Arc<Services>,
     budget: Arc<ConnectionBudget>,
     threads: Vec<JoinHandle<()>>,
+    /// Cluster mode's thread (`REDIS_URL`).
+    cluster: Option<Cluster>,
 }
 
 /// Why the broker could not start.
@@ -89,6 +92,15 @@ pub enum StartError {
     /// The operating system refused a shard thread.
     #[error("cannot start a shard thread: {0}")]
     Thread(std::io::Error),
+    /// Cluster mode cannot start (a bad `REDIS_URL`).
+    #[error("cannot start cluster mode: {0}")]
+    Cluster(String),
+}
+
+impl From<ClusterError> for StartError {
+    fn from(error: ClusterError) -> StartError {
+        StartError::Cluster(error.to_string())
+    }
 }
 
 impl Server {
@@ -114,17 +126,33 @@ impl Server {
             Box::new(move |user: &str, online| app::presence_frame(&namespace, user, online)) as _
         });
         let (router, inboxes) = Router::new(shard_count);
+        // Cluster mode: the shards' queue to the cluster thread exists before the shards.
+        let cluster_queue = config.redis_url.as_ref().map(|_| {
+            let (commands, queued) = Cluster::channel();
+            let status = Arc::new(ClusterStatus::new(wire::node_name(node_tag())));
+            (ClusterLink::new(commands.clone(), status.clone()), (commands, queued), status)
+        });
+        let (link, cluster_queue) = match cluster_queue {
+            Some((link, queue, status)) => (Some(link), Some((queue, status))),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             max_connections: config.max_connections,
             router,
             presence,
             connections: AtomicUsize::new(0),
+            cluster: link,
         });
+        let broker = Broker::new(shared.clone(), &namespace);
+        let cluster = match cluster_queue {
+            Some((queue, status)) => Some(Cluster::start(cluster_settings(&config), shared.clone(), broker.clone(), queue, status)?),
+            None => None,
+        };
         let config = Arc::new(config);
         let endpoint = |handler| Endpoint { handler, config: config.clone(), engine: engine.clone() };
         let services = Arc::new(Services {
             config: config.clone(),
-            broker: Broker::new(shared.clone(), &namespace),
+            broker,
             socket_io: endpoint(Handler::SocketIo(Arc::new(context))),
             engine_apps: extensions.engine_apps.into_iter().map(|(path, factory)| (path, endpoint(Handler::App(factory)))).collect(),
             metrics: Arc::new(Metrics::new()),
@@ -149,7 +177,7 @@ impl Server {
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
-        Ok(Server { local_addr, shared, services, budget, threads })
+        Ok(Server { local_addr, shared, services, budget, threads, cluster })
     }
 
     /// How many connections the open-file limit allows, after the reserve.
@@ -174,6 +202,10 @@ impl Server {
         for thread in self.threads {
             let _ = thread.join();
         }
+        // After the shards: their sockets' last leaves and offlines are on Redis first.
+        if let Some(cluster) = self.cluster {
+            cluster.stop();
+        }
     }
 }
 
@@ -186,6 +218,18 @@ pub(crate) fn app_settings(config: &Config) -> AppSettings {
         room_events: config.room_events_enabled(),
         max_rooms_per_socket: config.max_rooms_per_socket,
         rate_limit: config.rate_limit_per_sec.map(|rate| (rate, config.rate_limit_burst.unwrap_or(rate))),
+    }
+}
+
+/// What cluster mode needs of the configuration (`REDIS_URL` set).
+fn cluster_settings(config: &Config) -> ClusterSettings {
+    ClusterSettings {
+        redis_url: config.redis_url.clone().unwrap_or_default(),
+        prefix: config.redis_prefix.clone(),
+        adapter_key: config.redis_adapter_key.clone(),
+        namespace: config.websocket_namespace.clone(),
+        node_ttl: *config.cluster_node_ttl,
+        request_timeout: *config.cluster_request_timeout,
     }
 }
 
@@ -622,7 +666,24 @@ async fn route(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             response
         }
-        "/health" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        // 200 while the process serves, in cluster mode too: a Redis outage
+        // must not make a load balancer drain every node (README "Cluster").
+        "/health" => match broker.cluster_status() {
+            None => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            Some(status) => {
+                let up = status.is_redis_up();
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "cluster": {
+                        "node": status.node,
+                        "redis": if up { "up" } else { "down" },
+                        "delivery": if up { "ok" } else { "degraded" },
+                        "nodes": status.nodes.load(std::sync::atomic::Ordering::Relaxed),
+                    }
+                });
+                json_response(StatusCode::OK, body.to_string())
+            }
+        },
         "/ready" if shard.is_shutting_down() => {
             json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into())
         }

@@ -151,7 +151,7 @@ impl SocketSession {
         Ok(json!({ "success": true, "messageId": message_id, "timestamp": sent_at }))
     }
 
-    pub(super) fn custom_event(&self, payload: Option<&RawValue>) -> Result<Value, RequestError> {
+    pub(super) async fn custom_event(&self, payload: Option<&RawValue>) -> Result<Value, RequestError> {
         let input: CustomEventIn = validate::object(payload)?;
         let event = validate::custom_event_name(input.event)?;
         let room = validate::name("roomName", input.room_name)?;
@@ -164,7 +164,14 @@ impl SocketSession {
         let mut delivery = Delivery::new(Target::Room(Arc::from(room)), frame);
         delivery.except = Some(self.conn.id);
         self.shard.counters.broadcast("room");
-        self.shard.deliver(delivery);
+        // In cluster mode the ack waits for Redis to take the relay (queued
+        // for every node); if it could not, the other nodes' members missed
+        // it, and the ack says so.
+        if let Some(published) = self.shard.deliver(delivery) {
+            if !published.await.unwrap_or(false) {
+                return Ok(json!({ "success": true, "partial": true }));
+            }
+        }
         Ok(json!({ "success": true }))
     }
 

@@ -393,7 +393,7 @@ impl SocketSession {
             "join-room" => self.join_room(payload).await,
             "leave-room" => self.leave_room(payload).await,
             "private-message" => self.private_message(payload).await,
-            "custom-event" => self.custom_event(payload),
+            "custom-event" => self.custom_event(payload).await,
             "ping" => Ok(self.ping()),
             _ => Err(RequestError::UnknownEvent(truncate_utf8(&name, 128).to_string())),
         };

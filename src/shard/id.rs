@@ -1,11 +1,13 @@
-//! Socket ids that name their shard.
+//! Socket ids that name their shard and their node.
 //!
-//! An id is 128 bits: the owning shard's index in the top 16 bits, 112
-//! random bits below (from the OS, so ids cannot be guessed). Any thread can
-//! route to a socket from its id alone, without a global table. On the wire
-//! an id is 22 characters of URL-safe base64.
+//! An id is 128 bits: the owning shard's index in the top 16 bits, the
+//! node's tag in the next 32 (see [`node_tag`]), 80 random bits below (from
+//! the OS, so ids cannot be guessed). Any thread — and, in cluster mode, any
+//! node — can route to a socket from its id alone, without a global table.
+//! On the wire an id is 22 characters of URL-safe base64.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -14,16 +16,46 @@ use base64::Engine;
 pub struct SocketId(u128);
 
 const SHARD_SHIFT: u32 = 112;
+const NODE_SHIFT: u32 = 80;
+
+/// This process's node tag, in every socket id it makes. Random at start
+/// (0 is never drawn), so two nodes of a cluster tell their sockets apart.
+static NODE_TAG: AtomicU32 = AtomicU32::new(0);
+
+/// This process's node tag (drawn on first use).
+pub fn node_tag() -> u32 {
+    let tag = NODE_TAG.load(Ordering::Relaxed);
+    if tag != 0 {
+        return tag;
+    }
+    let drawn = loop {
+        let bytes = random_16();
+        let tag = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if tag != 0 {
+            break tag;
+        }
+    };
+    // Another thread may have drawn first: everyone keeps the first.
+    match NODE_TAG.compare_exchange(0, drawn, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => drawn,
+        Err(first) => first,
+    }
+}
 
 impl SocketId {
     pub fn generate(shard: usize) -> SocketId {
         let bytes = random_16();
-        let random = u128::from_be_bytes(bytes) & ((1u128 << SHARD_SHIFT) - 1);
-        SocketId(((shard as u128) << SHARD_SHIFT) | random)
+        let random = u128::from_be_bytes(bytes) & ((1u128 << NODE_SHIFT) - 1);
+        SocketId(((shard as u128) << SHARD_SHIFT) | ((node_tag() as u128) << NODE_SHIFT) | random)
     }
 
     pub fn shard(self) -> usize {
         (self.0 >> SHARD_SHIFT) as usize
+    }
+
+    /// The tag of the node that made it ([`node_tag`]).
+    pub fn node(self) -> u32 {
+        (self.0 >> NODE_SHIFT) as u32
     }
 
     /// Parses the wire form; `None` for anything that is not an id.
@@ -87,6 +119,7 @@ mod tests {
             assert_eq!(text.len(), 22);
             assert_eq!(SocketId::parse(&text), Some(id));
             assert_eq!(id.shard(), shard);
+            assert_eq!(id.node(), node_tag());
         }
         assert_ne!(SocketId::generate(0), SocketId::generate(0));
     }
@@ -95,7 +128,7 @@ mod tests {
     fn ids_stay_distinct_across_refills_of_the_random_pool() {
         let ids: std::collections::HashSet<SocketId> = (0..1000).map(|_| SocketId::generate(3)).collect();
         assert_eq!(ids.len(), 1000);
-        assert!(!ids.contains(&SocketId(3u128 << SHARD_SHIFT)), "an id with no random bits");
+        assert!(!ids.contains(&SocketId((3u128 << SHARD_SHIFT) | ((node_tag() as u128) << NODE_SHIFT))), "an id with no random bits");
     }
 
     #[test]

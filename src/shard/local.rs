@@ -67,6 +67,7 @@ impl Conn {
             rooms: self.rooms.borrow().iter().map(|r| r.to_string()).collect(),
             transport: self.transport.get(),
             shard,
+            node: None,
             connected_at: self.connected_at,
             last_activity: self.last_activity.get(),
         }
@@ -147,6 +148,12 @@ impl LocalTables {
             Target::Room(room) => {
                 if let Some(members) = self.rooms.get(room) {
                     members.values().for_each(&mut push);
+                }
+            }
+            Target::Rooms(rooms) => {
+                let mut seen = ahash::AHashSet::new();
+                for members in rooms.iter().filter_map(|room| self.rooms.get(room)) {
+                    members.values().filter(|conn| seen.insert(conn.id)).for_each(&mut push);
                 }
             }
             Target::User(user) => {

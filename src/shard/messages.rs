@@ -20,6 +20,8 @@ pub enum Target {
     /// Every socket bound to a user.
     Authenticated,
     Room(Arc<str>),
+    /// The members of any of these rooms, each once (from a socket.io node).
+    Rooms(Arc<[Arc<str>]>),
     User(Arc<str>),
     Socket(SocketId),
 }
@@ -33,18 +35,36 @@ pub struct Delivery {
     pub except: Option<SocketId>,
     /// Users whose sockets must not receive it.
     pub exclude_users: Option<Arc<[Arc<str>]>>,
+    /// Sockets and rooms whose members must not receive it (a socket.io
+    /// adapter's `except`, from another node).
+    pub except_names: Option<Arc<ExceptNames>>,
     /// When it was published, for the fan-out latency histogram.
     pub published_at: Instant,
 }
 
 impl Delivery {
     pub fn new(target: Target, frame: OutFrame) -> Delivery {
-        Delivery { target, frame, except: None, exclude_users: None, published_at: Instant::now() }
+        Delivery { target, frame, except: None, exclude_users: None, except_names: None, published_at: Instant::now() }
+    }
+
+    /// Whether sockets of other nodes may be concerned (cluster mode).
+    /// Deliveries to a user go through the user's home instead.
+    pub fn crosses_nodes(&self) -> bool {
+        match &self.target {
+            Target::All | Target::Authenticated | Target::Room(_) | Target::Rooms(_) => true,
+            Target::User(_) => false,
+            Target::Socket(id) => id.node() != super::id::node_tag(),
+        }
     }
 
     pub(super) fn wants(&self, conn: &Conn) -> bool {
         if self.except == Some(conn.id) {
             return false;
+        }
+        if let Some(except) = &self.except_names {
+            if except.sockets.contains(&conn.id) || except.rooms.iter().any(|room| conn.in_room(room)) {
+                return false;
+            }
         }
         match &self.exclude_users {
             Some(excluded) => match &*conn.user.borrow() {
@@ -56,13 +76,30 @@ impl Delivery {
     }
 }
 
+/// A socket.io adapter's `except` list, split into this node's socket ids
+/// and room names.
+#[derive(Debug, Default)]
+pub struct ExceptNames {
+    pub sockets: Vec<SocketId>,
+    pub rooms: Vec<Arc<str>>,
+}
+
 /// Messages between shards.
 pub enum ShardMsg {
     Deliver(Delivery),
     /// To a room's home: a socket wants to join. The home counts it, sends
     /// `announce` to the room's other members, then confirms to the socket's
     /// shard with [`ShardMsg::RoomJoinConfirmed`].
-    RoomJoined { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
+    /// In cluster mode the home also hands `cluster_reply` to the cluster
+    /// thread, which answers with the count across nodes.
+    RoomJoined {
+        room: Arc<str>,
+        user: Arc<str>,
+        socket: SocketId,
+        announce: Option<OutFrame>,
+        reply: oneshot::Sender<u32>,
+        cluster_reply: Option<oneshot::Sender<u32>>,
+    },
     /// From a room's home to the joining socket's shard: add it to the local
     /// room now. Arriving on the same channel as the home's announcements,
     /// it orders them: the joiner hears of every later join, of no earlier one.
@@ -78,7 +115,8 @@ pub enum ShardMsg {
     /// To a user's home: one of the user's sockets on `shard` went away.
     UserDetached { user: Arc<str>, shard: usize },
     /// To a user's home: deliver to all the user's sockets; replies, once the
-    /// deliveries are sent, whether the user had any.
+    /// deliveries are sent, whether the user had any (in cluster mode the
+    /// cluster thread replies, once the other nodes' copies are on Redis).
     SendToUser { user: Arc<str>, frame: OutFrame, reply: oneshot::Sender<bool> },
     /// Like `Deliver`, replying with the number of sockets reached here.
     /// `count_as` names the broadcast scope on the one copy that counts it.
@@ -130,6 +168,8 @@ pub struct ConnectionInfo {
     pub transport: &'static str,
     /// The shard that owns it.
     pub shard: usize,
+    /// In cluster mode, the node that owns it.
+    pub node: Option<String>,
     /// When it connected.
     pub connected_at: SystemTime,
     /// When it last sent an event.

@@ -8,7 +8,8 @@
 //! - [`router`]: the channels, and which shard is a name's home;
 //! - [`sessions`]: the life of this shard's Engine.IO sessions (open, close,
 //!   the registry of live ones that polling requests and shutdown use);
-//! - [`id`], [`stats`]: socket ids that name their shard, per-shard counters.
+//! - [`id`], [`stats`]: socket ids that name their shard, per-shard counters;
+//! - [`cluster`]: in cluster mode, the commands for the cluster thread.
 //!
 //! This file is the [`Shard`] itself: it applies its inbox, and it changes
 //! the two kinds of table in step, by the rules below.
@@ -43,6 +44,7 @@
 //!    the send) is applied here before the request — a member cannot leave a
 //!    room ahead of an announcement already on its way to it.
 
+pub mod cluster;
 mod home;
 pub mod id;
 mod local;
@@ -67,9 +69,10 @@ use home::HomeTables;
 use local::LocalTables;
 use sessions::Sessions;
 
-pub use id::SocketId;
+pub use cluster::{ClusterAnswers, ClusterCmd, ClusterLink, ClusterQuery, ClusterStatus, Remote};
+pub use id::{node_tag, SocketId};
 pub use local::Conn;
-pub use messages::{Answer, ConnectionInfo, Delivery, Query, RoomInfo, ShardMsg, ShardStats, Target};
+pub use messages::{Answer, ConnectionInfo, Delivery, ExceptNames, Query, RoomInfo, ShardMsg, ShardStats, Target};
 pub use router::{run_inbox, Router, ShardInbox};
 pub use stats::{CounterSnapshot, ShardCounters};
 
@@ -88,6 +91,8 @@ pub struct Shared {
     pub presence: Option<PresenceEncoder>,
     /// Socket.IO-connected sockets in the process, for `MAX_CONNECTIONS`.
     pub connections: AtomicUsize,
+    /// Cluster mode: the queue to the cluster thread. `None`: one node.
+    pub cluster: Option<ClusterLink>,
 }
 
 pub struct Shard {
@@ -250,8 +255,20 @@ impl Shard {
         let user = conn.user().unwrap_or_else(|| Arc::from(""));
         conn.rooms.borrow_mut().push(room.clone());
         let (tx, rx) = oneshot::channel();
-        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, socket: conn.id, announce, reply: tx });
-        rx.await.unwrap_or(0)
+        let (cluster_reply, cluster_members) = match self.shared.cluster {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, socket: conn.id, announce, reply: tx, cluster_reply });
+        let members_here = rx.await.unwrap_or(0);
+        match cluster_members {
+            // The count across nodes, once this node is subscribed to the room.
+            Some(members) => members.await.unwrap_or(members_here),
+            None => members_here,
+        }
     }
 
     /// Removes `conn` from `room`; the home sends `announce` to the remaining
@@ -284,21 +301,28 @@ impl Shard {
         if let Some(frame) = announce {
             let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
             delivery.except = Some(except);
-            self.deliver(delivery);
+            // In cluster mode the home's next cluster command (the join or
+            // leave itself) follows this publish on Redis: nothing to wait for.
+            let _ = self.deliver(delivery);
         }
     }
 
     fn announce_presence(&self, user: &str, online: bool) {
         if let Some(encode) = &self.shared.presence {
-            self.deliver(Delivery::new(Target::Authenticated, encode(user, online)));
+            let _ = self.deliver(Delivery::new(Target::Authenticated, encode(user, online)));
         }
     }
 
     // ---- delivery ----------------------------------------------------------
 
     /// Sends a delivery to every shard that may hold a recipient (this one
-    /// directly, the others over their channels).
-    pub fn deliver(&self, delivery: Delivery) {
+    /// directly, the others over their channels) and, in cluster mode, to
+    /// the other nodes: the receiver then says whether Redis took it.
+    pub fn deliver(&self, delivery: Delivery) -> Option<oneshot::Receiver<bool>> {
+        let published = match &self.shared.cluster {
+            Some(link) if delivery.crosses_nodes() => Some(link.publish(delivery.clone())),
+            _ => None,
+        };
         match &delivery.target {
             Target::Socket(id) if id.shard() != self.index => {
                 self.shared.router.deliver(id.shard(), delivery);
@@ -315,6 +339,7 @@ impl Shard {
                 self.deliver_local(&delivery);
             }
         }
+        published
     }
 
     /// Pushes the frame to every matching socket of this shard; returns how many.
@@ -366,9 +391,12 @@ impl Shard {
             ShardMsg::Query { query, reply } => {
                 let _ = reply.send(self.answer(query));
             }
-            ShardMsg::RoomJoined { room, user, socket, announce, reply } => {
+            ShardMsg::RoomJoined { room, user, socket, announce, reply, cluster_reply } => {
                 let members = self.home.borrow_mut().room_joined(&room, &user, SystemTime::now());
                 self.announce_to_room(&room, socket, announce);
+                if let (Some(link), Some(reply)) = (&self.shared.cluster, cluster_reply) {
+                    link.send(ClusterCmd::RoomJoined { room: room.clone(), members_here: members, reply });
+                }
                 self.to_shard(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
             }
             ShardMsg::RoomJoinConfirmed { room, socket, members, reply } => {
@@ -378,10 +406,19 @@ impl Shard {
                 let _ = reply.send(members);
             }
             ShardMsg::RoomLeft { room, user, socket, announce, reply } => {
-                self.home.borrow_mut().room_left(&room, &user, SystemTime::now());
+                let mut home = self.home.borrow_mut();
+                home.room_left(&room, &user, SystemTime::now());
+                let members_here = home.room_size(&room);
+                drop(home);
                 self.announce_to_room(&room, socket, announce);
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
+                match &self.shared.cluster {
+                    // Answered once Redis has the leave, after the `user-left` published above.
+                    Some(link) => link.send(ClusterCmd::RoomLeft { room, members_here, reply }),
+                    None => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                    }
                 }
             }
             ShardMsg::RoomSize { room, reply } => {
@@ -389,24 +426,38 @@ impl Shard {
             }
             ShardMsg::UserAttached { user, shard, reply } => {
                 let first = self.home.borrow_mut().user_attached(&user, shard);
-                if first {
-                    self.announce_presence(&user, true);
+                match &self.shared.cluster {
+                    // Online across the cluster is Redis's to decide (and announce).
+                    Some(link) if first => link.send(ClusterCmd::UserOnline { user, reply }),
+                    _ => {
+                        if first {
+                            self.announce_presence(&user, true);
+                        }
+                        let _ = reply.send(());
+                    }
                 }
-                let _ = reply.send(());
             }
             ShardMsg::UserDetached { user, shard } => {
                 let last = self.home.borrow_mut().user_detached(&user, shard);
                 if last {
-                    self.announce_presence(&user, false);
+                    match &self.shared.cluster {
+                        Some(link) => link.send(ClusterCmd::UserOffline { user }),
+                        None => self.announce_presence(&user, false),
+                    }
                 }
             }
             ShardMsg::SendToUser { user, frame, reply } => {
                 let shards = self.home.borrow().user_shards(&user);
-                let delivery = Delivery::new(Target::User(user), frame);
+                let delivery = Delivery::new(Target::User(user.clone()), frame.clone());
                 for &shard in &shards {
                     self.to_shard(shard, ShardMsg::Deliver(delivery.clone()));
                 }
-                let _ = reply.send(!shards.is_empty());
+                match &self.shared.cluster {
+                    Some(link) => link.send(ClusterCmd::SendToUser { user, frame, online_here: !shards.is_empty(), reply }),
+                    None => {
+                        let _ = reply.send(!shards.is_empty());
+                    }
+                }
             }
             // Only `apply_inbox` runs work (it holds the shard's `Rc`); nothing routes it here.
             ShardMsg::Run(_) => tracing::error!("work sent to Shard::handle instead of the inbox; dropped"),
@@ -464,7 +515,7 @@ mod tests {
 
     fn shards(count: usize) -> Vec<Rc<Shard>> {
         let (router, inboxes) = Router::new(count);
-        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() });
+        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default(), cluster: None });
         inboxes.into_iter().enumerate().map(|(i, inbox)| Rc::new(Shard::new(i, shared.clone(), inbox))).collect()
     }
 

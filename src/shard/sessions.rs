@@ -268,6 +268,7 @@ mod tests {
             router,
             presence: None,
             connections: Default::default(),
+            cluster: None,
         };
         Rc::new(Shard::new(0, std::sync::Arc::new(shared), inboxes.remove(0)))
     }

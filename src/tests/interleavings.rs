@@ -64,7 +64,7 @@ struct World {
 impl World {
     fn new(shard_count: usize) -> World {
         let (router, inboxes) = Router::new(shard_count);
-        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default() });
+        let shared = Arc::new(Shared { max_connections: None, router, presence: None, connections: Default::default(), cluster: None });
         let shards = inboxes.into_iter().enumerate().map(|(i, inbox)| Rc::new(Shard::new(i, shared.clone(), inbox))).collect();
         World { shards, broker: Broker::new(shared, "/"), clients: Vec::new(), by_socket: HashMap::new(), next_ack: 1 }
     }
