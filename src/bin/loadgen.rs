@@ -27,8 +27,10 @@
 //!   (`--local-room-size`) and in a room with members on every node
 //!   (`--spread-room-size`); one publish to every room right after the joins
 //!   (the warm-up), then numbered room broadcasts at `--rate` for
-//!   `--duration` s, through the HTTP API of a node (`--publish-node`) or as
-//!   `custom-event` relays from a member (`--via relay`); every delivery is
+//!   `--duration` s (each one's room drawn at its due time; the lane owning
+//!   the room sends it after the room's previous one is answered), through
+//!   the HTTP API of a node (`--publish-node`) or as `custom-event` relays
+//!   from a member (`--via relay`); every delivery is
 //!   checked at the clients: lost, duplicated, out of order, delivered outside
 //!   the room; deliveries/s, those crossing nodes, latency. The harness
 //!   (loadtest/compare/cluster.py) reads the nodes and Redis around the
@@ -1588,18 +1590,11 @@ struct Lane {
     rooms_local: Vec<usize>,
     rooms_spread: Vec<usize>,
     http: Vec<Http>,
-    rng: fastrand::Rng,
     turn: usize,
     stats: LaneStats,
 }
 
 impl Lane {
-    fn pick(&mut self, local_share: f64) -> Option<usize> {
-        let local = !self.rooms_local.is_empty() && (self.rooms_spread.is_empty() || self.rng.f64() < local_share);
-        let rooms = if local { &self.rooms_local } else { &self.rooms_spread };
-        (!rooms.is_empty()).then(|| rooms[self.rng.usize(..rooms.len())])
-    }
-
     /// Publishes the room's next sequence number and waits for its answer / ack.
     async fn publish(&mut self, cl: &Cl, r: usize, via: Via, choice: PublishNode, filler: &str, check: bool) {
         let room = &cl.rooms[r];
@@ -1840,7 +1835,6 @@ async fn cluster(args: &Args) -> Value {
             rooms_local: (0..cl.rooms.len()).filter(|r| r % lanes_n == l && cl.rooms[*r].local).collect(),
             rooms_spread: (0..cl.rooms.len()).filter(|r| r % lanes_n == l && !cl.rooms[*r].local).collect(),
             http: addrs.iter().map(|&addr| Http { addr, stream: None }).collect(),
-            rng: fastrand::Rng::with_seed(0x5eed + l as u64),
             turn: 0,
             stats: LaneStats { by_node: vec![0; k], ..Default::default() },
         })
@@ -1901,43 +1895,70 @@ async fn cluster(args: &Args) -> Value {
     if args.sync {
         sync_point("measure").await;
     }
-    let rate: Option<f64> = args.rate.parse().ok();
+    let rate: f64 = args.rate.parse().expect("--scenario cluster needs a numeric --rate (publishes/s)");
     let measure_from = micros_since(cl.start);
     cl.measure_from_us.set(measure_from);
     let t_measure = Instant::now();
     let deadline = t_measure + Duration::from_secs_f64(args.duration);
+    // Publishes still queued this long after the end are not sent.
+    let give_up = deadline + Duration::from_secs(10);
+    // The dispatcher picks each publish's room (its kind by --local-share,
+    // then uniformly among the rooms of that kind) at its due time and hands
+    // it to the lane that owns the room, which sends its rooms' publishes one
+    // at a time.
+    let locals: Vec<usize> = (0..cl.rooms.len()).filter(|&r| cl.rooms[r].local).collect();
+    let spreads: Vec<usize> = (0..cl.rooms.len()).filter(|&r| !cl.rooms[r].local).collect();
+    let mut queues = Vec::with_capacity(lanes_n);
     let running: Vec<_> = lanes
         .drain(..)
         .map(|mut lane| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+            queues.push(tx);
             let cl = cl.clone();
             let filler = filler.clone();
             let via = args.via;
-            let share = args.local_share;
-            // Lane l's publishes are due at (l + m·lanes) / rate: together, the rate.
-            let period = rate.map(|r| Duration::from_secs_f64(lanes_n as f64 / r));
-            let offset = rate.map(|r| Duration::from_secs_f64(lane.index as f64 / r)).unwrap_or_default();
             async move {
-                let mut due = t_measure + offset;
-                let mut behind = Duration::ZERO;
-                while due < deadline {
-                    if let Some(period) = period {
-                        tokio::time::sleep_until(due.into()).await;
-                        behind = behind.max(Instant::now().saturating_duration_since(due));
-                        due += period;
-                    } else if Instant::now() >= deadline {
-                        break;
+                let mut delays: Vec<u64> = Vec::new();
+                let mut not_sent = 0u64;
+                while let Some((r, due)) = rx.recv().await {
+                    if Instant::now() > give_up {
+                        not_sent += 1;
+                        continue;
                     }
-                    let Some(r) = lane.pick(share) else { break };
+                    delays.push(Instant::now().saturating_duration_since(due).as_micros() as u64);
                     lane.publish(&cl, r, via, choice, &filler, check).await;
                 }
-                (lane, behind)
+                (lane, delays, not_sent)
             }
         })
         .collect();
-    let finished = futures_join_all(running).await;
+    let handles: Vec<_> = running.into_iter().map(tokio::task::spawn_local).collect();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut due = t_measure;
+    while due < deadline {
+        tokio::time::sleep_until(due.into()).await;
+        let local = !locals.is_empty() && (spreads.is_empty() || rng.f64() < args.local_share);
+        let rooms = if local { &locals } else { &spreads };
+        let r = rooms[rng.usize(..rooms.len())];
+        let _ = queues[r % lanes_n].send((r, due));
+        due += Duration::from_secs_f64(1.0 / rate);
+    }
+    drop(queues);
+    let mut finished = Vec::with_capacity(handles.len());
+    for handle in handles {
+        finished.push(handle.await.expect("lane"));
+    }
     let publish_secs = t_measure.elapsed().as_secs_f64();
-    let behind = finished.iter().map(|(_, b)| *b).max().unwrap_or_default();
-    let lanes: Vec<Lane> = finished.into_iter().map(|(lane, _)| lane).collect();
+    let mut delays: Vec<u64> = finished.iter().flat_map(|(_, d, _)| d.iter().copied()).collect();
+    delays.sort_unstable();
+    let not_sent: u64 = finished.iter().map(|(_, _, n)| n).sum();
+    let behind = Duration::from_micros(delays.last().copied().unwrap_or(0));
+    out["publish_delay_ms_p99"] = json!(percentile_ms(&delays, 0.99));
+    out["publishes_not_sent"] = json!(not_sent);
+    if not_sent > 0 {
+        problems.push(format!("{not_sent} publishes were still queued 10 s after the end (the publishers fell behind)"));
+    }
+    let lanes: Vec<Lane> = finished.into_iter().map(|(lane, _, _)| lane).collect();
     cl.drain(Duration::from_secs(2), Duration::from_secs(20)).await;
     if args.sync {
         sync_point("drained").await;
