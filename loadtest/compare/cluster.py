@@ -77,7 +77,7 @@ RUNS = env_num("CLUSTER_RUNS", 1 if QUICK else 3, int)
 # publishers on pace and p99 <= the bound; x FACTOR from START until a step
 # fails, then REFINE bisection steps.
 SEARCH = env_str("CLUSTER_SEARCH", "0" if QUICK else "1") not in ("0", "", "false", "no")
-SEARCH_VIAS = env_str("CLUSTER_SEARCH_VIA", "api").split(",")
+SEARCH_VIAS = env_str("CLUSTER_SEARCH_VIA", "api,relay").split(",")
 SEARCH_START = env_num("CLUSTER_SEARCH_START", 500)
 SEARCH_FACTOR = env_num("CLUSTER_SEARCH_FACTOR", 2)
 SEARCH_STEPS = env_num("CLUSTER_SEARCH_STEPS", 8, int)
