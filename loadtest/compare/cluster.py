@@ -778,7 +778,7 @@ def render(results):
     st = search_table(results)
     if st:
         md += "\n" + st
-    notes = []
+    notes, disturbed = [], []
     for kind, res in results.items():
         for key, runs in res.items():
             for r in (runs if isinstance(runs, list) else (runs or {}).get("trials") or []):
@@ -786,10 +786,13 @@ def render(results):
                 if why and not key.startswith("search"):
                     notes.append(f"* {SERVERS[kind]['label']}, {key}: {why}")
                 if (r.get("cluster") or {}).get("disturbed_by"):
-                    notes.append(f"* {SERVERS[kind]['label']}, {key}: disturbed by "
-                                 + ", ".join(r["cluster"]["disturbed_by"]))
+                    disturbed.append(f"{SERVERS[kind]['label']} {key} ({', '.join(r['cluster']['disturbed_by'])})")
     if notes:
         md += "\n\nRuns with problems:\n" + "\n".join(sorted(set(notes)))
+    if disturbed:
+        md += (f"\n\n{len(disturbed)} run(s) ran while other work (a build, another load test) used the machine; "
+               "their throughput and latency figures are disturbed (Redis message counts are not): "
+               + "; ".join(disturbed[:6]) + ("; …" if len(disturbed) > 6 else "") + ".")
     return md
 
 
