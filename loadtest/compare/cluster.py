@@ -803,31 +803,45 @@ def sustained(r):
             and (r.get("publishes_per_sec") or 0) >= 0.9 * r["rate_asked"])
 
 
-def search(kind, via):
-    trials, best, fail = [], None, None
-    rate = SEARCH_START
-    for _ in range(SEARCH_STEPS):
-        r = run_once(kind, via, rate, DURATION)
-        trials.append(r)
+class Search:
+    """The sustained search of one server on one path: x SEARCH_FACTOR from
+    SEARCH_START until a step fails, then SEARCH_REFINE bisection steps. The
+    servers' searches advance in turns (`step`), so that both see the same
+    machine at about the same time."""
+
+    def __init__(self, kind, via):
+        self.kind, self.via = kind, via
+        self.rate, self.steps, self.refine = SEARCH_START, SEARCH_STEPS, SEARCH_REFINE
+        self.best, self.fail, self.trials = None, None, []
+
+    def next_rate(self):
+        if self.fail is None:
+            return self.rate if self.steps > 0 else None
+        if self.best is None or self.refine <= 0:
+            return None
+        return (self.best["rate_asked"] + self.fail) / 2
+
+    def step(self):
+        rate = self.next_rate()
+        if rate is None:
+            return
+        r = run_once(self.kind, self.via, rate, DURATION)
+        self.trials.append(r)
         ok = sustained(r)
-        log(f"    {kind} search via {via} @ {fmt_rate(rate)}/s: {'ok  ' if ok else 'FAIL'} {short(r)}")
-        if not ok:
-            fail = rate
-            break
-        best = r
-        rate *= SEARCH_FACTOR
-    if best is not None and fail is not None:
-        for _ in range(SEARCH_REFINE):
-            mid = (best["rate_asked"] + fail) / 2
-            r = run_once(kind, via, mid, DURATION)
-            trials.append(r)
-            ok = sustained(r)
-            log(f"    {kind} search via {via} @ {fmt_rate(mid)}/s: {'ok  ' if ok else 'FAIL'} {short(r)}")
+        log(f"  {self.kind} search via {self.via} @ {fmt_rate(rate)}/s: {'ok  ' if ok else 'FAIL'} {short(r)}")
+        if self.fail is None:
+            self.steps -= 1
             if ok:
-                best = r
+                self.best = r
+                self.rate *= SEARCH_FACTOR
             else:
-                fail = mid
-    return {"best": best, "trials": trials}
+                self.fail = rate
+        else:
+            self.refine -= 1
+            if ok:
+                self.best = r
+            else:
+                self.fail = rate
 
 
 def smoke_verdict(results):
@@ -866,30 +880,39 @@ def main():
             sys.exit(f"missing {path}: cargo build --release --bin shardcast --bin loadgen")
     log(describe())
     started = time.time()
-    results = {}
-    for kind in SERVERS_WANTED:
-        res = results.setdefault(kind, {})
-        log(f"== {SERVERS[kind]['label']}")
-        for via in VIAS:
-            runs = []
-            for i in range(RUNS):
-                r = run_once(kind, via, RATE, DURATION)
-                log(f"  {via} @ {fmt_rate(RATE)}/s, run {i + 1}: {short(r)}")
-                for e in (r.get("log_errors") or [])[:5]:
-                    log(f"    node log: {e}")
-                runs.append(r)
-            res[f"fixed-{via}"] = runs
-        for via in VIAS:
-            for share in MIX_SHARES:
-                r = run_once(kind, via, RATE, DURATION, share)
-                log(f"  {via} @ {fmt_rate(RATE)}/s, {share * 100:g} % to one-node rooms: {short(r)}")
-                res[f"mix-{via}-{share:g}"] = [r]
-        if SEARCH:
-            for via in SEARCH_VIAS:
-                log(f"  sustained search via {via}")
-                res[f"search-{via}"] = search(kind, via)
+    results = {kind: {} for kind in SERVERS_WANTED}
+
+    def save():
         with open(os.path.join(OUT_DIR, f"cluster-results-{stamp}.json"), "w") as f:
             json.dump({"settings": describe(), "results": results}, f, indent=1)
+
+    # Each measurement runs for every server back to back, so that a
+    # disturbance of the machine falls on both alike.
+    for via in VIAS:
+        for i in range(RUNS):
+            for kind in SERVERS_WANTED:
+                r = run_once(kind, via, RATE, DURATION)
+                log(f"  {kind} {via} @ {fmt_rate(RATE)}/s, run {i + 1}: {short(r)}")
+                for e in (r.get("log_errors") or [])[:5]:
+                    log(f"    node log: {e}")
+                results[kind].setdefault(f"fixed-{via}", []).append(r)
+        save()
+    for via in VIAS:
+        for share in MIX_SHARES:
+            for kind in SERVERS_WANTED:
+                r = run_once(kind, via, RATE, DURATION, share)
+                log(f"  {kind} {via} @ {fmt_rate(RATE)}/s, {share * 100:g} % to one-node rooms: {short(r)}")
+                results[kind][f"mix-{via}-{share:g}"] = [r]
+        save()
+    if SEARCH:
+        for via in SEARCH_VIAS:
+            searches = [Search(kind, via) for kind in SERVERS_WANTED]
+            while any(s.next_rate() is not None for s in searches):
+                for s in searches:
+                    s.step()
+            for s in searches:
+                results[s.kind][f"search-{via}"] = {"best": s.best, "trials": s.trials}
+            save()
     md = render(results)
     text = (f"{describe()}; took {(time.time() - started) / 60:.1f} min; {os.cpu_count()} cores, "
             f"{os.uname().release}\n{md}\n")
