@@ -205,7 +205,7 @@ pub async fn handle(
             });
             Ok(with_partial(broker, body, partial))
         }
-        publish => match read_body(request).await {
+        publish => match read_body(request, config.request_timeout()).await {
             Ok(body) => run_publish_route(broker, publish, &body).await,
             Err(error) => Err(error),
         },
@@ -249,8 +249,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match http::read_body(request.into_body(), MAX_BODY_BYTES).await {
+async fn read_body(request: Request<Incoming>, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    match http::read_body(request.into_body(), MAX_BODY_BYTES, timeout).await {
         Ok(body) => Ok(body),
         Err(BodyError::TooLarge) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -258,6 +258,11 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
             format!("request body over {MAX_BODY_BYTES} bytes"),
         )),
         Err(BodyError::Unreadable) => Err(ApiError::invalid("the request body could not be read")),
+        Err(BodyError::TimedOut) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body did not arrive in time (REQUEST_TIMEOUT_MS)",
+        )),
     }
 }
 

@@ -85,6 +85,11 @@ pub struct Config {
     #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 45000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
+    /// Milliseconds a client has to send an HTTP request's head (from
+    /// connecting, or from its previous request), and then its body.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
     /// Largest message a client may send, in bytes.
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(64..=(1 << 30)))]
     pub max_payload_bytes: u64,
@@ -122,6 +127,11 @@ pub struct Config {
     /// Redis URL: set, this node joins a cluster through it (unset: one node, no Redis).
     #[arg(long, env = "REDIS_URL", value_parser = non_empty)]
     pub redis_url: Option<String>,
+
+    /// This node's name in a cluster (Redis keys and channels, `/health`, logs); default:
+    /// random at each start. Letters, digits, `.`, `_`, `-`; at most 64.
+    #[arg(long, env = "NODE_ID", value_parser = node_id)]
+    pub node_id: Option<String>,
 
     /// Prefix of shardcast's own Redis keys and channels (one per deployment sharing a Redis).
     #[arg(long, env = "REDIS_PREFIX", default_value = "shardcast", value_parser = non_empty)]
@@ -256,6 +266,11 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// `REQUEST_TIMEOUT_MS` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// Whether `user-online` / `user-offline` are sent (`PRESENCE_EVENTS`).
     pub fn presence_enabled(&self) -> bool {
         self.presence_events.is_on()
@@ -282,6 +297,14 @@ impl Config {
     pub fn defaults() -> Config {
         Config::parse_from(["shardcast"])
     }
+}
+
+fn node_id(value: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > 64 || !value.chars().all(allowed) {
+        return Err("must be 1 to 64 letters, digits, '.', '_' or '-'".into());
+    }
+    Ok(value.to_string())
 }
 
 fn non_empty(value: &str) -> Result<String, String> {
@@ -324,6 +347,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!((c.port, c.host.as_str()), (3000, "0.0.0.0"));
         assert_eq!((c.ping_interval_ms, c.ping_timeout_ms, c.max_payload_bytes), (25000, 20000, 1_000_000));
+        assert_eq!(c.request_timeout(), Duration::from_secs(30));
         assert_eq!(c.websocket_namespace, "/");
         assert_eq!(c.websocket_transports, Transports { websocket: true, polling: true });
         assert!(c.presence_enabled());
@@ -336,6 +360,7 @@ mod tests {
             (&["--port", "abc"][..], "PORT"),
             (&["--shards", "0"], "SHARDS"),
             (&["--ping-interval-ms", "0"], "PING_INTERVAL_MS"),
+            (&["--request-timeout-ms", "0"], "REQUEST_TIMEOUT_MS"),
             (&["--websocket-transports", "carrier-pigeon"], "WEBSOCKET_TRANSPORTS"),
             (&["--websocket-namespace", "chat"], "WEBSOCKET_NAMESPACE"),
             (&["--presence-events", "maybe"], "PRESENCE_EVENTS"),

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::limits::ConnectionSlot;
 use crate::protocol::engineio::HandshakeError;
 use crate::protocol::http_upgrade::Upgrade;
-use crate::http::{json_response, read_body, BodyError, HttpResponse, PrefixedStream};
+use crate::http::{json_response, read_body, request_timed_out, BodyError, HttpResponse, PrefixedStream};
 use crate::shard::{Shard, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory, Settings};
 use crate::transport::polling::PollError;
@@ -133,10 +133,12 @@ async fn polling(
         (Method::POST, Some(sid)) => {
             // One byte over the limit is enough to know it is too much.
             let limit = endpoint.engine.max_payload + 1;
-            let body = match read_body(request.into_body(), limit).await {
+            let body = match read_body(request.into_body(), limit, endpoint.config.request_timeout()).await {
                 Ok(body) => Some(body),
                 Err(BodyError::TooLarge) => None,
                 Err(BodyError::Unreadable) => return engine_error(HandshakeError::BadRequest),
+                // The session is left as it is: only this request failed.
+                Err(BodyError::TimedOut) => return request_timed_out(),
             };
             reply(
                 on_session_shard(shard, &sid, move |owner, sid| async move { poll_post(&owner, &sid, body).await })

@@ -23,6 +23,8 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed while the body was arriving.
     Unreadable,
+    /// The body did not arrive within the request timeout (`REQUEST_TIMEOUT_MS`).
+    TimedOut,
 }
 
 /// How much of an over-size body is read and discarded, and for how long,
@@ -30,18 +32,24 @@ pub enum BodyError {
 const DISCARD_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 const DISCARD_LIMIT_TIME: Duration = Duration::from_secs(2);
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes, all of it within
+/// `timeout`: a body sent slowly, or never finished, cannot hold the
+/// connection (and the request's memory) longer than that.
 ///
 /// A body over the limit is not kept, but the rest of it is still read (up to
 /// `DISCARD_LIMIT_BYTES` / `DISCARD_LIMIT_TIME`) before the 413 goes out:
 /// closing a socket with unread bytes in it makes the kernel send a reset,
 /// and the client would then see a broken pipe instead of our answer.
-pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+pub async fn read_body(mut body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut kept = bytes::BytesMut::new();
     loop {
-        let Some(frame) = body.frame().await else { return Ok(kept.freeze()) };
-        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => return Ok(kept.freeze()),
+            Ok(Some(frame)) => frame.map_err(|_| BodyError::Unreadable)?,
+        };
         let Ok(data) = frame.into_data() else { continue };
         if kept.len() + data.len() > limit {
             break;
@@ -60,6 +68,17 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, BodyEr
     };
     let _ = tokio::time::timeout(DISCARD_LIMIT_TIME, discard).await;
     Err(BodyError::TooLarge)
+}
+
+/// The answer to a request whose body did not arrive in time: 408, and
+/// the connection closes after it.
+pub fn request_timed_out() -> HttpResponse {
+    let mut response = json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        r#"{"error":"the request body did not arrive in time","code":"REQUEST_TIMEOUT"}"#.into(),
+    );
+    response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A response with a JSON body (already serialized).

@@ -56,3 +56,7 @@ pub use transport::engine::{EngineApp, EngineAppFactory, EngineSocket};
 /// Entry points for the benchmarks in `benches/`. Not a stable API.
 #[doc(hidden)]
 pub mod bench;
+/// The decoders a client reaches, with their properties, for `fuzz/` and
+/// the property tests. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;

@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// HS256 wants a key at least as long as its hash (RFC 7518 §3.2).
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
 fn main() {
     let config = Config::from_env_and_args();
     init_logging(&config);
@@ -27,6 +30,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(secret) = config.jwt_secret.as_deref().filter(|secret| secret.len() < MIN_JWT_SECRET_BYTES) {
+        tracing::warn!(
+            bytes = secret.len(),
+            "JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes: anyone holding one token can try secrets \
+             offline until its signature matches, then sign tokens for any user. Use at least \
+             {MIN_JWT_SECRET_BYTES} random bytes (RFC 7518 §3.2)."
+        );
+    }
     if development {
         tracing::warn!(
             "DEVELOPMENT MODE: JWT_SECRET is not set, so any client can claim any userId. \

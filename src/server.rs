@@ -129,7 +129,8 @@ impl Server {
         // Cluster mode: the shards' queue to the cluster thread exists before the shards.
         let cluster_queue = config.redis_url.as_ref().map(|_| {
             let (commands, queued) = Cluster::channel();
-            let status = Arc::new(ClusterStatus::new(wire::node_name(node_tag())));
+            let name = config.node_id.clone().unwrap_or_else(|| wire::node_name(node_tag()));
+            let status = Arc::new(ClusterStatus::new(name));
             (ClusterLink::new(commands.clone(), status.clone()), (commands, queued), status)
         });
         let (link, cluster_queue) = match cluster_queue {
@@ -168,12 +169,14 @@ impl Server {
         }
 
         let mut threads = Vec::with_capacity(shard_count);
+        let closed = Arc::new(AtomicUsize::new(0));
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let shared = shared.clone();
             let services = services.clone();
+            let closed = closed.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(index, shared, services, listener, inbox))
+                .spawn(move || run_shard(index, shared, services, listener, inbox, closed))
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
@@ -341,6 +344,7 @@ fn run_shard(
     services: Arc<Services>,
     listener: std::net::TcpListener,
     inbox: ShardInbox,
+    closed: Arc<AtomicUsize>,
 ) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -367,6 +371,16 @@ fn run_shard(
         while !shard.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A closed socket's last messages go to the homes of its rooms and
+        // user, on other shards: every shard waits until all have closed
+        // theirs, then applies what it was sent (in cluster mode, that puts
+        // the last leaves and offlines on Redis before the node leaves).
+        closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let shards = shard.shared.router.shard_count();
+        while closed.load(std::sync::atomic::Ordering::SeqCst) < shards && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shard.catch_up();
     });
 }
 
@@ -523,8 +537,6 @@ fn answer_at_wall(shard: &Shard, socket: &socket2::Socket) -> bool {
 /// What a connection's first read may take before hyper gets the connection
 /// (browsers' upgrade requests, cookies included, are well under this).
 const FIRST_READ_BYTES: usize = 4096;
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection. Its request head is read here first: a
 /// new session's WebSocket upgrade is answered without hyper (see
@@ -541,7 +553,9 @@ async fn serve_connection(
     slot: ConnectionSlot,
 ) {
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
-    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    // A head trickled in a byte at a time, or never sent, ends here
+    // (`REQUEST_TIMEOUT_MS`); hyper has the same bound for each request after.
+    let deadline = tokio::time::Instant::now() + services.config.request_timeout();
     // The listener accepts once the request has arrived (TCP_DEFER_ACCEPT),
     // so this read usually finds it. It bypasses tokio, which does not know
     // the new socket is readable until its reactor has polled.
@@ -595,6 +609,7 @@ async fn serve_http(
     slot: ConnectionSlot,
 ) {
     let broker = services.broker.clone();
+    let request_timeout = services.config.request_timeout();
     // Dropped with the connection (or when hyper hands an upgraded one over,
     // which takes a slot of its own).
     let slot = Rc::new(slot);
@@ -610,7 +625,7 @@ async fn serve_http(
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(request_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {

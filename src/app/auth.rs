@@ -27,6 +27,8 @@ impl Authenticator {
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.required_spec_claims = ["sub".to_string()].into();
                 validation.validate_exp = true;
+                // A token that is not valid yet is refused too (jsonwebtoken ignores `nbf` by default).
+                validation.validate_nbf = true;
                 // Expired is expired: no grace period beyond what the issuer chose.
                 validation.leeway = 0;
                 Authenticator::Jwt { key: DecodingKey::from_secret(secret.as_bytes()), validation }
@@ -114,6 +116,7 @@ mod tests {
         let wrong_key = token(Algorithm::HS256, serde_json::json!({"sub": "a"}), "other");
         let hs384 = token(Algorithm::HS384, serde_json::json!({"sub": "a"}), SECRET);
         let no_sub = token(Algorithm::HS256, serde_json::json!({"exp": now() + 60}), SECRET);
+        let not_yet = token(Algorithm::HS256, serde_json::json!({"sub": "a", "nbf": now() + 60}), SECRET);
         let none = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
@@ -124,6 +127,7 @@ mod tests {
             (&wrong_key, "bad signature"),
             (&hs384, "HS256"),
             (&no_sub, "sub"),
+            (&not_yet, "not valid yet"),
             (&none, "token"),
             ("garbage", "malformed"),
         ] {

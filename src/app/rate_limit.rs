@@ -1,8 +1,57 @@
 //! The per-connection rate limit (`RATE_LIMIT_PER_SEC`, `RATE_LIMIT_BURST`)
-//! as a token bucket that is told the time: no clock, so it is tested with
+//! as token buckets that are told the time: no clock, so it is tested with
 //! simulated time.
 
 use std::time::Instant;
+
+/// What the rate limit says about one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limit: handle it.
+    Allow,
+    /// Over the limit: refuse it (`RATE_LIMITED`).
+    Refuse,
+    /// Over the limit, and refused too often: refuse it and disconnect.
+    Disconnect,
+}
+
+/// A connection's rate limit: events at `rate` per second with bursts of
+/// `burst`; past that they are refused, and refusals are tolerated at the
+/// same rate with bursts of [`REFUSAL_BURSTS`] × `burst` (a page that fires
+/// a few bursts too many at once is refused, not cut off). A client that
+/// goes on anyway — sending at more than twice the limit until those are
+/// used up — is disconnected. So however a client floods, the work it
+/// causes (handled events plus refusal answers) stays within twice the
+/// limit, plus the bursts.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    events: TokenBucket,
+    refusals: TokenBucket,
+}
+
+/// How many bursts' worth of refusals a client may collect before it is cut off.
+pub const REFUSAL_BURSTS: f64 = 4.0;
+
+impl RateLimit {
+    /// Full buckets at `now`.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimit {
+        RateLimit {
+            events: TokenBucket::new(rate, burst, now),
+            refusals: TokenBucket::new(rate, REFUSAL_BURSTS * burst, now),
+        }
+    }
+
+    /// The verdict on an event at `now`.
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        if self.events.allow(now) {
+            Verdict::Allow
+        } else if self.refusals.allow(now) {
+            Verdict::Refuse
+        } else {
+            Verdict::Disconnect
+        }
+    }
+}
 
 /// `rate` events per second on average, bursts of up to `burst`.
 #[derive(Debug, Clone)]
@@ -64,6 +113,64 @@ mod tests {
             t += Duration::from_millis(100);
             assert!(bucket.allow(t));
         }
+    }
+
+    fn verdicts(limit: &mut RateLimit, at: Instant, events: usize) -> Vec<Verdict> {
+        (0..events).map(|_| limit.check(at)).collect()
+    }
+
+    #[test]
+    fn a_flood_is_refused_then_disconnected() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10.0, 5.0, t0);
+        let seen = verdicts(&mut limit, t0, 26);
+        assert_eq!(&seen[..5], &[Verdict::Allow; 5], "the burst");
+        assert_eq!(&seen[5..25], &[Verdict::Refuse; 20], "four bursts' worth of refusals");
+        assert_eq!(seen[25], Verdict::Disconnect);
+    }
+
+    #[test]
+    fn twice_the_rate_is_refused_but_never_disconnected() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10.0, 5.0, t0);
+        // 20 events a second for a minute.
+        let mut t = t0;
+        let mut counts = [0usize; 3];
+        for _ in 0..1200 {
+            t += Duration::from_millis(50);
+            let verdict = limit.check(t);
+            counts[verdict as usize] += 1;
+        }
+        assert_eq!(counts[Verdict::Disconnect as usize], 0);
+        assert!(counts[Verdict::Allow as usize] >= 600 && counts[Verdict::Refuse as usize] >= 590, "{counts:?}");
+    }
+
+    #[test]
+    fn three_times_the_rate_is_disconnected_once_the_slack_is_used() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10.0, 5.0, t0);
+        let mut t = t0;
+        // 30 a second: 10 allowed and 20 refused each second, the refusals'
+        // bucket (20, +10/s) runs dry in about two seconds.
+        let disconnected_after = (1..=300).find(|_| {
+            t += Duration::from_micros(33_334);
+            limit.check(t) == Verdict::Disconnect
+        });
+        let after = disconnected_after.expect("disconnected within 10 s");
+        assert!((60..=90).contains(&after), "disconnected after {after} events");
+    }
+
+    #[test]
+    fn a_pause_refills_both_buckets() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(10.0, 5.0, t0);
+        verdicts(&mut limit, t0, 10);
+        // Two seconds refill the refusals' 20 (10/s) and the events' 5.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(verdicts(&mut limit, later, 26).last(), Some(&Verdict::Disconnect));
+        let mut limit = RateLimit::new(10.0, 5.0, t0);
+        verdicts(&mut limit, t0, 10);
+        assert_eq!(&verdicts(&mut limit, later, 10)[..5], &[Verdict::Allow; 5]);
     }
 
     #[test]

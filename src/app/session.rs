@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::time::Instant;
 
 use super::auth::Authenticator;
-use super::rate_limit::TokenBucket;
+use super::rate_limit::{RateLimit, Verdict};
 use super::errors::RequestError;
 use super::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
 use super::timestamp;
@@ -208,7 +208,7 @@ pub struct SocketSession {
     handlers: Namespace,
     /// Registered in the shard's tables (built-in namespaces only).
     registered: Cell<bool>,
-    rate: Option<RefCell<TokenBucket>>,
+    rate: Option<RefCell<RateLimit>>,
 }
 
 fn protocol_error(detail: &str) -> CloseReason {
@@ -228,7 +228,7 @@ impl SocketSession {
         let shard = engine.shard.clone();
         let conn = Rc::new(Conn::new(SocketId::generate(shard.index), engine.outbox.clone(), engine.transport.get()));
         let rate = engine.context.settings.rate_limit.map(|(per_sec, burst)| {
-            RefCell::new(TokenBucket::new(per_sec as f64, burst as f64, Instant::now()))
+            RefCell::new(RateLimit::new(per_sec as f64, burst as f64, Instant::now()))
         });
         SocketSession {
             shard,
@@ -276,7 +276,8 @@ impl SocketSession {
             (None, Ok(_)) => {}
             (None, Err(error)) => {
                 self.shard.counters.request_rejected(error.code());
-                self.emit("error", &error.event_body(event));
+                // A name can be as long as a whole message: echo no more than a valid one.
+                self.emit("error", &error.event_body(truncate_utf8(event, super::validate::MAX_NAME_BYTES)));
             }
         }
     }
@@ -380,10 +381,12 @@ impl SocketSession {
             return Ok(());
         }
         if let Some(rate) = &self.rate {
-            if !rate.borrow_mut().allow(Instant::now()) {
+            let verdict = rate.borrow_mut().check(Instant::now());
+            if verdict != Verdict::Allow {
                 self.shard.counters.event_received(event_label(&name));
                 self.reply(&name, packet.ack_id, Err(RequestError::RateLimited));
-                return Ok(());
+                // The refusal goes out before the close frame.
+                return if verdict == Verdict::Disconnect { Err(CloseReason::RateLimited) } else { Ok(()) };
             }
         }
         self.shard.counters.event_received(event_label(&name));

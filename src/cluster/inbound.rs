@@ -61,7 +61,15 @@ fn adapter_message(node: &Rc<Node>, payload: &[u8]) {
         Ok(message) => message,
         Err(error) => return undecodable(node, &error),
     };
-    if node.is_own(&message.uid) || message.nsp != node.settings.namespace {
+    if node.is_own(&message.uid) {
+        // This node delivered its own broadcasts itself; a join's or leave's
+        // announcement is delivered here when it comes back.
+        if let Some(echo) = message.extension.and_then(|e| e.echo) {
+            node.echo_arrived(echo);
+        }
+        return;
+    }
+    if message.nsp != node.settings.namespace {
         return;
     }
     let target = match message.rooms.len() {
@@ -128,5 +136,6 @@ fn node_message(node: &Rc<Node>, payload: &[u8]) {
             tokio::task::spawn_local(node.clone().answer(o, id, query));
         }
         NodeMessage::Answer { o, id, answer } => node.pending.answer_arrived(id, &o, answer),
+        NodeMessage::Leaving { o } => node.node_left(&o),
     }
 }

@@ -17,9 +17,10 @@ use super::pending::Pending;
 use super::wire::{self, Extension, Names, NodeMessage, To, WireAnswer, WireQuery};
 use super::{scripts, ClusterError, ClusterSettings};
 use crate::broker::Broker;
+use crate::protocol::wsframe::OutFrame;
 use crate::shard::{
     node_tag, Answer, ClusterAnswers, ClusterCmd, ClusterQuery, ClusterStatus, ConnectionInfo, Delivery, Remote, RoomInfo,
-    ShardStats, Shared, Target,
+    ShardStats, Shared, SocketId, Target,
 };
 
 /// Commands taken from the queue into one pipeline at most.
@@ -82,6 +83,9 @@ pub(super) struct Node {
     /// Live nodes at the last heartbeat (this one included).
     live: RefCell<Vec<String>>,
     pub pending: Pending,
+    /// Joins and leaves waiting for Redis, by echo id.
+    memberships: RefCell<HashMap<u64, Membership>>,
+    next_echo: Cell<u64>,
     /// A resync is running (the heartbeat does not start another).
     resyncing: Cell<bool>,
 }
@@ -123,6 +127,8 @@ pub(super) async fn run(
         registered: RefCell::default(),
         live: RefCell::default(),
         pending: Pending::default(),
+        memberships: RefCell::default(),
+        next_echo: Cell::new(0),
         resyncing: Cell::new(false),
     });
     let first = tokio::time::timeout(node.settings.request_timeout, node.beat()).await;
@@ -146,8 +152,8 @@ pub(super) async fn run(
 enum Finish {
     Sent(Option<oneshot::Sender<bool>>),
     Counted { id: u64, expect: Expect },
-    Joined { reply: oneshot::Sender<u32>, fallback: u32 },
-    Left(Option<oneshot::Sender<()>>),
+    /// A join or leave: its echo (if announced) or its end.
+    Membership { echo: u64, fallback: u32 },
     Online { user: Arc<str>, reply: oneshot::Sender<()> },
     Offline { user: Arc<str> },
     ToUser { online_here: bool, reply: oneshot::Sender<bool> },
@@ -159,14 +165,31 @@ enum Expect {
     Listed,
     /// Every live node.
     Live,
-    /// The one node, if `PUBLISH` reached a subscriber.
-    Node(String),
+    /// The node the script returned, if any.
+    Node,
 }
 
 impl Finish {
     fn publishes(&self) -> bool {
-        !matches!(self, Finish::Joined { .. } | Finish::Left(_))
+        !matches!(self, Finish::Membership { .. })
     }
+}
+
+/// A join or leave waiting for Redis: for the count (the script's reply)
+/// and, if announced, for its announcement to come back on the room's
+/// channel (its place among every node's room traffic).
+struct Membership {
+    /// The announcement for this node's members, delivered when it comes back.
+    announce: Option<Delivery>,
+    /// Waiting for the announcement to come back.
+    echo_due: bool,
+    members: Option<u32>,
+    done: MembershipDone,
+}
+
+enum MembershipDone {
+    Join { room: Arc<str>, socket: SocketId, reply: oneshot::Sender<u32> },
+    Leave(Option<oneshot::Sender<()>>),
 }
 
 impl Node {
@@ -188,12 +211,101 @@ impl Node {
         )
     }
 
-    fn room_script(&self, room: &str, members_here: u32) -> Cmd {
+    fn room_script(&self, room: &str, members_here: u32, announce: Option<(&str, &[u8])>) -> Cmd {
+        let count = members_here.to_string();
+        let mut args: Vec<&[u8]> = vec![self.name.as_bytes(), room.as_bytes(), count.as_bytes()];
+        if let Some((channel, message)) = announce {
+            args.extend([channel.as_bytes(), message]);
+        }
         self.eval(
             scripts::ROOM_COUNT,
             &[&self.names.key("room", room), &self.names.set("rooms"), &self.names.key("node-rooms", &self.name)],
-            &[self.name.as_bytes(), room.as_bytes(), members_here.to_string().as_bytes()],
+            &args,
         )
+    }
+
+    /// The command for a join or leave, and its wait (see [`Membership`]).
+    fn membership_entry(
+        &self,
+        room: &Arc<str>,
+        members_here: u32,
+        socket: SocketId,
+        announce: Option<OutFrame>,
+        done: MembershipDone,
+    ) -> (Cmd, Finish, usize) {
+        let echo = self.next_echo.get() + 1;
+        self.next_echo.set(echo);
+        let announce = announce.map(|frame| {
+            let mut delivery = Delivery::new(Target::Room(room.clone()), frame);
+            delivery.except = Some(socket);
+            delivery
+        });
+        let extension = Extension { ts: now_ms(), echo: Some(echo), ..Extension::default() };
+        let message = announce.as_ref().and_then(|delivery| {
+            let except = [socket.to_string()];
+            wire::encode_adapter(&self.name, &self.settings.namespace, &delivery.frame.payload(), &[room], &except, &extension).ok()
+        });
+        let channel = self.names.adapter_room(room);
+        let cmd = self.room_script(room, members_here, message.as_deref().map(|m| (channel.as_str(), m)));
+        let echo_due = message.is_some();
+        let size = message.as_ref().map_or(0, |m| m.len());
+        self.memberships.borrow_mut().insert(echo, Membership { announce, echo_due, members: None, done });
+        (cmd, Finish::Membership { echo, fallback: members_here }, size)
+    }
+
+    /// A join's or leave's announcement came back from Redis: this node's
+    /// members get it now, in its place among the room's traffic.
+    pub fn echo_arrived(&self, echo: u64) {
+        let mut memberships = self.memberships.borrow_mut();
+        let Some(waiting) = memberships.get_mut(&echo) else { return };
+        waiting.echo_due = false;
+        if let Some(announce) = waiting.announce.take() {
+            self.deliver_here(announce);
+        }
+        if waiting.members.is_some() {
+            let done = memberships.remove(&echo).expect("present");
+            drop(memberships);
+            self.complete_membership(done);
+        }
+    }
+
+    fn complete_membership(&self, waiting: Membership) {
+        if let Some(announce) = waiting.announce {
+            self.deliver_here(announce);
+        }
+        let members = waiting.members.unwrap_or(0);
+        match waiting.done {
+            MembershipDone::Join { room, socket, reply } => self.shared.router.confirm_join(room, socket, members, reply),
+            MembershipDone::Leave(reply) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    /// The script answered (`Some` count) or failed (`None`: the node's own
+    /// count stands in, and the announcement is delivered here at once).
+    fn membership_counted(self: &Rc<Self>, echo: u64, members: Option<u32>, fallback: u32) {
+        let mut memberships = self.memberships.borrow_mut();
+        let Some(waiting) = memberships.get_mut(&echo) else { return };
+        waiting.members = Some(members.unwrap_or(fallback));
+        if members.is_some() && waiting.echo_due {
+            // The echo is on its way on the other connection; if Redis
+            // loses it (a restart), give up waiting after the timeout.
+            let node = self.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(node.settings.request_timeout).await;
+                let late = node.memberships.borrow_mut().remove(&echo);
+                if let Some(waiting) = late {
+                    node.complete_membership(waiting);
+                }
+            });
+            return;
+        }
+        let waiting = memberships.remove(&echo).expect("present");
+        drop(memberships);
+        self.complete_membership(waiting);
     }
 
     fn publish_cmd(channel: &str, message: &[u8]) -> Cmd {
@@ -238,12 +350,13 @@ impl Node {
                         entries.push(entry);
                     }
                 }
-                ClusterCmd::RoomJoined { room, members_here, reply } => {
+                ClusterCmd::RoomJoined { room, members_here, socket, announce, reply } => {
                     self.registered.borrow_mut().rooms.insert(room.clone(), members_here);
-                    entries.push((self.room_script(&room, members_here), Finish::Joined { reply, fallback: members_here }, 0));
+                    let done = MembershipDone::Join { room: room.clone(), socket, reply };
+                    entries.push(self.membership_entry(&room, members_here, socket, announce, done));
                     touched.push(room);
                 }
-                ClusterCmd::RoomLeft { room, members_here, reply } => {
+                ClusterCmd::RoomLeft { room, members_here, socket, announce, reply } => {
                     let mut registered = self.registered.borrow_mut();
                     if members_here == 0 {
                         registered.rooms.remove(&room);
@@ -251,7 +364,7 @@ impl Node {
                         registered.rooms.insert(room.clone(), members_here);
                     }
                     drop(registered);
-                    entries.push((self.room_script(&room, members_here), Finish::Left(reply), 0));
+                    entries.push(self.membership_entry(&room, members_here, socket, announce, MembershipDone::Leave(reply)));
                     touched.push(room);
                 }
                 ClusterCmd::UserOnline { user, reply } => {
@@ -357,7 +470,7 @@ impl Node {
         let adapter_message = |rooms: &[&str]| {
             let except: Vec<String> = delivery.except.iter().map(|id| id.to_string()).collect();
             let except_users = delivery.exclude_users.iter().flat_map(|users| users.iter().map(|u| u.to_string())).collect();
-            let extension = Extension { ts, reply: reply_id, except_users };
+            let extension = Extension { ts, reply: reply_id, except_users, echo: None };
             wire::encode_adapter(&self.name, &self.settings.namespace, &payload, rooms, &except, &extension)
         };
         let node_message = |to: To| {
@@ -406,9 +519,13 @@ impl Node {
                 (cmd, finish(Expect::Listed), message.len())
             }
             Target::Socket(id) => {
-                let node = wire::node_name(id.node());
                 let message = node_message(To::Socket(id.to_string()));
-                (Self::publish_cmd(&self.names.node_channel(&node), &message), finish(Expect::Node(node)), message.len())
+                let cmd = self.eval(
+                    scripts::TO_SOCKET_NODE,
+                    &[&self.names.set("tags")],
+                    &[wire::node_name(id.node()).as_bytes(), self.names.node_channel("").as_bytes(), &message],
+                );
+                (cmd, finish(Expect::Node), message.len())
             }
             // Presence goes through the user scripts; several rooms come only from socket.io nodes.
             Target::Authenticated | Target::Rooms(_) => {
@@ -464,7 +581,7 @@ impl Node {
     }
 
     /// Ends one command with its reply (`None`: Redis could not take it).
-    fn finish(&self, finish: Finish, value: Option<Value>) {
+    fn finish(self: &Rc<Self>, finish: Finish, value: Option<Value>) {
         let int = |value: &Option<Value>| match value {
             Some(Value::Int(n)) => Some(*n),
             _ => None,
@@ -484,19 +601,13 @@ impl Node {
                     let expected = match expect {
                         Expect::Listed => nodes(Some(value)),
                         Expect::Live => self.live.borrow().iter().filter(|n| **n != self.name).cloned().collect(),
-                        Expect::Node(node) if int(&Some(value)).unwrap_or(0) > 0 => vec![node],
-                        Expect::Node(_) => Vec::new(),
+                        Expect::Node => redis::from_redis_value::<Option<String>>(value).ok().flatten().into_iter().collect(),
                     };
                     self.pending.expect_counts(id, expected);
                 }
             },
-            Finish::Joined { reply, fallback } => {
-                let _ = reply.send(int(&value).map_or(fallback, |n| n.max(0) as u32));
-            }
-            Finish::Left(reply) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(());
-                }
+            Finish::Membership { echo, fallback } => {
+                self.membership_counted(echo, int(&value).map(|n| n.max(0) as u32), fallback);
             }
             Finish::Online { user, reply } => {
                 // Without Redis, this node's view decides (as a single node would).
@@ -646,8 +757,13 @@ impl Node {
 
     // ---- liveness ----------------------------------------------------------
 
+    /// Every TTL/4, at most every second.
+    fn heartbeat_interval(&self) -> Duration {
+        (self.settings.node_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
     async fn run_heartbeat(self: Rc<Self>) {
-        let interval = (self.settings.node_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let interval = self.heartbeat_interval();
         loop {
             tokio::time::sleep(interval).await;
             if tokio::time::timeout(self.settings.request_timeout, self.beat()).await.is_err() {
@@ -662,13 +778,15 @@ impl Node {
         let ttl_ms = self.settings.node_ttl.as_millis().max(1) as u64;
         let cmd = self.eval(
             scripts::HEARTBEAT,
-            &[&self.names.key("node", &self.name), &self.names.set("nodes")],
+            &[&self.names.key("node", &self.name), &self.names.set("nodes"), &self.names.set("tags"), &self.names.set("suspects")],
             &[
                 self.name.as_bytes(),
                 ttl_ms.to_string().as_bytes(),
                 self.names.prefix().as_bytes(),
                 self.names.all_channel().as_bytes(),
                 now_ms().to_string().as_bytes(),
+                wire::node_name(node_tag()).as_bytes(),
+                (2 * self.heartbeat_interval().as_millis() as u64).to_string().as_bytes(),
             ],
         );
         let mut publisher = self.publisher.clone();
@@ -705,8 +823,26 @@ impl Node {
     /// Subscribes to every channel this node needs and registers its rooms
     /// and users again (after a restart Redis has forgotten them).
     async fn resync(self: &Rc<Self>) {
+        // What Redis says this node has, read before this node's own record:
+        // an entry the record lacks is stale (a leave or an offline that
+        // could not reach Redis while it was away), and one the record gains
+        // meanwhile is in the record by the time it is compared.
+        let mut publisher = self.publisher.clone();
+        let on_redis = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(self.names.key("node-users", &self.name))
+            .cmd("SMEMBERS")
+            .arg(self.names.key("node-rooms", &self.name))
+            .query_async::<(Vec<String>, Vec<String>)>(&mut publisher)
+            .await;
+        let (users_on_redis, rooms_on_redis) = match on_redis {
+            Ok(sets) => sets,
+            Err(error) => return self.redis_down(&error.to_string()),
+        };
         let rooms: Vec<(Arc<str>, u32)> = self.registered.borrow().rooms.iter().map(|(r, n)| (r.clone(), *n)).collect();
         let users: Vec<Arc<str>> = self.registered.borrow().users.iter().cloned().collect();
+        let stale_users: Vec<String> = users_on_redis.into_iter().filter(|u| !users.iter().any(|k| **k == **u)).collect();
+        let stale_rooms: Vec<String> = rooms_on_redis.into_iter().filter(|r| !rooms.iter().any(|(k, _)| **k == **r)).collect();
         let mut channels = vec![self.names.all_channel(), self.names.node_channel(&self.name), self.names.adapter_all().to_string()];
         channels.extend(rooms.iter().map(|(room, _)| self.names.adapter_room(room)));
         let mut subscriber = self.subscriber.clone();
@@ -719,32 +855,55 @@ impl Node {
             registered.subscribed = rooms.iter().map(|(room, _)| room.clone()).collect();
             self.status.subscriptions.store(registered.subscribed.len() + 3, Ordering::Relaxed);
         }
-        if rooms.is_empty() && users.is_empty() {
+        if rooms.is_empty() && users.is_empty() && stale_users.is_empty() && stale_rooms.is_empty() {
             return;
         }
         let mut pipe = redis::pipe();
+        for room in &stale_rooms {
+            pipe.add_command(self.room_script(room, 0, None)).ignore();
+        }
+        for user in &stale_users {
+            // `user-offline` goes out (from Redis) if no node has the user.
+            pipe.add_command(self.user_script(scripts::USER_OFFLINE, user, false)).ignore();
+        }
         for (room, members) in &rooms {
-            pipe.add_command(self.room_script(room, *members)).ignore();
+            pipe.add_command(self.room_script(room, *members, None)).ignore();
         }
         for user in &users {
             pipe.add_command(self.user_script(scripts::USER_ONLINE, user, true)).ignore();
         }
-        let mut publisher = self.publisher.clone();
         match pipe.query_async::<()>(&mut publisher).await {
-            Ok(()) => tracing::info!(node = %self.name, rooms = rooms.len(), users = users.len(), "registered this node's rooms and users on Redis again"),
+            Ok(()) => tracing::info!(
+                node = %self.name,
+                rooms = rooms.len(),
+                users = users.len(),
+                stale_rooms = stale_rooms.len(),
+                stale_users = stale_users.len(),
+                "registered this node's rooms and users on Redis again"
+            ),
             Err(error) => self.redis_down(&error.to_string()),
         }
     }
 
-    /// Leaves on shutdown: the node's key goes, so the others sweep what is
-    /// left at once instead of after the TTL.
+    /// Leaves on shutdown (its clients' leaves and offlines are on Redis
+    /// already): the node's key and entries go, and the others hear at once
+    /// that no answer will come from it.
     async fn leave(&self) {
         let mut publisher = self.publisher.clone();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("DEL").arg(self.names.key("node", &self.name)).query_async::<i64>(&mut publisher),
-        )
-        .await;
+        let leaving = NodeMessage::Leaving { o: self.name.clone() }.encode();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(self.names.key("node", &self.name)).ignore();
+        pipe.cmd("SREM").arg(self.names.set("nodes")).arg(&self.name).ignore();
+        pipe.cmd("HDEL").arg(self.names.set("tags")).arg(wire::node_name(node_tag())).ignore();
+        pipe.cmd("PUBLISH").arg(self.names.all_channel()).arg(leaving).ignore();
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut publisher)).await;
+    }
+
+    /// Another node stopped cleanly: not live, and not waited for.
+    pub fn node_left(&self, node: &str) {
+        self.live.borrow_mut().retain(|n| n != node);
+        self.status.nodes.store(self.live.borrow().len(), Ordering::Relaxed);
+        self.pending.node_left(node);
     }
 
     pub fn is_own(&self, origin: &str) -> bool {

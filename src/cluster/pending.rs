@@ -113,6 +113,26 @@ impl Pending {
         }
     }
 
+    /// `node` left the cluster: no wait expects it any more.
+    pub fn node_left(&self, node: &str) {
+        let ids: Vec<u64> = self.counts.borrow().keys().copied().collect();
+        for id in ids {
+            self.count_arrived(id, node, 0);
+        }
+        let ids: Vec<u64> = self.answers.borrow().keys().copied().collect();
+        for id in ids {
+            let mut answers = self.answers.borrow_mut();
+            let Some(wait) = answers.get_mut(&id) else { continue };
+            wait.expected.retain(|n| n != node);
+            if wait.expected.is_empty() {
+                let mut wait = answers.remove(&id).expect("present");
+                if let Some(done) = wait.done.take() {
+                    let _ = done.send(std::mem::take(&mut wait.got));
+                }
+            }
+        }
+    }
+
     /// What a timed-out query got.
     pub fn take_answers(&self, id: u64) -> Vec<(String, WireAnswer)> {
         self.answers.borrow_mut().remove(&id).map(|wait| wait.got).unwrap_or_default()
@@ -153,6 +173,21 @@ mod tests {
         pending.count_arrived(id, "b", 2);
         pending.fail_count(id);
         assert_eq!(remote(&mut rx), Some(Remote { delivered: 2, partial: true }));
+    }
+
+    #[test]
+    fn a_node_that_leaves_is_not_waited_for() {
+        let pending = Pending::default();
+        let (tx, mut rx) = oneshot::channel();
+        let id = pending.open_count(tx);
+        pending.expect_counts(id, vec!["b".into(), "c".into()]);
+        pending.count_arrived(id, "b", 1);
+        pending.node_left("c");
+        assert_eq!(remote(&mut rx), Some(Remote { delivered: 1, partial: false }));
+        let (id, mut answers) = pending.open_answers(vec!["c".into()]);
+        pending.node_left("c");
+        assert!(answers.try_recv().unwrap().is_empty());
+        let _ = id;
     }
 
     #[test]

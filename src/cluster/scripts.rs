@@ -7,9 +7,11 @@
 //! Keys are built inside the scripts from the prefix in `ARGV`: shardcast
 //! runs on one Redis (or a Sentinel-managed primary), not Redis Cluster.
 
-/// Sets this node's member count of a room (0 removes it).
-/// KEYS: room hash, rooms set, node-rooms set. ARGV: node, room, count.
-/// Returns the room's members over every node.
+/// Sets this node's member count of a room (0 removes it) and, if given,
+/// publishes the join's or leave's announcement in the same step (so its
+/// place on the room's channel is the change's place among every node's).
+/// KEYS: room hash, rooms set, node-rooms set. ARGV: node, room, count
+/// [, channel, message]. Returns the room's members over every node.
 pub const ROOM_COUNT: &str = r#"
 local count = tonumber(ARGV[3])
 if count > 0 then
@@ -23,6 +25,7 @@ else
 end
 local total = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do total = total + tonumber(v) end
+if ARGV[5] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return total
 "#;
 
@@ -78,22 +81,51 @@ end
 return nodes
 "#;
 
-/// The heartbeat: refreshes this node's key, sweeps nodes whose key has
-/// expired (their users go offline — `presence` published — and their room
-/// counts go), and lists the live nodes.
-/// KEYS: this node's key, nodes set. ARGV: node, TTL in ms, prefix, all
-/// channel, now in ms. Returns `{fresh, live node...}`; `fresh` = 1 when
-/// this node's key was missing (first beat, Redis restarted, or swept).
+/// Publishes to the node whose socket ids carry a tag (the tags hash maps
+/// tags to node names). KEYS: tags hash. ARGV: tag, node channel prefix,
+/// message. Returns the node's name, or nil if no live node has the tag.
+pub const TO_SOCKET_NODE: &str = r#"
+local node = redis.call('HGET', KEYS[1], ARGV[1])
+if not node then return false end
+redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
+return node
+"#;
+
+/// The heartbeat: refreshes this node's key and its entry in the tags hash,
+/// sweeps nodes whose key has expired (their users go offline — `presence`
+/// published — their room counts and tags go), and lists the live nodes.
+///
+/// A node whose key is missing is swept only once it has stayed missing for
+/// `grace` (by Redis's clock), and never by a node that found its own key
+/// missing: after Redis stalled longer than the TTL every key has expired
+/// at once, and the nodes must get a beat in to re-register before anyone
+/// is declared dead (their users would be announced offline, then online).
+///
+/// KEYS: this node's key, nodes set, tags hash, suspects hash. ARGV: node,
+/// TTL in ms, prefix, all channel, now in ms, this node's tag, grace in ms.
+/// Returns `{fresh, live node...}`; `fresh` = 1 when this node's key was
+/// missing (first beat, Redis restarted or stalled, or swept).
 pub const HEARTBEAT: &str = r#"
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
-redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[6], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local prefix = ARGV[3]
 local live = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local missing_since = nil
   if redis.call('EXISTS', prefix .. ':node:' .. node) == 1 then
     table.insert(live, node)
-  else
+    redis.call('HDEL', KEYS[4], node)
+  elseif not fresh then
+    missing_since = redis.call('HGET', KEYS[4], node)
+    if not missing_since then redis.call('HSET', KEYS[4], node, now) end
+  end
+  if missing_since and now - tonumber(missing_since) >= tonumber(ARGV[7]) then
+    redis.call('HDEL', KEYS[4], node)
     local users_key = prefix .. ':node-users:' .. node
     for _, user in ipairs(redis.call('SMEMBERS', users_key)) do
       local user_key = prefix .. ':user:' .. user
@@ -110,6 +142,10 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     end
     redis.call('DEL', users_key, rooms_key)
     redis.call('SREM', KEYS[2], node)
+    local tags = redis.call('HGETALL', KEYS[3])
+    for i = 1, #tags, 2 do
+      if tags[i + 1] == node then redis.call('HDEL', KEYS[3], tags[i]) end
+    end
   end
 end
 table.insert(live, 1, fresh and 1 or 0)

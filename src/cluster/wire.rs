@@ -67,7 +67,8 @@ impl Names {
     }
 }
 
-/// A node's name on Redis: its socket ids' node tag, in hex.
+/// A node's default name (`NODE_ID` unset), and the key of its socket
+/// ids' node tag in the tags hash: the tag in hex.
 pub fn node_name(tag: u32) -> String {
     format!("{tag:08x}")
 }
@@ -84,6 +85,9 @@ pub struct Extension {
     /// Users whose sockets must not receive it.
     #[serde(default, rename = "exceptUsers", skip_serializing_if = "Vec::is_empty")]
     pub except_users: Vec<String>,
+    /// A join or leave announcement the origin waits to see come back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<u64>,
 }
 
 /// A socket.io adapter broadcast, decoded.
@@ -321,6 +325,8 @@ pub enum NodeMessage {
     Count { o: String, id: u64, delivered: usize },
     Query { o: String, id: u64, query: WireQuery },
     Answer { o: String, id: u64, answer: WireAnswer },
+    /// The origin stops cleanly: no answer will come from it.
+    Leaving { o: String },
 }
 
 impl NodeMessage {
@@ -339,7 +345,8 @@ impl NodeMessage {
             | NodeMessage::Presence { o, .. }
             | NodeMessage::Count { o, .. }
             | NodeMessage::Query { o, .. }
-            | NodeMessage::Answer { o, .. } => o,
+            | NodeMessage::Answer { o, .. }
+            | NodeMessage::Leaving { o } => o,
         }
     }
 }
@@ -350,7 +357,7 @@ mod tests {
 
     #[test]
     fn an_event_packet_round_trips_through_the_adapter_format() {
-        let extension = Extension { ts: 7, reply: Some(3), except_users: vec!["bob".into()] };
+        let extension = Extension { ts: 7, reply: Some(3), except_users: vec!["bob".into()], echo: Some(4) };
         let bytes = encode_adapter(
             "n1",
             "/",
@@ -433,6 +440,7 @@ mod tests {
             NodeMessage::Count { o: "b".into(), id: 9, delivered: 4 },
             NodeMessage::Query { o: "a".into(), id: 1, query: WireQuery::Connections { user: None } },
             NodeMessage::Answer { o: "b".into(), id: 1, answer: WireAnswer::Stats { connections: 1, rooms: 2, online_users: 3 } },
+            NodeMessage::Leaving { o: "b".into() },
         ];
         for message in messages {
             assert_eq!(NodeMessage::decode(&message.encode()).unwrap(), message);

@@ -116,11 +116,19 @@ pub enum FrameError {
     UnfinishedMessage,
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooBig { size: u64, limit: usize },
+    /// In a text message or a close frame's reason.
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
     #[error("malformed close frame")]
     BadClose,
+    #[error("64-bit payload length with its most significant bit set")]
+    BadLength,
 }
+
+/// The most a decoder reserves ahead of the bytes it has, for a frame whose
+/// head announced more: a large frame's buffer then grows as its bytes
+/// arrive (doubling, so the copies stay linear in its size).
+pub const RESERVE_AHEAD: usize = 64 * 1024;
 
 /// Reassembles client frames into messages, enforcing a limit on the whole
 /// message (not just on each frame).
@@ -142,13 +150,18 @@ impl FrameDecoder {
         loop {
             let Some(head) = parse_head(buf)? else { return Ok(None) };
             let partial_len = self.partial.as_ref().map_or(0, |(_, data)| data.len());
-            if !head.opcode_is_control() && partial_len as u64 + head.payload_len > self.max_message as u64 {
-                return Err(FrameError::TooBig { size: partial_len as u64 + head.payload_len, limit: self.max_message });
+            let size = (partial_len as u64).saturating_add(head.payload_len);
+            if !head.opcode_is_control() && size > self.max_message as u64 {
+                return Err(FrameError::TooBig { size, limit: self.max_message });
             }
             let total = head.head_len + head.payload_len as usize;
             if buf.len() < total {
-                // Ask for the whole frame at once rather than growing step by step.
-                buf.reserve(total - buf.len());
+                // Room for the rest of the frame, but no more than
+                // `RESERVE_AHEAD` on the strength of its length field alone:
+                // memory follows the bytes that arrive, not those announced
+                // (a 14-byte head claiming a whole `MAX_PAYLOAD_BYTES` frame
+                // would otherwise cost that much per connection).
+                buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
                 return Ok(None);
             }
             let mut payload = buf.split_to(total);
@@ -182,7 +195,7 @@ impl FrameDecoder {
                         1 => Err(FrameError::BadClose),
                         _ => {
                             if simdutf8::basic::from_utf8(&payload[2..]).is_err() {
-                                return Err(FrameError::BadClose);
+                                return Err(FrameError::InvalidUtf8);
                             }
                             Ok(Some(Message::Close { code: Some(u16::from_be_bytes([payload[0], payload[1]])) }))
                         }
@@ -245,7 +258,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
             if buf.len() < 10 {
                 return Ok(None);
             }
-            (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 8)
+            let len = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            // RFC 6455 §5.2: the most significant bit must be 0.
+            if len >> 63 != 0 {
+                return Err(FrameError::BadLength);
+            }
+            (len, 8)
         }
         n => (n as u64, 0),
     };
@@ -358,6 +376,43 @@ mod tests {
         assert!(matches!(FrameDecoder::new(10).decode(&mut head), Err(FrameError::TooBig { .. })));
     }
 
+    /// Found by `fuzz/` (websocket_frames): the continuation of a fragmented
+    /// message announcing a length near 2^64 overflowed the size check.
+    #[test]
+    fn a_continuation_announcing_almost_2_to_the_64_is_refused_not_an_overflow() {
+        let mut fragment = client_frame(false, 1, b"a");
+        let mut huge = vec![0x80, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        fragment.extend_from_slice(&huge);
+        assert_eq!(decode_all(&mut FrameDecoder::new(1000), &fragment), Err(FrameError::BadLength));
+        // Just under the top bit: too big, not a wrapped sum.
+        let mut fragment = client_frame(false, 1, b"a");
+        let mut huge = vec![0x80, 0xFF];
+        huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        fragment.extend_from_slice(&huge);
+        assert!(matches!(decode_all(&mut FrameDecoder::new(1000), &fragment), Err(FrameError::TooBig { .. })));
+    }
+
+    #[test]
+    fn an_announced_length_reserves_no_more_than_reserve_ahead() {
+        let frame = client_frame(true, 2, &vec![7; 1 << 20]);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::from(&frame[..14]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 14 + RESERVE_AHEAD, "reserved {} bytes for a head", buf.capacity());
+        // The frame still decodes as its bytes arrive.
+        for piece in frame[14..].chunks(100_000) {
+            buf.extend_from_slice(piece);
+            if let Some(message) = decoder.decode(&mut buf).unwrap() {
+                assert_eq!(message, Message::Binary(Bytes::from(vec![7; 1 << 20])));
+                return;
+            }
+        }
+        panic!("the whole frame did not decode");
+    }
+
     #[test]
     fn rejects_protocol_violations() {
         let cases: Vec<(Vec<u8>, FrameError)> = vec![
@@ -368,6 +423,7 @@ mod tests {
             (client_frame(true, 0x9, &[0; 126]), FrameError::BadControlFrame),
             (client_frame(true, 0x1, &[0xC3, 0x28]), FrameError::InvalidUtf8),
             (client_frame(true, 0x8, &[3]), FrameError::BadClose),
+            (client_frame(true, 0x8, &[0x03, 0xE8, 0xFF]), FrameError::InvalidUtf8),
             ({
                 let mut f = client_frame(true, 1, b"x");
                 f[0] |= 0x40;

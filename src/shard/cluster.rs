@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{Answer, Delivery};
+use super::SocketId;
 use crate::protocol::wsframe::OutFrame;
 
 /// Sockets reached on the other nodes by one publish.
@@ -58,14 +59,17 @@ pub enum ClusterCmd {
     /// `sent` is told `true` once Redis took it, `false` if it could not;
     /// `counted` (HTTP publishes) is told how many sockets the other nodes reached.
     Publish { delivery: Delivery, sent: Option<oneshot::Sender<bool>>, counted: Option<oneshot::Sender<Remote>> },
-    /// From a room's home: a socket of this node joined; the room has
+    /// From a room's home: `socket` (of this node) joined; the room has
     /// `members_here` on this node now (1: subscribe to the room's channel
-    /// first). `reply`: members across the cluster.
-    RoomJoined { room: Arc<str>, members_here: u32, reply: oneshot::Sender<u32> },
-    /// From a room's home: a socket of this node left (0 left here:
-    /// unsubscribe); `reply` once Redis has the change (and the `user-left`
-    /// published before it).
-    RoomLeft { room: Arc<str>, members_here: u32, reply: Option<oneshot::Sender<()>> },
+    /// first). Redis counts the join and publishes `announce` in one step;
+    /// when the announcement comes back on the room's channel — the join's
+    /// place among every node's room traffic — it is delivered to this
+    /// node's members and the join is confirmed to the socket's shard
+    /// (`RoomJoinConfirmed` with the members across the cluster, answering `reply`).
+    RoomJoined { room: Arc<str>, members_here: u32, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
+    /// From a room's home: `socket` left (0 left here: unsubscribe after);
+    /// like a join, `announce` goes through Redis, then `reply`.
+    RoomLeft { room: Arc<str>, members_here: u32, socket: SocketId, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>> },
     /// From a user's home: the user's first socket on this node. `reply`
     /// once Redis has it (and `user-online` is out if it is the first anywhere).
     UserOnline { user: Arc<str>, reply: oneshot::Sender<()> },

@@ -90,16 +90,9 @@ pub enum ShardMsg {
     /// To a room's home: a socket wants to join. The home counts it, sends
     /// `announce` to the room's other members, then confirms to the socket's
     /// shard with [`ShardMsg::RoomJoinConfirmed`].
-    /// In cluster mode the home also hands `cluster_reply` to the cluster
-    /// thread, which answers with the count across nodes.
-    RoomJoined {
-        room: Arc<str>,
-        user: Arc<str>,
-        socket: SocketId,
-        announce: Option<OutFrame>,
-        reply: oneshot::Sender<u32>,
-        cluster_reply: Option<oneshot::Sender<u32>>,
-    },
+    /// In cluster mode the home hands the join to the cluster thread, which
+    /// announces it and confirms it through Redis (see `ClusterCmd::RoomJoined`).
+    RoomJoined { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
     /// From a room's home to the joining socket's shard: add it to the local
     /// room now. Arriving on the same channel as the home's announcements,
     /// it orders them: the joiner hears of every later join, of no earlier one.

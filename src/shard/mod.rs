@@ -255,20 +255,8 @@ impl Shard {
         let user = conn.user().unwrap_or_else(|| Arc::from(""));
         conn.rooms.borrow_mut().push(room.clone());
         let (tx, rx) = oneshot::channel();
-        let (cluster_reply, cluster_members) = match self.shared.cluster {
-            Some(_) => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, socket: conn.id, announce, reply: tx, cluster_reply });
-        let members_here = rx.await.unwrap_or(0);
-        match cluster_members {
-            // The count across nodes, once this node is subscribed to the room.
-            Some(members) => members.await.unwrap_or(members_here),
-            None => members_here,
-        }
+        self.to_home(&room.clone(), ShardMsg::RoomJoined { room, user, socket: conn.id, announce, reply: tx });
+        rx.await.unwrap_or(0)
     }
 
     /// Removes `conn` from `room`; the home sends `announce` to the remaining
@@ -391,13 +379,17 @@ impl Shard {
             ShardMsg::Query { query, reply } => {
                 let _ = reply.send(self.answer(query));
             }
-            ShardMsg::RoomJoined { room, user, socket, announce, reply, cluster_reply } => {
+            ShardMsg::RoomJoined { room, user, socket, announce, reply } => {
                 let members = self.home.borrow_mut().room_joined(&room, &user, SystemTime::now());
-                self.announce_to_room(&room, socket, announce);
-                if let (Some(link), Some(reply)) = (&self.shared.cluster, cluster_reply) {
-                    link.send(ClusterCmd::RoomJoined { room: room.clone(), members_here: members, reply });
+                match &self.shared.cluster {
+                    // Redis orders it among every node's joins: the cluster
+                    // thread announces it and confirms it to the socket's shard.
+                    Some(link) => link.send(ClusterCmd::RoomJoined { room, members_here: members, socket, announce, reply }),
+                    None => {
+                        self.announce_to_room(&room, socket, announce);
+                        self.to_shard(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
+                    }
                 }
-                self.to_shard(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
             }
             ShardMsg::RoomJoinConfirmed { room, socket, members, reply } => {
                 // The socket may have left the room or gone away meanwhile;
@@ -410,11 +402,11 @@ impl Shard {
                 home.room_left(&room, &user, SystemTime::now());
                 let members_here = home.room_size(&room);
                 drop(home);
-                self.announce_to_room(&room, socket, announce);
                 match &self.shared.cluster {
-                    // Answered once Redis has the leave, after the `user-left` published above.
-                    Some(link) => link.send(ClusterCmd::RoomLeft { room, members_here, reply }),
+                    // The cluster thread announces it through Redis, then answers.
+                    Some(link) => link.send(ClusterCmd::RoomLeft { room, members_here, socket, announce, reply }),
                     None => {
+                        self.announce_to_room(&room, socket, announce);
                         if let Some(reply) = reply {
                             let _ = reply.send(());
                         }

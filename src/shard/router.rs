@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::{oneshot, Notify};
 
-use super::{Answer, Delivery, Query, Shard, ShardMsg};
+use super::{Answer, Delivery, Query, Shard, ShardMsg, SocketId};
 
 /// Handles to every shard's inbox; shared by all threads.
 pub struct Router {
@@ -86,6 +86,13 @@ impl Router {
         let (reply, delivered) = oneshot::channel();
         self.send(shard, ShardMsg::DeliverCounted { delivery, count_as, reply });
         delivered
+    }
+
+    /// Confirms a join to the socket's shard (cluster mode: from the cluster
+    /// thread, once Redis has ordered it): the socket joins the room's local
+    /// table and `reply` gets the member count.
+    pub fn confirm_join(&self, room: Arc<str>, socket: SocketId, members: u32, reply: oneshot::Sender<u32>) {
+        self.send(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
     }
 
     /// Tells every shard to close its connections and stop.

@@ -156,7 +156,7 @@ fn log_close(sid: SocketId, reason: &CloseReason) {
         CloseReason::ProtocolError(detail) => {
             tracing::info!(session = %sid, reason = reason.label(), %detail, "connection closed")
         }
-        CloseReason::PayloadTooLarge | CloseReason::SlowConsumer => {
+        CloseReason::PayloadTooLarge | CloseReason::SlowConsumer | CloseReason::InvalidUtf8 | CloseReason::RateLimited => {
             tracing::info!(session = %sid, reason = reason.label(), "connection closed")
         }
         _ => tracing::debug!(session = %sid, reason = reason.label(), "connection closed"),

@@ -2,3 +2,4 @@
 
 mod interleavings;
 mod layers;
+mod properties;

@@ -39,15 +39,20 @@ pub enum CloseReason {
     ConnectTimeout,
     /// A malformed frame or packet, or a packet not allowed in this state.
     ProtocolError(String),
+    /// A text message (or a close frame's reason) that is not UTF-8:
+    /// counted as a protocol error, closed with 1007 as RFC 6455 asks.
+    InvalidUtf8,
     PayloadTooLarge,
     /// The outbound queue stayed full: the client does not read fast enough.
     SlowConsumer,
+    /// The client kept sending events past the rate limit.
+    RateLimited,
     ServerShutdown,
 }
 
 impl CloseReason {
     /// Every value [`CloseReason::label`] can return.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "client_close",
         "transport_error",
         "ping_timeout",
@@ -55,6 +60,7 @@ impl CloseReason {
         "protocol_error",
         "payload_too_large",
         "slow_consumer",
+        "rate_limited",
         "server_shutdown",
     ];
 
@@ -65,9 +71,10 @@ impl CloseReason {
             CloseReason::TransportError => "transport_error",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::ConnectTimeout => "connect_timeout",
-            CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 => "protocol_error",
             CloseReason::PayloadTooLarge => "payload_too_large",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
             CloseReason::ServerShutdown => "server_shutdown",
         }
     }
@@ -77,10 +84,12 @@ impl CloseReason {
         match self {
             CloseReason::ClientClose => Some((1000, "")),
             CloseReason::ProtocolError(detail) => Some((1002, detail.as_str())),
+            CloseReason::InvalidUtf8 => Some((1007, "text message is not valid UTF-8")),
             CloseReason::PayloadTooLarge => Some((1009, "message too big")),
             CloseReason::ServerShutdown => Some((1001, "server shutting down")),
             CloseReason::ConnectTimeout => Some((1008, "no Socket.IO CONNECT in time")),
             CloseReason::SlowConsumer => Some((1008, "too slow to read")),
+            CloseReason::RateLimited => Some((1008, "rate limit exceeded")),
             CloseReason::TransportError | CloseReason::PingTimeout => None,
         }
     }

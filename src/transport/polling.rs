@@ -131,13 +131,14 @@ impl<H: EngineHandler> PollingSession<H> {
     /// After [`Self::run`] returned `reason`: waits (at most
     /// [`CLOSED_LINGER`]) until the session's transport has let go of it.
     /// Upgraded, that is the end of the WebSocket (which writes what is
-    /// queued, a close frame last). On polling, a session the client closed
-    /// or the server shut down answers one more GET with its end (`6`, or
-    /// the close packet `1`): the pending poll, or the next one.
+    /// queued, a close frame last). On polling, a session the client closed,
+    /// the server shut down or the rate limit cut off answers its last GETs
+    /// with what is queued and its end (`6`, or the close packet `1`).
     pub async fn released(&self, reason: &CloseReason) {
+        let graceful = matches!(reason, CloseReason::ClientClose | CloseReason::ServerShutdown | CloseReason::RateLimited);
         let last_reader = match self.state.get() {
             State::Upgraded => self.upgrade_ended.notified(),
-            _ if matches!(reason, CloseReason::ClientClose | CloseReason::ServerShutdown) && !self.final_get_served.get() => {
+            _ if graceful && !self.final_get_served.get() => {
                 self.final_get.notified()
             }
             _ => return,
@@ -239,8 +240,10 @@ impl<H: EngineHandler> PollingSession<H> {
             };
             match result {
                 Ok(()) => {}
-                Err(CloseReason::ClientClose) => {
-                    outbox.close_after(None, CloseReason::ClientClose);
+                // Ends after what is queued (a rate-limited client gets its
+                // refusals, then the close packet), as over WebSocket.
+                Err(reason @ (CloseReason::ClientClose | CloseReason::RateLimited)) => {
+                    outbox.close_after(None, reason);
                     return Ok(());
                 }
                 Err(reason) => return Err(fail(reason)),

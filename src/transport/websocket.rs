@@ -151,23 +151,61 @@ async fn serve<H: EngineHandler>(
     last_pong: &Cell<Instant>,
 ) -> CloseReason {
     let outbox = handler.outbox();
-    let (read_half, write_half) = stream.into_split();
-    let reader = read_loop(read_half, buf, settings, traffic, handler, last_pong);
-    let writer = write_loop(write_half, outbox, traffic);
-    tokio::pin!(reader, writer);
-    tokio::select! {
-        // Writing what is queued comes before reading more.
-        biased;
-        // Cut off (a client too slow to read): end now, even while the
-        // writer waits on a socket the client no longer reads.
-        reason = outbox.aborted() => reason,
-        reason = &mut writer => reason,
-        reason = &mut reader => {
-            outbox.close_for(reason.clone());
-            let _ = tokio::time::timeout(CLOSE_GRACE, &mut writer).await;
-            reason
+    let (mut read_half, write_half) = stream.into_split();
+    let (reason, refused_input) = {
+        let reader = read_loop(&mut read_half, buf, settings, traffic, handler, last_pong);
+        let writer = write_loop(write_half, outbox, traffic);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            // Writing what is queued comes before reading more.
+            biased;
+            // Cut off (a client too slow to read): end now, even while the
+            // writer waits on a socket the client no longer reads.
+            reason = outbox.aborted() => (reason, false),
+            reason = &mut writer => (reason, false),
+            reason = &mut reader => {
+                outbox.close_for(reason.clone());
+                let written = tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok();
+                let refused = matches!(
+                    reason,
+                    CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 | CloseReason::PayloadTooLarge | CloseReason::RateLimited
+                );
+                (reason, written && refused)
+            }
         }
+    };
+    if refused_input {
+        // In a task of its own: the session ends (and is cleaned up) now.
+        tokio::task::spawn_local(linger(read_half));
     }
+    reason
+}
+
+/// How long, and for how many bytes, a connection closed for what its
+/// client sent is read from (and the bytes thrown away) after the close frame.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// After a close frame sent because of the client's input (a protocol
+/// error, too big a message, a flood): says it is done writing (FIN), then
+/// reads and throws away what the client still sends, until it closes too
+/// or [`LINGER`] has passed; the descriptor is closed then. Closing at once with its bytes unread would
+/// make the kernel answer with a reset, which can overtake the close frame:
+/// the client would see 1006 instead of 1002, 1007, 1008 or 1009.
+async fn linger(mut read_half: OwnedReadHalf) {
+    // SAFETY: a plain shutdown of the write side of a socket this session owns.
+    unsafe { libc::shutdown(read_half.as_ref().as_raw_fd(), libc::SHUT_WR) };
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match read_half.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Reads until one whole message is decoded (probe phase only).
@@ -181,8 +219,7 @@ async fn next_message(
         match decoder.decode(buf) {
             Ok(Some(message)) => return Ok(message),
             Ok(None) => {}
-            Err(FrameError::TooBig { .. }) => return Err(CloseReason::PayloadTooLarge),
-            Err(e) => return Err(CloseReason::ProtocolError(e.to_string())),
+            Err(error) => return Err(close_reason(error)),
         }
         buf.reserve(READ_CHUNK);
         match stream.read_buf(buf).await {
@@ -193,7 +230,7 @@ async fn next_message(
 }
 
 async fn read_loop<H: EngineHandler>(
-    mut read_half: OwnedReadHalf,
+    read_half: &mut OwnedReadHalf,
     mut buf: BytesMut,
     settings: &Settings,
     traffic: &Traffic,
@@ -206,8 +243,7 @@ async fn read_loop<H: EngineHandler>(
             let message = match decoder.decode(&mut buf) {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
-                Err(FrameError::TooBig { .. }) => return CloseReason::PayloadTooLarge,
-                Err(e) => return CloseReason::ProtocolError(e.to_string()),
+                Err(error) => return close_reason(error),
             };
             if let Err(reason) = Box::pin(on_frame(message, handler, last_pong)).await {
                 return reason;
@@ -230,6 +266,16 @@ async fn read_loop<H: EngineHandler>(
             Ok(0) | Err(_) => return CloseReason::TransportError,
             Ok(n) => traffic.received(n),
         }
+    }
+}
+
+/// Why a frame the decoder refused closes the connection: 1009 for a
+/// message over the limit, 1007 for text that is not UTF-8, 1002 for the rest.
+fn close_reason(error: FrameError) -> CloseReason {
+    match error {
+        FrameError::TooBig { .. } => CloseReason::PayloadTooLarge,
+        FrameError::InvalidUtf8 => CloseReason::InvalidUtf8,
+        other => CloseReason::ProtocolError(other.to_string()),
     }
 }
 

@@ -29,6 +29,7 @@ function badTokens() {
     ['not a JWT', 'not-a-jwt'],
     ['three garbage parts', 'a.b.c'],
     ['no sub claim', signJwt({ exp }, SECRET)],
+    ['not valid before an hour from now (nbf)', signJwt({ sub, exp, nbf: nowSec() + 3600 }, SECRET)],
   ];
 }
 
@@ -164,6 +165,21 @@ describe('JWT_SECRET mode', () => {
     await sleep(50);
     const devLines = server.logs.filter((l) => /warn/i.test(l.line) && /(JWT_SECRET|development)/i.test(l.line));
     assert.deepEqual(devLines.map((l) => l.line), []);
+  });
+});
+
+describe('a short JWT_SECRET', () => {
+  it('is warned about at start-up (HS256 wants 32 bytes or more)', async () => {
+    const server = await startServer({ JWT_SECRET: 'short-secret' });
+    try {
+      await waitUntil(
+        () => server.logs.some((l) => /warn/i.test(l.line) && /JWT_SECRET is shorter than 32 bytes/.test(l.line)),
+        2000,
+        () => `no warning about the short secret:\n${server.logs.map((l) => l.line).join('\n')}`,
+      );
+    } finally {
+      await server.stop();
+    }
   });
 });
 

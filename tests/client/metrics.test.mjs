@@ -3,11 +3,15 @@
 // connection ends: clean disconnect, killed client process, heartbeat
 // timeout, connect timeout), label sets stay bounded; a real Prometheus
 // scraping the broker sees the same values; every PromQL expression of
-// grafana/dashboard.json parses (promtool) and names only exported metrics.
+// grafana/dashboard.json parses (promtool) and names only exported metrics,
+// and every exported metric is on the dashboard. Cluster mode's metrics
+// (shardcast_cluster_*) are checked against two nodes on a real redis-server
+// (a node without REDIS_URL must export none of them).
 //
-// The Prometheus and promtool tests need Debian's `prometheus` package
-// (`.ci/run` installs it). Without it they are skipped with a message, except
-// under CI=true, where a missing binary is a failure.
+// The Prometheus and promtool tests need Debian's `prometheus` package, the
+// cluster-mode ones Debian's `redis-server` (`.ci/run` installs both).
+// Without them they are skipped with a message, except under CI=true, where
+// a missing binary is a failure.
 
 import { describe, before, after } from 'node:test';
 import { spawn, spawnSync } from 'node:child_process';
@@ -259,7 +263,7 @@ async function waitForGauges(server, want, what, timeoutMs = 8000) {
 
 // Label values the broker may use (everything else would be unbounded).
 const CLOSE_REASONS = ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error',
-  'payload_too_large', 'slow_consumer', 'server_shutdown'];
+  'payload_too_large', 'slow_consumer', 'rate_limited', 'server_shutdown'];
 const EVENT_LABELS = ['authenticate', 'join-room', 'leave-room', 'private-message', 'custom-event', 'ping', 'other'];
 const CODES = ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED',
   'LIMIT_EXCEEDED', 'UNKNOWN_EVENT'];
@@ -269,6 +273,28 @@ const ROUTES = ['/socket.io/', '/health', '/ready', '/metrics', 'other', '/api/o
   '/api/connections', '/api/rooms', '/api/stats', '/api/users/{userId}'];
 const DROP_REASONS = ['slow_consumer'];
 const REFUSE_REASONS = ['capacity', 'descriptors'];
+
+// Cluster mode's metrics (REDIS_URL set), none of them labelled.
+const CLUSTER_METRICS = {
+  shardcast_cluster_nodes: 'gauge',
+  shardcast_cluster_redis_up: 'gauge',
+  shardcast_cluster_subscriptions: 'gauge',
+  shardcast_cluster_messages_published_total: 'counter',
+  shardcast_cluster_messages_received_total: 'counter',
+  shardcast_cluster_bytes_published_total: 'counter',
+  shardcast_cluster_bytes_received_total: 'counter',
+  shardcast_cluster_publish_failures_total: 'counter',
+  shardcast_cluster_messages_undecodable_total: 'counter',
+  shardcast_cluster_delivery_lag_seconds: 'histogram',
+};
+const isClusterMetric = (name) => name.startsWith('shardcast_cluster_');
+
+/** A node without REDIS_URL exports no cluster metric at all. */
+function assertNoClusterMetrics(m, what) {
+  const cluster = [...m.families.keys()].filter(isClusterMetric);
+  assert.deepEqual(cluster, [], `${what}: a node without REDIS_URL exports no shardcast_cluster_* metric`);
+  assert.ok(!/shardcast_cluster_/.test(m.text), `${what}: /metrics mentions shardcast_cluster_`);
+}
 
 /** Every label of every series is one of a fixed, small set of values. */
 function assertBoundedLabels(m, shards) {
@@ -363,6 +389,7 @@ describe('/metrics: valid Prometheus text', () => {
     const { text, contentType } = await scrapeText(server);
     assert.match(contentType, /^text\/plain; version=0\.0\.4/, `content-type ${contentType}`);
     const m = parseExposition(text);
+    assertNoClusterMetrics(m, 'a fresh single node');
     for (const [name, type] of [
       ['shardcast_connections', 'gauge'], ['shardcast_sockets', 'gauge'], ['shardcast_rooms', 'gauge'],
       ['shardcast_online_users', 'gauge'], ['shardcast_shard_connections', 'gauge'], ['shardcast_shard_sockets', 'gauge'],
@@ -726,6 +753,29 @@ describe('/metrics: counters count exactly what happened (SHARDS=2)', () => {
     assert.equal(cnt(after, 'shardcast_messages_delivered_total') - cnt(before, 'shardcast_messages_delivered_total'), PUBLISHES);
   });
 
+  it('connections closed for what their client sent count by reason: protocol_error (1002, 1007), payload_too_large (1009)', async () => {
+    // The clients of the tests before are closed as they end: let their closes land first.
+    await waitUntil(async () => val(await scrape(server), 'shardcast_connections') === 0, 5000, () => 'connections left from earlier tests');
+    const before = await scrape(server);
+    const closeWith = async (send) => {
+      const raw = await rawConnect(server, { autoPong: true });
+      assert.equal((await raw.connectNs('/')).type, 0);
+      await send(raw);
+      return (await raw.waitClosed(5000)).code;
+    };
+    assert.equal(await closeWith((raw) => raw.send('garbage')), 1002);
+    assert.equal(await closeWith((raw) => raw.send(Buffer.from([0x34, 0x32, 0xff]), { binary: false })), 1007);
+    assert.equal(await closeWith((raw) => raw.send(`4${'x'.repeat(1000000)}`)), 1009);
+    const want = Object.fromEntries(CLOSE_REASONS.map((r) => [r, { protocol_error: 2, payload_too_large: 1 }[r] ?? 0]));
+    let got;
+    await waitUntil(async () => {
+      const after = await scrape(server);
+      got = Object.fromEntries(CLOSE_REASONS.map((r) => [r, cnt(after, 'shardcast_connections_closed_total', { reason: r })
+        - cnt(before, 'shardcast_connections_closed_total', { reason: r })]));
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, 5000, () => `connections_closed_total grew by ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  });
+
   it('a refused CONNECT (AUTH_FAILED, LIMIT_EXCEEDED) counts in requests_rejected_total', async () => {
     const jwtSecret = 'metrics-test-secret';
     const limited = await startServer({ SHARDS: 2, JWT_SECRET: jwtSecret, MAX_CONNECTIONS: 1 });
@@ -767,8 +817,8 @@ const IN_CI = Boolean(process.env.CI);
 const missing = (bin, name) => (bin || IN_CI ? false
   : `${name} not found on PATH: install Debian's prometheus package (apt-get install prometheus) to run this test`);
 
-function requireBinary(bin, name) {
-  if (!bin) throw new Error(`${name} is required (CI=${process.env.CI}); .ci/run installs Debian's prometheus package`);
+function requireBinary(bin, name, pkg = 'prometheus') {
+  if (!bin) throw new Error(`${name} is required (CI=${process.env.CI}); .ci/run installs Debian's ${pkg} package`);
 }
 
 /** A TCP port free right now on 127.0.0.1. */
@@ -778,6 +828,153 @@ function freePort() {
     srv.once('error', reject);
     srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
   });
+}
+
+// ---------------------------------------------------------------------------
+// A real redis-server, and shardcast nodes in cluster mode on it
+// ---------------------------------------------------------------------------
+
+const REDIS_SERVER = findBinary('redis-server');
+/** Skip reason when redis-server is missing outside CI; under CI the tests run and fail. */
+const redisMissing = REDIS_SERVER || IN_CI ? false
+  : 'redis-server not found on PATH: install Debian\'s redis-server package (apt-get install redis-server) to run the cluster-mode metrics tests';
+
+/** One Redis command over RESP on a fresh connection; resolves the first line of the reply ("+PONG", ":2"). */
+function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let reply = '';
+    socket.setTimeout(3000, () => { socket.destroy(); reject(new Error(`redis ${args[0]}: no answer`)); });
+    socket.on('error', reject);
+    socket.on('connect', () => {
+      socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+    });
+    socket.on('data', (d) => {
+      reply += d;
+      const end = reply.indexOf('\r\n');
+      if (end >= 0) { socket.destroy(); resolve(reply.slice(0, end)); }
+    });
+  });
+}
+
+/**
+ * redis-server on a free port of 127.0.0.1 with no persistence (--save ''
+ * --appendonly no), in a temporary directory of its own. Resolves once it
+ * answers PING. Returns { port, url, output(), kill() (SIGKILL), stop() (kill
+ * and remove the directory) }.
+ */
+async function startRedis() {
+  requireBinary(REDIS_SERVER, 'redis-server', 'redis-server');
+  for (let attempt = 1; ; attempt++) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shardcast-redis-'));
+    const port = await freePort();
+    let output = '';
+    const child = spawn(REDIS_SERVER, [
+      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--dir', dir, '--daemonize', 'no',
+    ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.on('data', (d) => { output += d; });
+    child.stderr.on('data', (d) => { output += d; });
+    const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+    const gone = () => child.exitCode !== null || child.signalCode !== null;
+    const killOnExit = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
+    process.on('exit', killOnExit);
+    const redis = {
+      port,
+      url: `redis://127.0.0.1:${port}`,
+      output: () => output,
+      async kill() { if (!gone()) child.kill('SIGKILL'); await exited; },
+      async stop() {
+        await redis.kill();
+        process.off('exit', killOnExit);
+        fs.rmSync(dir, { recursive: true, force: true });
+      },
+    };
+    let reply = 'no answer';
+    try {
+      // Its own "ready to accept connections" line (not another process's Redis on the port), then PING.
+      await waitUntil(async () => {
+        if (gone()) return true;
+        if (!/ready to accept connections/i.test(output)) return false;
+        reply = await redisCommand(port, 'PING').catch((e) => e.message);
+        return reply === '+PONG';
+      }, 10000, () => `redis-server on port ${port}: ${reply}\n${output}`, 50);
+    } catch (e) {
+      await redis.stop();
+      throw e;
+    }
+    if (!gone()) return redis;
+    await redis.stop();
+    // Another process took the port between freePort() and the bind: try another one.
+    if (attempt >= 3) throw new Error(`redis-server did not start (port ${port}):\n${output}`);
+  }
+}
+
+/**
+ * `count` shardcast nodes (SHARDS=2) on `redis`, with a prefix of their own;
+ * resolves once every node counts `count` live nodes and Redis up.
+ */
+async function startClusterNodes(redis, count = 2) {
+  const env = {
+    SHARDS: 2, REDIS_URL: redis.url, REDIS_PREFIX: secret('metrics'), REDIS_ADAPTER_KEY: 'socket.io',
+    // Defaults, whatever the developer's shell says.
+    CLUSTER_NODE_TTL: undefined, CLUSTER_REQUEST_TIMEOUT: undefined,
+  };
+  const nodes = [];
+  try {
+    for (let i = 0; i < count; i++) nodes.push(await startServer(env));
+    let seen = [];
+    await waitUntil(async () => {
+      seen = [];
+      for (const node of nodes) {
+        const m = await scrape(node);
+        seen.push({ nodes: val(m, 'shardcast_cluster_nodes'), redisUp: val(m, 'shardcast_cluster_redis_up') });
+      }
+      return seen.every((s) => s.nodes === count && s.redisUp === 1);
+    }, 15000, () => `cluster nodes: ${JSON.stringify(seen)}`, 100);
+  } catch (e) {
+    for (const node of nodes) await node.stop();
+    throw e;
+  }
+  return nodes;
+}
+
+/** The adapter channel of a room (REDIS_ADAPTER_KEY=socket.io, namespace /). */
+const roomChannel = (room) => `socket.io#/#${room}#`;
+
+/**
+ * Cross-node traffic on two cluster nodes A and B: a room with one member on
+ * each, a relay from A's member (reaches B's) and an HTTP room broadcast on B
+ * (reaches A's), so that each node receives from the other and records
+ * delivery lag; then a message no node can read, published straight on the
+ * room's channel, which each node counts as undecodable. Returns the
+ * clients (the caller disconnects them) and the room.
+ */
+async function exerciseCluster(redis, [nodeA, nodeB]) {
+  const room = secret('room');
+  const a = await connectAs(nodeA.url, secret('user'));
+  const b = await connectAs(nodeB.url, secret('user'));
+  assertSuccess(await emitWithAck(a, 'join-room', { roomName: room }));
+  assertSuccess(await emitWithAck(b, 'join-room', { roomName: room }));
+  const relayed = waitForEvent(b, 'across');
+  assertSuccess(await emitWithAck(a, 'custom-event', { event: 'across', data: 1, roomName: room }));
+  await relayed;
+  const broadcast = waitForEvent(a, 'back');
+  const r = await api(nodeB, 'POST', `/api/rooms/${room}/broadcast`, { event: 'back', data: 2 });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.delivered, 2, `a room broadcast counts its recipients on both nodes: ${JSON.stringify(r.body)}`);
+  assert.ok(!r.body.partial, `not partial while Redis is up: ${JSON.stringify(r.body)}`);
+  await broadcast;
+  const undecodable = async () => Promise.all([nodeA, nodeB].map(async (n) => cnt(await scrape(n), 'shardcast_cluster_messages_undecodable_total')));
+  const before = await undecodable();
+  // Both nodes are subscribed to the room's channel (each has a member): Redis hands it to two subscribers.
+  assert.equal(await redisCommand(redis.port, 'PUBLISH', roomChannel(room), 'not a socket.io adapter message'), ':2');
+  let now = before;
+  await waitUntil(async () => {
+    now = await undecodable();
+    return now.every((n, i) => n === before[i] + 1);
+  }, 5000, () => `undecodable on A and B: ${now} (before: ${before})`, 50);
+  return { clients: [a, b], room };
 }
 
 function loadDashboard() {
@@ -792,11 +989,28 @@ function allPanels(dashboard) {
   return out;
 }
 
-/** Every PromQL expression of the dashboard, with where it comes from. */
+/**
+ * The "Cluster" row (cluster mode's panels) and the panels under it: the row
+ * is expanded, so they follow it on the grid, up to the next row. Null if
+ * there is no such row.
+ */
+function clusterRow(dashboard) {
+  const rows = dashboard.panels.filter((p) => p.type === 'row');
+  const row = rows.find((p) => /^Cluster\b/.test(p.title));
+  if (!row) return null;
+  const end = Math.min(Infinity, ...rows.map((r) => r.gridPos.y).filter((y) => y > row.gridPos.y));
+  const panels = dashboard.panels.filter((p) => p.type !== 'row' && p.gridPos.y > row.gridPos.y && p.gridPos.y < end);
+  return { row, panels };
+}
+
+/** Every PromQL expression of the dashboard, with where it comes from and whether it is in the Cluster row. */
 function dashboardExpressions(dashboard) {
   const exprs = [];
+  const cluster = new Set(clusterRow(dashboard)?.panels ?? []);
   for (const panel of allPanels(dashboard)) {
-    for (const t of panel.targets || []) if (t.expr) exprs.push({ where: `panel "${panel.title}" ${t.refId}`, expr: t.expr });
+    for (const t of panel.targets || []) {
+      if (t.expr) exprs.push({ where: `panel "${panel.title}" ${t.refId}`, expr: t.expr, cluster: cluster.has(panel), panel: panel.title });
+    }
   }
   for (const v of dashboard.templating?.list || []) {
     if (v.type !== 'query') continue;
@@ -846,6 +1060,24 @@ function exported(families, name) {
   return Boolean(m && families.get(m[1])?.type === 'histogram');
 }
 
+/**
+ * Checks the metric names of every dashboard expression for which
+ * `checked(name)` holds against the families of a scrape (each must be
+ * exported); returns the families the dashboard uses.
+ */
+function checkDashboardNames(families, checked = () => true) {
+  const used = new Set();
+  for (const { where, expr } of dashboardExpressions(loadDashboard())) {
+    const names = metricNames(toPromQL(expr));
+    assert.ok(names.length > 0, `${where}: no metric in ${expr}`);
+    for (const name of names.filter(checked)) {
+      assert.ok(exported(families, name), `${where}: ${name} is not exported by the broker (${expr})`);
+      used.add(families.has(name) ? name : name.replace(/_(bucket|sum|count)$/, ''));
+    }
+  }
+  return used;
+}
+
 /** Traffic that makes every metric family appear (histogram, close reasons, rejections). */
 async function exerciseEverything(server) {
   const room = secret('room');
@@ -887,6 +1119,14 @@ describe('grafana/dashboard.json', () => {
       assert.ok(panel.title, `panel ${panel.id} has a title`);
       for (const k of ['h', 'w', 'x', 'y']) assert.ok(Number.isInteger(panel.gridPos?.[k]), `panel "${panel.title}" gridPos.${k}`);
       assert.ok(panel.gridPos.x + panel.gridPos.w <= 24, `panel "${panel.title}" fits the 24-column grid`);
+      if (panel.type === 'row') {
+        // A row is a full-width header with no query; expanded, its panels follow it on the grid.
+        assert.deepEqual([panel.gridPos.h, panel.gridPos.w, panel.gridPos.x], [1, 24, 0], `row "${panel.title}" gridPos`);
+        assert.equal(panel.targets, undefined, `row "${panel.title}" has no queries`);
+        assert.equal(panel.collapsed, false, `row "${panel.title}" is expanded`);
+        assert.deepEqual(panel.panels, [], `row "${panel.title}": an expanded row nests no panel`);
+        continue;
+      }
       assert.ok(requires[`panel:${panel.type}`], `panel type ${panel.type} is listed in __requires`);
       assert.deepEqual(panel.datasource, ds, `panel "${panel.title}" data source`);
       assert.ok(panel.targets?.length > 0, `panel "${panel.title}" has queries`);
@@ -903,8 +1143,17 @@ describe('grafana/dashboard.json', () => {
     }
     // Provisioned copies (no import dialog) resolve ${DS_PROMETHEUS} through a data source variable.
     assert.ok(dashboard.templating.list.some((v) => v.name === 'DS_PROMETHEUS' && v.type === 'datasource' && v.query === 'prometheus'));
+    // No two panels overlap on the grid.
+    const top = dashboard.panels;
+    for (let i = 0; i < top.length; i++) {
+      for (let j = i + 1; j < top.length; j++) {
+        const [a, b] = [top[i].gridPos, top[j].gridPos];
+        const overlap = a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+        assert.ok(!overlap, `panels "${top[i].title}" and "${top[j].title}" overlap`);
+      }
+    }
     // The panels the operators need (issue 5).
-    const exprs = panels.flatMap((p) => p.targets.map((t) => t.expr)).join('\n');
+    const exprs = panels.flatMap((p) => (p.targets || []).map((t) => t.expr)).join('\n');
     for (const needle of [
       'shardcast_connections{', 'shardcast_shard_connections{', 'shardcast_sockets{', 'shardcast_rooms{',
       'shardcast_online_users{', 'shardcast_messages_delivered_total{', 'by (event)', 'shardcast_bytes_received_total{',
@@ -914,6 +1163,36 @@ describe('grafana/dashboard.json', () => {
       'shardcast_shard_queue_depth{', 'by (route, status)', 'shardcast_tcp_connections{',
       'shardcast_connection_capacity{', 'shardcast_connections_refused_total{',
     ]) assert.ok(exprs.includes(needle), `the dashboard should query ${needle}`);
+
+    // Cluster mode (issue 13): one "Cluster" row; its panels, and only they, query shardcast_cluster_*.
+    const cluster = clusterRow(dashboard);
+    assert.ok(cluster, 'the dashboard has a "Cluster" row');
+    const queriesCluster = (p) => p.targets.some((t) => metricNames(toPromQL(t.expr)).some(isClusterMetric));
+    assert.ok(cluster.panels.length >= 8, `${cluster.panels.length} panels in the Cluster row`);
+    for (const p of cluster.panels) assert.ok(queriesCluster(p), `panel "${p.title}" of the Cluster row queries a cluster metric`);
+    for (const p of top.filter((x) => x.type !== 'row' && !cluster.panels.includes(x))) {
+      assert.ok(!queriesCluster(p), `panel "${p.title}" is outside the Cluster row but queries a cluster metric`);
+    }
+    const clusterExprs = cluster.panels.flatMap((p) => p.targets.map((t) => t.expr)).join('\n');
+    for (const needle of [
+      'shardcast_cluster_nodes{', 'shardcast_cluster_redis_up{', 'shardcast_cluster_subscriptions{',
+      'rate(shardcast_cluster_messages_published_total{', 'rate(shardcast_cluster_messages_received_total{',
+      'rate(shardcast_cluster_bytes_published_total{', 'rate(shardcast_cluster_bytes_received_total{',
+      'rate(shardcast_cluster_publish_failures_total{', 'rate(shardcast_cluster_messages_undecodable_total{',
+      'histogram_quantile(0.5, sum by (le) (rate(shardcast_cluster_delivery_lag_seconds_bucket{',
+      'histogram_quantile(0.99, sum by (le) (rate(shardcast_cluster_delivery_lag_seconds_bucket{',
+      // Redis messages received per delivered message.
+      'sum by (instance) (rate(shardcast_cluster_messages_received_total{job=~"$job", instance=~"$instance"}[$__rate_interval])) / (sum by (instance) (rate(shardcast_messages_delivered_total{',
+    ]) assert.ok(clusterExprs.includes(needle), `the Cluster row should query ${needle}`);
+    // The alert signal: a stat that turns red when a node loses Redis.
+    const redisUp = cluster.panels.find((p) => p.title === 'Redis up');
+    assert.equal(redisUp?.type, 'stat', 'the Cluster row has a "Redis up" stat');
+    assert.equal(redisUp.targets[0].expr, 'min(shardcast_cluster_redis_up{job=~"$job", instance=~"$instance"})');
+    const steps = redisUp.fieldConfig.defaults.thresholds.steps;
+    const colourOf = (v) => steps.filter((s) => s.value === null || v >= s.value).at(-1).color;
+    assert.deepEqual([colourOf(0), colourOf(1)], ['red', 'green'], `Redis up thresholds: ${JSON.stringify(steps)}`);
+    const mapped = Object.assign({}, ...redisUp.fieldConfig.defaults.mappings.map((m) => m.options));
+    assert.deepEqual([mapped['0']?.text, mapped['1']?.text], ['down', 'up']);
   });
 
   it('the provisioning examples and prometheus.yml are there', () => {
@@ -955,18 +1234,12 @@ describe('promtool: the dashboard PromQL and the live exposition', { skip: missi
     }
   });
 
-  it('the dashboard names only metrics the broker exports, and shows every one of them', async () => {
+  it('the dashboard names only metrics the broker exports, and shows every one of them (shardcast_cluster_*: in cluster mode, below)', async () => {
     const clients = await exerciseEverything(server);
     const m = await scrape(server);
-    const used = new Set();
-    for (const { where, expr } of dashboardExpressions(loadDashboard())) {
-      const names = metricNames(toPromQL(expr));
-      assert.ok(names.length > 0, `${where}: no metric in ${expr}`);
-      for (const name of names) {
-        assert.ok(exported(m.families, name), `${where}: ${name} is not exported by the broker (${expr})`);
-        used.add(name.replace(/_(bucket|sum|count)$/, (s) => (m.families.has(name) ? s : '')));
-      }
-    }
+    assertNoClusterMetrics(m, 'a single node after traffic');
+    // The cluster metrics on the dashboard are checked against a node in cluster mode.
+    const used = checkDashboardNames(m.families, (name) => !isClusterMetric(name));
     const unused = [...m.families.keys()].filter((f) => !used.has(f));
     assert.deepEqual(unused, [], 'every exported metric appears on the dashboard');
     // The name extraction itself.
@@ -985,15 +1258,171 @@ describe('promtool: the dashboard PromQL and the live exposition', { skip: missi
   });
 });
 
+describe('cluster mode: the shardcast_cluster_* metrics of two nodes on a real redis-server', { skip: redisMissing }, () => {
+  let redis;
+  let nodes = [];
+  before(async () => {
+    redis = await startRedis();
+    nodes = await startClusterNodes(redis, 2);
+  });
+  after(async () => {
+    for (const node of nodes) await node.stop();
+    await redis?.stop();
+  });
+
+  const clusterValues = (m) => Object.fromEntries(Object.keys(CLUSTER_METRICS)
+    .filter((name) => CLUSTER_METRICS[name] !== 'histogram').map((name) => [name, val(m, name)]));
+
+  it('a cluster node exports what a single node does plus exactly the cluster metrics, typed and unlabelled', async () => {
+    const single = await startServer({ SHARDS: 2 });
+    try {
+      const { clients } = await exerciseCluster(redis, nodes);
+      const singleClients = await exerciseEverything(single);
+      const ms = await scrape(single);
+      assertNoClusterMetrics(ms, 'a single node');
+      for (const [i, node] of nodes.entries()) {
+        const m = await scrape(node);
+        const extra = [...m.families.keys()].filter((f) => !ms.families.has(f)).sort();
+        assert.deepEqual(extra, Object.keys(CLUSTER_METRICS).sort(), `node ${i}: the families a single node does not export`);
+        for (const [name, type] of Object.entries(CLUSTER_METRICS)) {
+          const f = m.families.get(name);
+          assert.equal(f.type, type, `${name} should be a ${type}`);
+          assert.match(f.help, /^Cluster mode: /, `${name}: HELP "${f.help}"`);
+          for (const sample of f.samples) {
+            assert.deepEqual(Object.keys(sample.labels).filter((l) => l !== 'le'), [], `${seriesKey(sample.name, sample.labels)}: no label`);
+          }
+        }
+        assertBoundedLabels(m, 2);
+      }
+      for (const c of [...clients, ...singleClients]) c.disconnect();
+    } finally {
+      await single.stop();
+    }
+  });
+
+  it('values: live nodes, Redis up, subscriptions per room, messages and bytes both ways, undecodable, delivery lag', async () => {
+    const before = await Promise.all(nodes.map(scrape));
+    for (const m of before) {
+      assert.deepEqual(
+        [val(m, 'shardcast_cluster_nodes'), val(m, 'shardcast_cluster_redis_up'), val(m, 'shardcast_cluster_subscriptions')],
+        [2, 1, 3],
+        `2 live nodes, Redis up, 3 channels (own, shardcast-wide, socket.io broadcast) with no room: ${JSON.stringify(clusterValues(m))}`,
+      );
+    }
+    const { clients } = await exerciseCluster(redis, nodes);
+    const after = await Promise.all(nodes.map(scrape));
+    for (const [i, m] of after.entries()) {
+      const what = `node ${'AB'[i]}`;
+      const d = (name, labels) => cnt(m, name, labels) - cnt(before[i], name, labels);
+      assert.equal(val(m, 'shardcast_cluster_subscriptions'), 4, `${what}: the room's channel is subscribed while it has a member here`);
+      assert.equal(val(m, 'shardcast_cluster_nodes'), 2);
+      assert.equal(val(m, 'shardcast_cluster_redis_up'), 1);
+      // A published the relay, B the broadcast (and each its presence and room counts).
+      assert.ok(d('shardcast_cluster_messages_published_total') >= 1, `${what}: published ${d('shardcast_cluster_messages_published_total')}`);
+      assert.ok(d('shardcast_cluster_bytes_published_total') >= 10 * d('shardcast_cluster_messages_published_total'),
+        `${what}: bytes published ${d('shardcast_cluster_bytes_published_total')}`);
+      // The other node's publish and the unreadable message at least.
+      assert.ok(d('shardcast_cluster_messages_received_total') >= 2, `${what}: received ${d('shardcast_cluster_messages_received_total')}`);
+      assert.ok(d('shardcast_cluster_bytes_received_total') > d('shardcast_cluster_messages_received_total'),
+        `${what}: bytes received ${d('shardcast_cluster_bytes_received_total')}`);
+      assert.equal(d('shardcast_cluster_messages_undecodable_total'), 1, `${what}: the unreadable message`);
+      assert.equal(d('shardcast_cluster_publish_failures_total'), 0, `${what}: no publish failed`);
+      // The delivery-lag histogram: samples for what came from the other node, well under a second on one machine.
+      const lag = d('shardcast_cluster_delivery_lag_seconds_count');
+      assert.ok(lag >= 1, `${what}: delivery-lag samples ${lag}`);
+      assert.equal(d('shardcast_cluster_delivery_lag_seconds_bucket', { le: '1' }), lag, `${what}: every delivery-lag sample under 1 s`);
+      assert.ok(d('shardcast_cluster_delivery_lag_seconds_sum') >= 0);
+    }
+    for (const c of clients) c.disconnect();
+    // The last member gone from each node: its room channel is unsubscribed.
+    let now = [];
+    await waitUntil(async () => {
+      now = (await Promise.all(nodes.map(scrape))).map((m) => val(m, 'shardcast_cluster_subscriptions'));
+      return now.every((n) => n === 3);
+    }, 5000, () => `subscriptions ${now}`, 50);
+  });
+
+  it('the dashboard names only metrics a cluster node exports, and shows every one of them', async () => {
+    const clients = await exerciseEverything(nodes[0]);
+    clients.push(...(await exerciseCluster(redis, nodes)).clients);
+    const m = await scrape(nodes[0]);
+    for (const name of Object.keys(CLUSTER_METRICS)) assert.ok(m.families.has(name), `the cluster node exports ${name}`);
+    const used = checkDashboardNames(m.families);
+    const unused = [...m.families.keys()].filter((f) => !used.has(f));
+    assert.deepEqual(unused, [], 'every metric a cluster node exports appears on the dashboard');
+    for (const c of clients) c.disconnect();
+  });
+
+  it('promtool check metrics finds no problem in a cluster node\'s /metrics', { skip: missing(PROMTOOL, 'promtool') }, async () => {
+    requireBinary(PROMTOOL, 'promtool');
+    const clients = await exerciseEverything(nodes[1]);
+    clients.push(...(await exerciseCluster(redis, nodes)).clients);
+    const { text } = await scrapeText(nodes[1]);
+    for (const name of Object.keys(CLUSTER_METRICS)) assert.match(text, new RegExp(`^# TYPE ${name} `, 'm'));
+    assert.match(text, /^shardcast_cluster_delivery_lag_seconds_bucket\{le="\+Inf"\} [1-9]/m, 'the delivery-lag histogram has samples');
+    const r = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    assert.equal(r.status, 0, `promtool check metrics: exit ${r.status}\n${r.stdout}${r.stderr}`);
+    assert.equal(`${r.stdout}${r.stderr}`.trim(), '', 'promtool check metrics reports nothing');
+    for (const c of clients) c.disconnect();
+  });
+
+  it('the README\'s Metrics section names exactly the cluster metrics a cluster node exports, and the Cluster row', async () => {
+    const { clients } = await exerciseCluster(redis, nodes);
+    const m = await scrape(nodes[0]);
+    const readme = fs.readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8');
+    const section = /\n## Metrics\n([\s\S]*?)\n## /.exec(readme)[1];
+    const named = new Set([...section.matchAll(/`(shardcast_cluster_[a-z0-9_]+)`/g)].map((x) => x[1]));
+    assert.deepEqual([...named].sort(), [...m.families.keys()].filter(isClusterMetric).sort());
+    assert.match(section, /"Cluster mode \(Redis\)"/, 'points to the "Cluster mode (Redis)" section');
+    assert.match(section, /Cluster row/, 'mentions the dashboard\'s Cluster row');
+    for (const c of clients) c.disconnect();
+  });
+
+  // Last: it kills this describe's Redis.
+  it('Redis killed: shardcast_cluster_redis_up drops to 0, a cross-node publish fails and is counted, local delivery goes on', async () => {
+    const room = secret('room');
+    const [a, a2] = [await connectAs(nodes[0].url, secret('user')), await connectAs(nodes[0].url, secret('user'))];
+    const b = await connectAs(nodes[1].url, secret('user'));
+    for (const s of [a, a2, b]) assertSuccess(await emitWithAck(s, 'join-room', { roomName: room }));
+    const before = await scrape(nodes[0]);
+    assert.equal(val(before, 'shardcast_cluster_redis_up'), 1);
+    await redis.kill();
+    let up = [];
+    await waitUntil(async () => {
+      up = (await Promise.all(nodes.map(scrape))).map((m) => val(m, 'shardcast_cluster_redis_up'));
+      return up.every((v) => v === 0);
+    }, 15000, () => `shardcast_cluster_redis_up ${up}`, 100);
+    const got = [waitForEvent(a, 'degraded'), waitForEvent(a2, 'degraded')];
+    const r = await api(nodes[0], 'POST', `/api/rooms/${room}/broadcast`, { event: 'degraded', data: 1 });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal(r.body.partial, true, `the other node was not reached: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.delivered, 2, `this node's members got it: ${JSON.stringify(r.body)}`);
+    await Promise.all(got);
+    const after = await scrape(nodes[0]);
+    const failures = cnt(after, 'shardcast_cluster_publish_failures_total') - cnt(before, 'shardcast_cluster_publish_failures_total');
+    assert.ok(failures >= 1, `publish failures: ${failures}`);
+    const health = await api(nodes[0], 'GET', '/health');
+    assert.equal(health.status, 200, `/health stays 200 while Redis is down: ${JSON.stringify(health.body)}`);
+    for (const s of [a, a2, b]) s.disconnect();
+  });
+});
+
 describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'prometheus') }, () => {
   let server;
   let prom;
   let promUrl;
   let tmp;
+  // Cluster mode (job shardcast-cluster): two nodes on a redis-server, for the Cluster row.
+  let redis;
+  let clusterNodes = [];
 
   before(async () => {
     requireBinary(PROMETHEUS, 'prometheus');
     server = await startServer({ SHARDS: 2 });
+    if (!redisMissing) {
+      redis = await startRedis();
+      clusterNodes = await startClusterNodes(redis, 2);
+    }
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'shardcast-prometheus-'));
     const config = path.join(tmp, 'prometheus.yml');
     fs.writeFileSync(config, [
@@ -1005,6 +1434,11 @@ describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'p
       '  - job_name: shardcast',
       '    static_configs:',
       `      - targets: ["127.0.0.1:${server.port}"]`,
+      ...(clusterNodes.length === 0 ? [] : [
+        '  - job_name: shardcast-cluster',
+        '    static_configs:',
+        `      - targets: [${clusterNodes.map((n) => `"127.0.0.1:${n.port}"`).join(', ')}]`,
+      ]),
       '',
     ].join('\n'));
     const port = await freePort();
@@ -1027,6 +1461,7 @@ describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'p
       return status === 200;
     }, 30000, () => `prometheus not ready on ${promUrl} (${status}):\n${output}`, 200);
     await waitFor('up{job="shardcast"}', 1, 'Prometheus scrapes the broker');
+    if (clusterNodes.length > 0) await waitFor('sum(up{job="shardcast-cluster"})', 2, 'Prometheus scrapes the cluster nodes');
   });
 
   after(async () => {
@@ -1038,6 +1473,8 @@ describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'p
     }
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
     await server?.stop();
+    for (const node of clusterNodes) await node.stop();
+    await redis?.stop();
   });
 
   /** The instant vector of `expr` (throws unless Prometheus says success). */
@@ -1112,9 +1549,15 @@ describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'p
     }, 'after every client disconnected');
   });
 
-  it('every dashboard expression evaluates on Prometheus (status success, data for every one)', async () => {
+  it('every dashboard expression evaluates on Prometheus (status success, data for every one)', async (t) => {
     const clients = await exerciseEverything(server);
-    const exprs = dashboardExpressions(loadDashboard());
+    let exprs = dashboardExpressions(loadDashboard());
+    if (clusterNodes.length > 0) {
+      clients.push(...(await exerciseCluster(redis, clusterNodes)).clients);
+    } else {
+      exprs = exprs.filter((e) => !e.cluster);
+      t.diagnostic(`${redisMissing}: the Cluster row's expressions were not evaluated`);
+    }
     let pending = exprs;
     // Rates need two scrapes after a series first appears: poll, bounded.
     await waitUntil(async () => {
@@ -1128,6 +1571,34 @@ describe('a real Prometheus scraping the broker', { skip: missing(PROMETHEUS, 'p
     }, 30000, () => `no data yet for: ${pending.map((e) => `${e.where}: ${e.expr}`).join('\n')}`, 500);
     for (const c of clients) c.disconnect();
   });
+
+  // Last: it kills the cluster's Redis.
+  it('the Cluster row on Prometheus: Live nodes 2, Redis up 1; Redis killed: Redis up 0 (per node too), publish failures > 0', { skip: redisMissing }, async () => {
+    const exprs = dashboardExpressions(loadDashboard()).filter((e) => e.cluster);
+    const panelExpr = (title) => {
+      const found = exprs.filter((e) => e.panel === title);
+      assert.equal(found.length, 1, `the Cluster row has one "${title}" query`);
+      return toPromQL(found[0].expr);
+    };
+    const [liveNodes, redisUp, failures] = ['Live nodes', 'Redis up', 'Publish failures / s'].map(panelExpr);
+    await waitFor({ [liveNodes]: 2, [redisUp]: 1 }, 'the Cluster row\'s stats with Redis up');
+    const room = secret('room');
+    const a = await connectAs(clusterNodes[0].url, secret('user'));
+    assertSuccess(await emitWithAck(a, 'join-room', { roomName: room }));
+    await redis.kill();
+    await waitFor(redisUp, 0, 'Redis up after Redis was killed');
+    const perNode = panelExpr('Redis up by node');
+    let series = [];
+    await waitUntil(async () => {
+      series = (await query(perNode)).result.map((r) => Number(r.value[1]));
+      return series.length === 2 && series.every((v) => v === 0);
+    }, 20000, () => `${perNode}: ${JSON.stringify(series)}`, 250);
+    const r = await api(clusterNodes[0], 'POST', `/api/rooms/${room}/broadcast`, { event: 'degraded', data: 1 });
+    assert.equal(r.body.partial, true, JSON.stringify(r.body));
+    let rate;
+    await waitUntil(async () => { rate = await value(failures); return rate > 0; }, 20000, () => `${failures}: ${rate}`, 250);
+    a.disconnect();
+  });
 });
 
 describe('/metrics on a fresh broker', () => {
@@ -1140,7 +1611,7 @@ describe('/metrics on a fresh broker', () => {
         assert.ok(sample, `${name}{${label}="${value}"} is exported from the start`);
         assert.equal(sample.value, 0);
       };
-      for (const reason of ['client_close', 'transport_error', 'ping_timeout', 'connect_timeout', 'protocol_error', 'payload_too_large', 'slow_consumer', 'server_shutdown']) {
+      for (const reason of CLOSE_REASONS) {
         zero('shardcast_connections_closed_total', 'reason', reason);
       }
       for (const code of ['VALIDATION_ERROR', 'UNAUTHENTICATED', 'AUTH_FAILED', 'NOT_IN_ROOM', 'USER_OFFLINE', 'RATE_LIMITED', 'LIMIT_EXCEEDED', 'UNKNOWN_EVENT']) {

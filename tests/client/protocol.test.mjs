@@ -361,22 +361,24 @@ describe('malformed input closes only the offending connection', () => {
   before(async () => { server = await startServer({}); });
   after(async () => { await server?.stop(); });
 
+  // What the client sends, and the close code it gets (RFC 6455 §7.4.1:
+  // 1002 protocol error, 1007 data inconsistent with its type).
   const GARBAGE = [
-    ['non-protocol text', 'garbage!!'],
-    ['unknown Engine.IO packet type', '9hello'],
-    ['unknown Socket.IO packet type', '49["x"]'],
-    ['truncated JSON', '42["ping"'],
-    ['event payload is not an array', '42{"a":1}'],
-    ['empty event array', '42[]'],
-    ['event name is an object', '42[{"a":1}]'],
-    ['Socket.IO text that is not a packet', '4hello'],
-    ['empty frame', ''],
-    ['binary frame with no binary packet pending', Buffer.from([0xde, 0xad, 0xbe, 0xef])],
-    ['invalid UTF-8 in a text frame', Buffer.from([0x34, 0x32, 0xff, 0xfe, 0x5b, 0x5d])],
+    ['non-protocol text', 'garbage!!', 1002],
+    ['unknown Engine.IO packet type', '9hello', 1002],
+    ['unknown Socket.IO packet type', '49["x"]', 1002],
+    ['truncated JSON', '42["ping"', 1002],
+    ['event payload is not an array', '42{"a":1}', 1002],
+    ['empty event array', '42[]', 1002],
+    ['event name is an object', '42[{"a":1}]', 1002],
+    ['Socket.IO text that is not a packet', '4hello', 1002],
+    ['empty frame', '', 1002],
+    ['binary frame with no binary packet pending', Buffer.from([0xde, 0xad, 0xbe, 0xef]), 1002],
+    ['invalid UTF-8 in a text frame', Buffer.from([0x34, 0x32, 0xff, 0xfe, 0x5b, 0x5d]), 1007],
   ];
 
-  for (const [what, frame] of GARBAGE) {
-    it(`closes on ${what}`, async () => {
+  for (const [what, frame, code] of GARBAGE) {
+    it(`closes on ${what} with ${code}`, async () => {
       const room = uid('room');
       const observer = await connectAs(server.url, uid('observer'));
       await emitWithAck(observer, 'join-room', { roomName: room });
@@ -387,12 +389,44 @@ describe('malformed input closes only the offending connection', () => {
       await raw.emitWithAck(['join-room', { roomName: room }]);
       const binaryUtf8 = what.startsWith('invalid UTF-8');
       await raw.send(frame, Buffer.isBuffer(frame) ? { binary: !binaryUtf8 } : undefined);
-      await raw.waitClosed(3000);
+      assert.equal((await raw.waitClosed(3000)).code, code);
       // Cleaned up like any disconnect; the observer is unaffected.
       await waitForEvent(observer, 'user-left', 5000, (d) => d.userId === userId);
       assert.equal(observer.connected, true);
       assertSuccess(await emitWithAck(observer, 'ping'));
       assert.equal(observer.disconnectReason, undefined);
+    });
+  }
+
+  /** A masked client frame, written straight to the socket (what `ws` would refuse to send). */
+  function frameBytes({ fin = true, rsv = 0, opcode, payload = Buffer.alloc(0), masked = true }) {
+    const mask = Buffer.from([0x12, 0x34, 0x56, 0x78]);
+    assert.ok(payload.length < 126);
+    const head = Buffer.from([(fin ? 0x80 : 0) | (rsv << 4) | opcode, (masked ? 0x80 : 0) | payload.length]);
+    if (!masked) return Buffer.concat([head, payload]);
+    return Buffer.concat([head, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+  }
+
+  // Frame-level violations, each in bytes `ws` would not produce, and the close code for each.
+  const FRAMES = [
+    ['a reserved bit set (no extension negotiated)', [frameBytes({ rsv: 4, opcode: 1, payload: Buffer.from('40') })], 1002],
+    ['an unmasked client frame', [frameBytes({ opcode: 1, payload: Buffer.from('40'), masked: false })], 1002],
+    ['an unknown opcode', [frameBytes({ opcode: 3, payload: Buffer.from('x') })], 1002],
+    ['a continuation frame with no message to continue', [frameBytes({ opcode: 0, payload: Buffer.from('x') })], 1002],
+    ['a fragmented ping', [frameBytes({ fin: false, opcode: 9 })], 1002],
+    ['a new message inside a fragmented one', [frameBytes({ fin: false, opcode: 1, payload: Buffer.from('4') }), frameBytes({ opcode: 1, payload: Buffer.from('2') })], 1002],
+    ['a one-byte close frame', [frameBytes({ opcode: 8, payload: Buffer.from([3]) })], 1002],
+    ['invalid UTF-8 split across fragments', [frameBytes({ fin: false, opcode: 1, payload: Buffer.from([0x34, 0x32, 0xe2]) }), frameBytes({ opcode: 0, payload: Buffer.from([0x28, 0xa1]) })], 1007],
+    ['a close reason that is not UTF-8', [frameBytes({ opcode: 8, payload: Buffer.from([0x03, 0xe8, 0xc3, 0x28]) })], 1007],
+  ];
+
+  for (const [what, frames, code] of FRAMES) {
+    it(`closes on ${what} with ${code}`, async () => {
+      const raw = await rawConnect(server, { autoPong: true });
+      assert.equal((await raw.connectNs('/')).type, 0);
+      for (const bytes of frames) raw.ws._socket.write(bytes);
+      const closeInfo = await raw.waitClosed(3000);
+      assert.equal(closeInfo.code, code, `close ${JSON.stringify(closeInfo)}`);
     });
   }
 
@@ -448,7 +482,7 @@ describe('MAX_PAYLOAD_BYTES=2000', () => {
     const ack = await raw.next((d) => typeof d === 'string' && d.startsWith('431['));
     assert.notEqual(ack, null, `closed on a message of exactly the limit: ${JSON.stringify(raw.closeInfo)}`);
     await raw.send(pingOfLength(LIMIT + 1));
-    await raw.waitClosed(3000);
+    assert.equal((await raw.waitClosed(3000)).code, 1009, 'message too big');
   });
 
   it('over-size socket.io-client event: only that client is disconnected', async () => {
@@ -479,7 +513,7 @@ describe('MAX_PAYLOAD_BYTES=2000', () => {
     await raw.send(large.slice(0, 900), { fin: false });
     await raw.send(large.slice(900, 1800), { fin: false });
     await raw.send(large.slice(1800), { fin: true }).catch(() => {});
-    await raw.waitClosed(3000);
+    assert.equal((await raw.waitClosed(3000)).code, 1009, 'message too big');
   });
 });
 
