@@ -22,6 +22,19 @@
 //!   1,000 (latency over recipients, server CPU), and a reconnect storm
 //!   (`--storm-fraction` of the clients dropped at once, reconnecting with
 //!   socket.io-client's default backoff while the others must lose nothing).
+//! - `cluster`: N connections spread over the nodes `--urls` names (the
+//!   i-th on node i mod k), each in a room whose members are all on its node
+//!   (`--local-room-size`) and in a room with members on every node
+//!   (`--spread-room-size`); one publish to every room right after the joins
+//!   (the warm-up), then numbered room broadcasts at `--rate` for
+//!   `--duration` s (each one's room drawn at its due time; the lane owning
+//!   the room sends it after the room's previous one is answered), through
+//!   the HTTP API of a node (`--publish-node`) or as `custom-event` relays
+//!   from a member (`--via relay`); every delivery is
+//!   checked at the clients: lost, duplicated, out of order, delivered outside
+//!   the room; deliveries/s, those crossing nodes, latency. The harness
+//!   (loadtest/compare/cluster.py) reads the nodes and Redis around the
+//!   measured phase (`--sync`).
 //!
 //! Single-threaded on purpose: pin it to one core with `taskset`.
 
@@ -42,6 +55,7 @@ enum Scenario {
     Fanout,
     Acks,
     Capacity,
+    Cluster,
 }
 
 /// How the capacity scenario broadcasts.
@@ -129,6 +143,41 @@ struct Args {
     /// takes longer fails (socket.io-client's `timeout` is 20 s).
     #[arg(long, default_value_t = 20_000)]
     connect_timeout_ms: u64,
+    /// Cluster: the nodes' base URLs, comma-separated (`--url` is not used).
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// Cluster: members of a room whose members are all on one node.
+    #[arg(long, default_value_t = 10)]
+    local_room_size: usize,
+    /// Cluster: members of a room spread evenly over every node (rounded to
+    /// a multiple of the node count).
+    #[arg(long, default_value_t = 30)]
+    spread_room_size: usize,
+    /// Cluster: share of the publishes that go to one-node rooms (the rest
+    /// go to rooms on every node).
+    #[arg(long, default_value_t = 0.5)]
+    local_share: f64,
+    /// Cluster: publisher lanes; each owns a share of the rooms and publishes
+    /// to them one at a time, each after the previous answer or ack.
+    #[arg(long, default_value_t = 64)]
+    lanes: usize,
+    /// Cluster (`--via api`): which node gets each HTTP publish: `rotate`
+    /// (the next node each time, as a load balancer would), `room` (always
+    /// the same node for a room), or a node's index.
+    #[arg(long, default_value = "rotate")]
+    publish_node: String,
+    /// Cluster (`--via api`): each answer's `delivered` must equal the room's
+    /// members on every node (shardcast's cluster-wide count).
+    #[arg(long)]
+    check_delivered: bool,
+    /// Cluster: pause after the last join before the warm-up publishes.
+    #[arg(long, default_value_t = 0)]
+    settle_ms: u64,
+    /// Cluster: before the measured phase and after its drain, print
+    /// `@measure` / `@drained` to stderr and wait for a line on stdin (the
+    /// harness reads the nodes' counters and CPU there).
+    #[arg(long)]
+    sync: bool,
 }
 
 fn main() {
@@ -144,6 +193,7 @@ fn main() {
             Scenario::Fanout => fanout(&args, addr).await,
             Scenario::Acks => acks(&args, addr).await,
             Scenario::Capacity => capacity(&args, addr).await,
+            Scenario::Cluster => cluster(&args).await,
         }
     });
     println!("{result}");
@@ -1289,4 +1339,706 @@ async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
+}
+
+// ---- cluster ------------------------------------------------------------------------
+
+/// A room of the cluster scenario.
+struct ClRoom {
+    name: String,
+    /// Connection indexes.
+    members: Vec<usize>,
+    /// All members on one node.
+    local: bool,
+    /// Publishes so far: the next sequence number.
+    sent: Cell<u64>,
+    /// Sequence numbers whose publish failed (not expected anywhere).
+    failed: RefCell<Vec<u64>>,
+    /// Relay: the member that sends next.
+    next_sender: Cell<usize>,
+}
+
+/// A relay for a connection's task to send: the `["custom-event", …]` array
+/// and who waits for the ack (true: `success: true`).
+struct RelayCmd {
+    array: String,
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+struct ClConn {
+    node: usize,
+    /// Its one-node room and its every-node room.
+    rooms: [usize; 2],
+    /// Per room: the sequence numbers received (a bit each).
+    seen: [RefCell<Vec<u64>>; 2],
+    /// Per room: 1 + the highest sequence number received (0: none yet).
+    high: [Cell<u64>; 2],
+    alive: Cell<bool>,
+    relay: RefCell<Option<tokio::sync::mpsc::UnboundedSender<RelayCmd>>>,
+}
+
+impl ClConn {
+    /// Marks `seq` of room slot `slot` as received; false if it already was.
+    fn mark(&self, slot: usize, seq: u64) -> bool {
+        let mut bits = self.seen[slot].borrow_mut();
+        let word = (seq / 64) as usize;
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        let bit = 1u64 << (seq % 64);
+        let fresh = bits[word] & bit == 0;
+        bits[word] |= bit;
+        fresh
+    }
+
+    fn has(&self, slot: usize, seq: u64) -> bool {
+        let bits = self.seen[slot].borrow();
+        bits.get((seq / 64) as usize).is_some_and(|w| w & (1u64 << (seq % 64)) != 0)
+    }
+
+    fn count(&self, slot: usize, below: u64) -> u64 {
+        (0..below).filter(|&s| self.has(slot, s)).count() as u64
+    }
+}
+
+struct Cl {
+    start: Instant,
+    nodes: usize,
+    conns: Vec<ClConn>,
+    rooms: Vec<ClRoom>,
+    /// Distinct deliveries expected / received, warm-up included.
+    expected: Cell<u64>,
+    received: Cell<u64>,
+    duplicated: Cell<u64>,
+    reordered: Cell<u64>,
+    /// A delivery for a room the connection is not in.
+    misdelivered: Cell<u64>,
+    /// Measured phase: its start (µs after `start`), deliveries of the
+    /// publishes sent in it, those received on another node than the one the
+    /// publish entered by, per receiving node, the last one's time.
+    measure_from_us: Cell<u64>,
+    m_received: Cell<u64>,
+    m_cross: Cell<u64>,
+    m_by_node: Vec<Cell<u64>>,
+    m_last_us: Cell<u64>,
+    histogram: RefCell<Histogram<u64>>,
+    progress: tokio::sync::Notify,
+    disconnected: Cell<u64>,
+    errors: RefCell<Vec<String>>,
+    error_count: Cell<u64>,
+}
+
+impl Cl {
+    fn note_error(&self, what: String) {
+        self.error_count.set(self.error_count.get() + 1);
+        let mut errors = self.errors.borrow_mut();
+        if errors.len() < 8 {
+            errors.push(what);
+        }
+    }
+
+    /// A text packet for connection `i` (pings are answered before).
+    fn packet(&self, i: usize, packet: &[u8]) {
+        if !packet.starts_with(b"42[\"cl\"") {
+            return;
+        }
+        let (Some(r), Some(s), Some(n), Some(t)) = (
+            num_after(packet, b"\"r\":"),
+            num_after(packet, b"\"s\":"),
+            num_after(packet, b"\"n\":"),
+            num_after(packet, b"\"t\":"),
+        ) else {
+            self.misdelivered.set(self.misdelivered.get() + 1);
+            return;
+        };
+        let conn = &self.conns[i];
+        let Some(slot) = conn.rooms.iter().position(|&room| room as u64 == r) else {
+            self.misdelivered.set(self.misdelivered.get() + 1);
+            return;
+        };
+        if !conn.mark(slot, s) {
+            self.duplicated.set(self.duplicated.get() + 1);
+            return;
+        }
+        if s + 1 < conn.high[slot].get() {
+            self.reordered.set(self.reordered.get() + 1);
+        } else {
+            conn.high[slot].set(s + 1);
+        }
+        self.received.set(self.received.get() + 1);
+        if t >= self.measure_from_us.get() {
+            let now = micros_since(self.start);
+            let _ = self.histogram.borrow_mut().record(now.saturating_sub(t).max(1));
+            self.m_received.set(self.m_received.get() + 1);
+            if n as usize != conn.node {
+                self.m_cross.set(self.m_cross.get() + 1);
+            }
+            self.m_by_node[conn.node].set(self.m_by_node[conn.node].get() + 1);
+            self.m_last_us.set(now);
+        }
+        if self.received.get() >= self.expected.get() {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Waits until every expected delivery arrived, nothing arrived for
+    /// `quiet`, or `limit` passed.
+    async fn drain(&self, quiet: Duration, limit: Duration) {
+        let give_up = Instant::now() + limit;
+        let mut last = self.received.get();
+        let mut quiet_since = Instant::now();
+        while self.received.get() < self.expected.get() && Instant::now() < give_up {
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.progress.notified()).await;
+            if self.received.get() != last {
+                last = self.received.get();
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() > quiet {
+                break;
+            }
+        }
+    }
+
+    /// (lost, failed-publish deliveries not received) over every connection.
+    fn lost(&self) -> (u64, u64) {
+        let (mut lost, mut after_failure) = (0, 0);
+        for conn in &self.conns {
+            for (slot, &r) in conn.rooms.iter().enumerate() {
+                let room = &self.rooms[r];
+                let sent = room.sent.get();
+                let failed = room.failed.borrow();
+                let unseen_failed = failed.iter().filter(|&&s| !conn.has(slot, s)).count() as u64;
+                after_failure += unseen_failed;
+                lost += sent - conn.count(slot, sent) - unseen_failed;
+            }
+        }
+        (lost, after_failure)
+    }
+}
+
+/// One connection's task: reads (answering pings), and sends the relays the
+/// lanes hand it, matching their acks.
+async fn cl_conn(i: usize, cl: Rc<Cl>, mut client: Client, mut rx: tokio::sync::mpsc::UnboundedReceiver<RelayCmd>) {
+    let mut next_id = 1000u64;
+    let mut pending: Vec<(u64, tokio::sync::oneshot::Sender<bool>)> = Vec::new();
+    let mut acks: Vec<(u64, bool)> = Vec::new();
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let id = next_id;
+                next_id += 1;
+                if let Err(e) = client.send(&format!("42{id}{}", cmd.array)).await {
+                    let _ = cmd.done.send(false);
+                    cl.note_error(format!("connection {i}: relay not sent: {e}"));
+                } else {
+                    pending.push((id, cmd.done));
+                }
+            }
+            read = client.read_batch(|packet| {
+                if let Some(rest) = packet.strip_prefix(b"43") {
+                    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                    if let Some(id) = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()) {
+                        const OK: &[u8] = b"\"success\":true";
+                        let ok = rest.windows(OK.len()).any(|w| w == OK);
+                        acks.push((id, ok));
+                    }
+                } else {
+                    cl.packet(i, packet);
+                }
+            }) => {
+                if let Err(e) = read {
+                    cl.conns[i].alive.set(false);
+                    cl.disconnected.set(cl.disconnected.get() + 1);
+                    cl.note_error(format!("connection {i} lost: {e}"));
+                    cl.progress.notify_one();
+                    return;
+                }
+                for (id, ok) in acks.drain(..) {
+                    if let Some(at) = pending.iter().position(|(p, _)| *p == id) {
+                        let (_, done) = pending.swap_remove(at);
+                        let _ = done.send(ok);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PublishNode {
+    Rotate,
+    Room,
+    Fixed(usize),
+}
+
+/// What one publisher lane did.
+#[derive(Default)]
+struct LaneStats {
+    published: u64,
+    errors: u64,
+    /// API answers whose `delivered` was not the room's size / that said `partial`.
+    delivered_mismatch: u64,
+    partial: u64,
+    delivered_sum: u64,
+    by_node: Vec<u64>,
+    /// Microseconds from sending a publish to its answer (API) or ack (relay).
+    answer_us: Vec<u64>,
+}
+
+struct Lane {
+    index: usize,
+    rooms_local: Vec<usize>,
+    rooms_spread: Vec<usize>,
+    http: Vec<Http>,
+    turn: usize,
+    stats: LaneStats,
+}
+
+impl Lane {
+    /// Publishes the room's next sequence number and waits for its answer / ack.
+    async fn publish(&mut self, cl: &Cl, r: usize, via: Via, choice: PublishNode, filler: &str, check: bool) {
+        let room = &cl.rooms[r];
+        let seq = room.sent.get();
+        room.sent.set(seq + 1);
+        self.stats.published += 1;
+        let asked = Instant::now();
+        let result = match via {
+            Via::Api => {
+                let node = match choice {
+                    PublishNode::Rotate => (self.index + self.turn) % cl.nodes,
+                    PublishNode::Room => r % cl.nodes,
+                    PublishNode::Fixed(n) => n % cl.nodes,
+                };
+                self.turn += 1;
+                self.stats.by_node[node] += 1;
+                let data = json!({ "r": r, "s": seq, "n": node, "t": micros_since(cl.start), "f": filler });
+                let path = format!("/api/rooms/{}/broadcast", room.name);
+                match self.http[node].post(&path, &json!({ "event": "cl", "data": data })).await {
+                    Ok((200, answer)) => {
+                        cl.expected.set(cl.expected.get() + room.members.len() as u64);
+                        let delivered = answer["delivered"].as_u64().unwrap_or(0);
+                        self.stats.delivered_sum += delivered;
+                        if answer["partial"] == true {
+                            self.stats.partial += 1;
+                        }
+                        if check && delivered != room.members.len() as u64 {
+                            self.stats.delivered_mismatch += 1;
+                            if self.stats.delivered_mismatch <= 2 {
+                                cl.note_error(format!(
+                                    "POST {path} to node {node}: delivered {delivered}, the room has {}: {answer}",
+                                    room.members.len()
+                                ));
+                            }
+                        }
+                        Ok(())
+                    }
+                    Ok((status, answer)) => Err(format!("POST {path} to node {node}: {status} {answer}")),
+                    Err(e) => Err(format!("POST {path} to node {node}: {e}")),
+                }
+            }
+            Via::Relay => {
+                let turn = room.next_sender.get();
+                room.next_sender.set(turn + 1);
+                let sender = room.members[turn % room.members.len()];
+                let conn = &cl.conns[sender];
+                self.stats.by_node[conn.node] += 1;
+                // The sender does not get its own relay: counted as had (and
+                // as a duplicate if it comes all the same).
+                let slot = conn.rooms.iter().position(|&x| x == r).expect("a member");
+                conn.mark(slot, seq);
+                let data = json!({ "r": r, "s": seq, "n": conn.node, "t": micros_since(cl.start), "f": filler });
+                let array = json!(["custom-event", { "event": "cl", "data": data, "roomName": room.name }]).to_string();
+                let (done, answered) = tokio::sync::oneshot::channel();
+                let sent = conn.relay.borrow().as_ref().is_some_and(|tx| tx.send(RelayCmd { array, done }).is_ok());
+                if !sent {
+                    Err(format!("relay by connection {sender}: its connection is gone"))
+                } else {
+                    match tokio::time::timeout(Duration::from_secs(10), answered).await {
+                        Ok(Ok(true)) => {
+                            cl.expected.set(cl.expected.get() + room.members.len() as u64 - 1);
+                            Ok(())
+                        }
+                        Ok(Ok(false)) => Err(format!("relay by connection {sender} to {}: refused", room.name)),
+                        Ok(Err(_)) => Err(format!("relay by connection {sender}: its connection closed")),
+                        Err(_) => Err(format!("relay by connection {sender} to {}: no ack in 10 s", room.name)),
+                    }
+                }
+            }
+        };
+        self.stats.answer_us.push(asked.elapsed().as_micros() as u64);
+        if let Err(e) = result {
+            self.stats.errors += 1;
+            room.failed.borrow_mut().push(seq);
+            cl.note_error(e);
+        }
+    }
+}
+
+/// Prints `@tag` to stderr and waits for a line on stdin (the harness's turn).
+async fn sync_point(tag: &str) {
+    eprintln!("@{tag}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+async fn cluster(args: &Args) -> Value {
+    let addrs: Vec<SocketAddr> = args.urls.iter().map(|u| resolve(u)).collect();
+    let k = addrs.len();
+    assert!(k > 0, "--scenario cluster needs --urls");
+    let per_node = args.connections / k;
+    let n = per_node * k;
+    let local_size = args.local_room_size.max(1);
+    let share = (args.spread_room_size / k).max(1);
+    let spread_size = share * k;
+    let choice = match args.publish_node.as_str() {
+        "rotate" => PublishNode::Rotate,
+        "room" => PublishNode::Room,
+        other => PublishNode::Fixed(other.parse().expect("--publish-node: rotate, room or a node index")),
+    };
+    // Connection i is on node i % k, the (i / k)-th there; its one-node room
+    // is its node's (i / k) / local_size-th, its every-node room the
+    // (i / k) / share-th (share members on each node).
+    let mut rooms: Vec<ClRoom> = Vec::new();
+    let room = |name: String, local: bool| ClRoom {
+        name,
+        members: Vec::new(),
+        local,
+        sent: Cell::new(0),
+        failed: RefCell::new(Vec::new()),
+        next_sender: Cell::new(0),
+    };
+    let locals_per_node = per_node.div_ceil(local_size);
+    for node in 0..k {
+        for b in 0..locals_per_node {
+            rooms.push(room(format!("cl-n{node}-{b}"), true));
+        }
+    }
+    let spreads = per_node.div_ceil(share);
+    for a in 0..spreads {
+        rooms.push(room(format!("cl-all-{a}"), false));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let (node, j) = (i % k, i / k);
+        let local = node * locals_per_node + j / local_size;
+        let spread = k * locals_per_node + j / share;
+        rooms[local].members.push(i);
+        rooms[spread].members.push(i);
+        conns.push(ClConn {
+            node,
+            rooms: [local, spread],
+            seen: Default::default(),
+            high: Default::default(),
+            alive: Cell::new(false),
+            relay: RefCell::new(None),
+        });
+    }
+    let cl = Rc::new(Cl {
+        start: Instant::now(),
+        nodes: k,
+        conns,
+        rooms,
+        expected: Cell::new(0),
+        received: Cell::new(0),
+        duplicated: Cell::new(0),
+        reordered: Cell::new(0),
+        misdelivered: Cell::new(0),
+        measure_from_us: Cell::new(u64::MAX),
+        m_received: Cell::new(0),
+        m_cross: Cell::new(0),
+        m_by_node: (0..k).map(|_| Cell::new(0)).collect(),
+        m_last_us: Cell::new(0),
+        histogram: RefCell::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
+        progress: tokio::sync::Notify::new(),
+        disconnected: Cell::new(0),
+        errors: RefCell::new(Vec::new()),
+        error_count: Cell::new(0),
+    });
+    let mut problems: Vec<String> = Vec::new();
+    let mut out = json!({
+        "scenario": "cluster",
+        "nodes": k,
+        "connections": n,
+        "connections_per_node": per_node,
+        "rooms_one_node": k * locals_per_node,
+        "rooms_every_node": spreads,
+        "local_room_size": local_size,
+        "spread_room_size": spread_size,
+        "local_share": args.local_share,
+        "via": format!("{:?}", args.via).to_lowercase(),
+        "publish_node": args.publish_node,
+        "lanes": args.lanes,
+        "rate": args.rate,
+        "duration": args.duration,
+        "payload_bytes": args.payload_bytes,
+    });
+
+    // -- connect, authenticate, join: `--concurrency` at a time -------------------
+    let t_connect = Instant::now();
+    let mut failed = 0;
+    let mut next = 0;
+    while next < n {
+        let batch: Vec<_> = (next..(next + args.concurrency.max(1)).min(n))
+            .map(|i| {
+                let cl = cl.clone();
+                let addr = addrs[i % k];
+                async move {
+                    let names: Vec<String> = cl.conns[i].rooms.iter().map(|&r| cl.rooms[r].name.clone()).collect();
+                    let attempt = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        join_user(addr, &format!("cl-{i}"), &names),
+                    )
+                    .await;
+                    (i, attempt)
+                }
+            })
+            .collect();
+        next += batch.len();
+        for (i, attempt) in futures_join_all(batch).await {
+            match attempt {
+                Ok(Ok(client)) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    *cl.conns[i].relay.borrow_mut() = Some(tx);
+                    cl.conns[i].alive.set(true);
+                    tokio::task::spawn_local(cl_conn(i, cl.clone(), client, rx));
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    cl.note_error(format!("connect {i} (node {}): {e}", i % k));
+                }
+                Err(_) => {
+                    failed += 1;
+                    cl.note_error(format!("connect {i} (node {}): timed out", i % k));
+                }
+            }
+        }
+    }
+    out["connected"] = json!(n - failed);
+    out["connect_seconds"] = json!(t_connect.elapsed().as_secs_f64());
+    if failed > 0 {
+        problems.push(format!("{failed} of {n} connections failed"));
+    }
+    if args.settle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+    }
+
+    // -- lanes: each owns the rooms r with r % lanes == its index -----------------
+    let lanes_n = args.lanes.clamp(1, cl.rooms.len());
+    let mut lanes: Vec<Lane> = (0..lanes_n)
+        .map(|l| Lane {
+            index: l,
+            rooms_local: (0..cl.rooms.len()).filter(|r| r % lanes_n == l && cl.rooms[*r].local).collect(),
+            rooms_spread: (0..cl.rooms.len()).filter(|r| r % lanes_n == l && !cl.rooms[*r].local).collect(),
+            http: addrs.iter().map(|&addr| Http { addr, stream: None }).collect(),
+            turn: 0,
+            stats: LaneStats { by_node: vec![0; k], ..Default::default() },
+        })
+        .collect();
+    let filler = "x".repeat(args.payload_bytes);
+    let check = args.check_delivered && args.via == Via::Api;
+
+    // -- warm-up: one publish to every room, right after the joins ----------------
+    // Every member must have it: a node that answered a join before it could
+    // receive the room's cross-node traffic loses it here.
+    let t_warm = Instant::now();
+    let warm: Vec<_> = lanes
+        .drain(..)
+        .map(|mut lane| {
+            let cl = cl.clone();
+            let filler = filler.clone();
+            let via = args.via;
+            async move {
+                let rooms: Vec<usize> = lane.rooms_local.iter().chain(&lane.rooms_spread).copied().collect();
+                for r in rooms {
+                    lane.publish(&cl, r, via, choice, &filler, check).await;
+                }
+                lane
+            }
+        })
+        .collect();
+    lanes = futures_join_all(warm).await;
+    cl.drain(Duration::from_secs(3), Duration::from_secs(15)).await;
+    let (warm_lost, _) = cl.lost();
+    let warm_errors: u64 = lanes.iter().map(|l| l.stats.errors).sum();
+    let warm_mismatch: u64 = lanes.iter().map(|l| l.stats.delivered_mismatch).sum();
+    let warm_partial: u64 = lanes.iter().map(|l| l.stats.partial).sum();
+    out["warmup_publishes"] = json!(cl.rooms.len());
+    out["warmup_expected"] = json!(cl.expected.get());
+    out["warmup_received"] = json!(cl.received.get());
+    out["warmup_lost"] = json!(warm_lost);
+    out["warmup_seconds"] = json!(t_warm.elapsed().as_secs_f64());
+    if warm_lost > 0 || warm_errors > 0 {
+        problems.push(format!(
+            "warm-up (one publish per room right after the joins): {warm_lost} deliveries lost, {warm_errors} publish errors"
+        ));
+    }
+    if warm_mismatch > 0 || warm_partial > 0 {
+        problems.push(format!(
+            "warm-up: {warm_mismatch} API answers with a wrong cluster-wide `delivered`, {warm_partial} partial"
+        ));
+    }
+    out["warmup_api_delivered_mismatch"] = json!(warm_mismatch);
+    out["warmup_api_partial_answers"] = json!(warm_partial);
+    for lane in &mut lanes {
+        lane.stats = LaneStats { by_node: vec![0; k], ..Default::default() };
+    }
+    let (dup0, reorder0, mis0) = (cl.duplicated.get(), cl.reordered.get(), cl.misdelivered.get());
+    let received0 = cl.received.get();
+    let expected0 = cl.expected.get();
+
+    // -- measured phase -------------------------------------------------------------
+    if args.sync {
+        sync_point("measure").await;
+    }
+    let rate: f64 = args.rate.parse().expect("--scenario cluster needs a numeric --rate (publishes/s)");
+    let measure_from = micros_since(cl.start);
+    cl.measure_from_us.set(measure_from);
+    let t_measure = Instant::now();
+    let deadline = t_measure + Duration::from_secs_f64(args.duration);
+    // Publishes still queued this long after the end are not sent.
+    let give_up = deadline + Duration::from_secs(10);
+    // The dispatcher picks each publish's room (its kind by --local-share,
+    // then uniformly among the rooms of that kind) at its due time and hands
+    // it to the lane that owns the room, which sends its rooms' publishes one
+    // at a time.
+    let locals: Vec<usize> = (0..cl.rooms.len()).filter(|&r| cl.rooms[r].local).collect();
+    let spreads: Vec<usize> = (0..cl.rooms.len()).filter(|&r| !cl.rooms[r].local).collect();
+    let mut queues = Vec::with_capacity(lanes_n);
+    let running: Vec<_> = lanes
+        .drain(..)
+        .map(|mut lane| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+            queues.push(tx);
+            let cl = cl.clone();
+            let filler = filler.clone();
+            let via = args.via;
+            async move {
+                let mut delays: Vec<u64> = Vec::new();
+                let mut not_sent = 0u64;
+                while let Some((r, due)) = rx.recv().await {
+                    if Instant::now() > give_up {
+                        not_sent += 1;
+                        continue;
+                    }
+                    delays.push(Instant::now().saturating_duration_since(due).as_micros() as u64);
+                    lane.publish(&cl, r, via, choice, &filler, check).await;
+                }
+                (lane, delays, not_sent)
+            }
+        })
+        .collect();
+    let handles: Vec<_> = running.into_iter().map(tokio::task::spawn_local).collect();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut due = t_measure;
+    while due < deadline {
+        tokio::time::sleep_until(due.into()).await;
+        let local = !locals.is_empty() && (spreads.is_empty() || rng.f64() < args.local_share);
+        let rooms = if local { &locals } else { &spreads };
+        let r = rooms[rng.usize(..rooms.len())];
+        let _ = queues[r % lanes_n].send((r, due));
+        due += Duration::from_secs_f64(1.0 / rate);
+    }
+    drop(queues);
+    let mut finished = Vec::with_capacity(handles.len());
+    for handle in handles {
+        finished.push(handle.await.expect("lane"));
+    }
+    let publish_secs = t_measure.elapsed().as_secs_f64();
+    let mut delays: Vec<u64> = finished.iter().flat_map(|(_, d, _)| d.iter().copied()).collect();
+    delays.sort_unstable();
+    let not_sent: u64 = finished.iter().map(|(_, _, n)| n).sum();
+    let behind = Duration::from_micros(delays.last().copied().unwrap_or(0));
+    out["publish_delay_ms_p99"] = json!(percentile_ms(&delays, 0.99));
+    out["publishes_not_sent"] = json!(not_sent);
+    if not_sent > 0 {
+        problems.push(format!("{not_sent} publishes were still queued 10 s after the end (the publishers fell behind)"));
+    }
+    let lanes: Vec<Lane> = finished.into_iter().map(|(lane, _, _)| lane).collect();
+    cl.drain(Duration::from_secs(2), Duration::from_secs(20)).await;
+    if args.sync {
+        sync_point("drained").await;
+    }
+
+    // -- figures ----------------------------------------------------------------------
+    let sum = |f: &dyn Fn(&LaneStats) -> u64| lanes.iter().map(|l| f(&l.stats)).sum::<u64>();
+    let published = sum(&|s| s.published);
+    let errors = sum(&|s| s.errors);
+    let mismatch = sum(&|s| s.delivered_mismatch);
+    let partial = sum(&|s| s.partial);
+    let by_node: Vec<u64> = (0..k).map(|node| lanes.iter().map(|l| l.stats.by_node[node]).sum()).collect();
+    let (lost, after_failure) = cl.lost();
+    let delivering = (cl.m_last_us.get().saturating_sub(measure_from) as f64 / 1e6).max(1e-9);
+    let hist = cl.histogram.borrow();
+    let ms = |q: f64| (!hist.is_empty()).then(|| hist.value_at_quantile(q) as f64 / 1000.0);
+    let m_expected = cl.expected.get() - expected0;
+    out["publishes"] = json!(published);
+    out["publishes_per_sec"] = json!(published as f64 / publish_secs.max(1e-9));
+    out["publishes_by_node"] = json!(by_node);
+    out["publisher_behind_ms"] = json!(behind.as_secs_f64() * 1000.0);
+    out["publish_errors"] = json!(errors);
+    let mut answer_us: Vec<u64> = lanes.iter().flat_map(|l| l.stats.answer_us.iter().copied()).collect();
+    answer_us.sort_unstable();
+    out["answer_ms_p50"] = json!(percentile_ms(&answer_us, 0.5));
+    out["answer_ms_p99"] = json!(percentile_ms(&answer_us, 0.99));
+    out["expected"] = json!(m_expected);
+    out["deliveries"] = json!(cl.m_received.get());
+    out["deliveries_per_publish"] = json!(cl.m_received.get() as f64 / published.max(1) as f64);
+    out["deliveries_per_sec"] = json!(cl.m_received.get() as f64 / delivering);
+    out["cross_node_deliveries"] = json!(cl.m_cross.get());
+    out["cross_node_deliveries_per_sec"] = json!(cl.m_cross.get() as f64 / delivering);
+    out["deliveries_by_node"] = json!(cl.m_by_node.iter().map(Cell::get).collect::<Vec<_>>());
+    out["delivering_seconds"] = json!(delivering);
+    out["p50_ms"] = json!(ms(0.5));
+    out["p99_ms"] = json!(ms(0.99));
+    out["max_ms"] = json!((!hist.is_empty()).then(|| hist.max() as f64 / 1000.0));
+    // Correctness, warm-up included (the measured phase's share beside it).
+    out["lost"] = json!(lost);
+    out["lost_measured"] = json!(m_expected.saturating_sub(cl.received.get() - received0));
+    out["duplicated"] = json!(cl.duplicated.get());
+    out["duplicated_measured"] = json!(cl.duplicated.get() - dup0);
+    out["reordered"] = json!(cl.reordered.get());
+    out["reordered_measured"] = json!(cl.reordered.get() - reorder0);
+    out["misdelivered"] = json!(cl.misdelivered.get());
+    out["misdelivered_measured"] = json!(cl.misdelivered.get() - mis0);
+    out["undelivered_after_failed_publish"] = json!(after_failure);
+    if args.via == Via::Api {
+        out["api_delivered_sum"] = json!(sum(&|s| s.delivered_sum));
+        out["api_partial_answers"] = json!(partial);
+        if check {
+            out["api_delivered_mismatch"] = json!(mismatch);
+        }
+    }
+    out["disconnected"] = json!(cl.disconnected.get());
+    out["alive_at_end"] = json!(cl.conns.iter().filter(|c| c.alive.get()).count());
+    if lost > 0 {
+        problems.push(format!("{lost} deliveries lost"));
+    }
+    if cl.duplicated.get() > 0 {
+        problems.push(format!("{} deliveries duplicated", cl.duplicated.get()));
+    }
+    if cl.misdelivered.get() > 0 {
+        problems.push(format!("{} deliveries to a connection outside the room", cl.misdelivered.get()));
+    }
+    if errors > 0 {
+        problems.push(format!("{errors} publishes failed"));
+    }
+    if check && mismatch > 0 {
+        problems.push(format!("{mismatch} API answers with a wrong cluster-wide `delivered`"));
+    }
+    if partial > 0 {
+        problems.push(format!("{partial} API answers were partial"));
+    }
+    if cl.disconnected.get() > 0 {
+        problems.push(format!("{} connections were lost", cl.disconnected.get()));
+    }
+    out["errors"] = json!(cl.error_count.get());
+    out["error_samples"] = json!(*cl.errors.borrow());
+    out["ok"] = json!(problems.is_empty());
+    out["problems"] = json!(problems);
+    out
 }
