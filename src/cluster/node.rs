@@ -46,9 +46,10 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 }
 
 pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    ms(SystemTime::now())
 }
 
+/// Milliseconds since the epoch, the wire's time unit.
 fn ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
