@@ -534,6 +534,13 @@ fn answer_at_wall(shard: &Shard, socket: &socket2::Socket) -> bool {
     refused
 }
 
+/// The largest request head (request line and headers) hyper accepts; past
+/// it, 431 and the connection is closed. Without it hyper's only bound is its
+/// read buffer (~400 KiB), checked only while a head is incomplete: a larger
+/// head that happens to arrive in one read would be served (Node's own limit
+/// is 16 KiB; browsers send a few KiB, cookies included).
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// What a connection's first read may take before hyper gets the connection
 /// (browsers' upgrade requests, cookies included, are well under this).
 const FIRST_READ_BYTES: usize = 4096;
@@ -626,6 +633,7 @@ async fn serve_http(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout)
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {

@@ -216,6 +216,7 @@ describe('request smuggling and over-size heads', () => {
     ['an unknown transfer coding', `POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n{}${SMUGGLE}`, 400],
     ['chunked not last', `POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n2\r\n{}\r\n0\r\n\r\n${SMUGGLE}`, 400],
     ['a space before the colon', `POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length : 2\r\n\r\n{}${SMUGGLE}`, 400],
+    ['a 100 KB header (over the 64 KiB head limit)', `GET /health HTTP/1.1\r\nHost: x\r\nX-A: ${'a'.repeat(100000)}\r\n\r\n`, 431],
     ['a 500 KB header', `GET /health HTTP/1.1\r\nHost: x\r\nX-A: ${'a'.repeat(500000)}\r\n\r\n`, 431],
     ['200 headers', `GET /health HTTP/1.1\r\nHost: x\r\n${'X-A: a\r\n'.repeat(200)}\r\n`, 431],
   ];
