@@ -63,6 +63,9 @@ const pickOtherShard = (arr, other) => {
   return pick(elsewhere.length ? elsewhere : arr);
 };
 
+/** What socket.io-client said about a transport's end (an Error, an event, or nothing). */
+const describeDisconnect = (d) => (d === undefined ? '' : String(d?.message ?? d?.description?.message ?? d?.description ?? d?.type ?? d));
+
 const describeClient = (c) => `client ${c.name} (shard ${c.shard}, ${c.polling ? 'polling' : 'websocket'})`;
 
 /**
@@ -76,7 +79,8 @@ function ackAt(socket, event, payload, { timeoutMs = 10000, onAck } = {}) {
   const sentAt = tick();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(
-      `no ack for "${event}" ${JSON.stringify(payload).slice(0, 160)} within ${timeoutMs} ms (socket ${socket.sid}, connected=${socket.connected})`,
+      `no ack for "${event}" ${JSON.stringify(payload).slice(0, 160)} within ${timeoutMs} ms (socket ${socket.sid}, connected=${socket.connected}`
+      + `${socket.connected ? '' : `, disconnected ${Date.now() - socket.disconnectedAt} ms ago: ${socket.disconnectReason} ${describeDisconnect(socket.disconnectDescription)}`})`,
     )), timeoutMs);
     socket.emit(event, payload, (ack) => {
       clearTimeout(timer);

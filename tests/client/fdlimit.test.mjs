@@ -294,8 +294,9 @@ describe('hard open-file limit 512: more clients than fit', { skip }, () => {
     const knocking = keepKnocking(server, 20);
     await sleep(200);
     const cpu = await cpuShare(server.pid, 1000);
+    // At least 30 knocks, however slowly a loaded machine runs the timer.
+    await waitUntil(() => knocking.results.length >= 30, 10000, () => `${knocking.results.length} knocks`);
     const results = await knocking.stop();
-    assert.ok(results.length >= 30, `${results.length} knocks`);
     for (const r of results) assert.equal(r.status, 503, JSON.stringify(r));
     const slowest = Math.max(...results.map((r) => r.ms));
     t.diagnostic(`at the capacity: ${results.length} knocks refused, slowest ${slowest} ms, server CPU ${(cpu * 100).toFixed(1)} %`);

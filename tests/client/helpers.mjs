@@ -257,7 +257,11 @@ export function makeSocket(url, opts = {}) {
   attachInbox(socket);
   // socket.io-client clears socket.id on disconnect; socket.sid keeps it.
   socket.on('connect', () => { socket.sid = socket.id; });
-  socket.on('disconnect', (reason) => { socket.disconnectReason = reason; socket.disconnectedAt = Date.now(); });
+  socket.on('disconnect', (reason, description) => {
+    socket.disconnectReason = reason;
+    socket.disconnectDescription = description;
+    socket.disconnectedAt = Date.now();
+  });
   return track(socket);
 }
 
