@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::task::{Context, Poll, Waker};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -129,12 +130,47 @@ impl Settings {
     }
 }
 
+/// When the client's latest pong arrived (the session's opening until the
+/// first), and the heartbeat to wake when the next one does. The reader that
+/// records a pong may run in another task than the heartbeat (a polling
+/// POST), or in the same one after the heartbeat was polled.
+pub struct LastPong {
+    at: Cell<Instant>,
+    heartbeat: Cell<Option<Waker>>,
+}
+
+impl LastPong {
+    pub fn new(opened: Instant) -> LastPong {
+        LastPong { at: Cell::new(opened), heartbeat: Cell::new(None) }
+    }
+
+    pub fn get(&self) -> Instant {
+        self.at.get()
+    }
+
+    /// A pong arrived at `now`.
+    pub fn record(&self, now: Instant) {
+        self.at.set(now);
+        if let Some(waker) = self.heartbeat.take() {
+            waker.wake();
+        }
+    }
+
+    fn wake_on_record(&self, cx: &Context<'_>) {
+        let waker = self.heartbeat.take();
+        self.heartbeat.set(match waker {
+            Some(waker) if waker.will_wake(cx.waker()) => Some(waker),
+            _ => Some(cx.waker().clone()),
+        });
+    }
+}
+
 /// Handles one text packet from the client, whatever carried it.
-pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong: &Cell<Instant>) -> Result<(), CloseReason> {
+pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong: &LastPong) -> Result<(), CloseReason> {
     match engineio::decode(text) {
         Ok(engineio::Packet::Message(data)) => handler.on_message(data).await,
         Ok(engineio::Packet::Pong(_)) => {
-            last_pong.set(Instant::now());
+            last_pong.record(Instant::now());
             Ok(())
         }
         // Clients ping only to probe a transport during an upgrade; the
@@ -156,25 +192,35 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 /// only when one is missed. The decisions are [`Heartbeat`]'s; this only
 /// sleeps and sends. Pings go through the outbox, so they travel on
 /// whichever transport the session uses at the time.
-pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &Cell<Instant>) -> CloseReason {
+///
+/// A pong wakes it ([`LastPong::record`]), and the timer moves from the
+/// pong's deadline to the next ping at once. Waiting for the deadline
+/// instead would cost a second wake-up per interval, and would send the next
+/// ping no sooner than that deadline: a ping every `PING_TIMEOUT_MS`, not
+/// every `PING_INTERVAL_MS`, when the timeout is the longer of the two.
+pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &LastPong) -> CloseReason {
     let opened = Instant::now();
     let mut heartbeat =
         Heartbeat::new(opened.into_std(), settings.ping_interval, settings.ping_timeout, settings.connect_timeout);
     let sleep = tokio::time::sleep_until(opened);
     tokio::pin!(sleep);
-    loop {
+    std::future::poll_fn(|cx| loop {
         match heartbeat.step(Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
             Step::SleepUntil(deadline) => {
+                last_pong.wake_on_record(cx);
                 let deadline = Instant::from_std(deadline);
                 if sleep.deadline() != deadline {
                     sleep.as_mut().reset(deadline);
                 }
-                (&mut sleep).await;
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
             Step::SendPing => {
                 handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
             }
-            Step::Close(reason) => return reason,
+            Step::Close(reason) => return Poll::Ready(reason),
         }
-    }
+    })
+    .await
 }

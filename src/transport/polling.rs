@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::engine::{on_text_packet, supervise, EngineHandler, Settings};
+use super::engine::{on_text_packet, supervise, EngineHandler, LastPong, Settings};
 use super::Traffic;
 use super::websocket;
 use super::CloseReason;
@@ -66,7 +66,7 @@ const CLOSED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct PollingSession<H> {
     pub handler: H,
     pub settings: Settings,
-    last_pong: Cell<Instant>,
+    last_pong: LastPong,
     state: Cell<State>,
     /// Wakes a waiting GET when the session moves to WebSocket.
     state_changed: tokio::sync::Notify,
@@ -94,7 +94,7 @@ impl<H: EngineHandler> PollingSession<H> {
         PollingSession {
             handler,
             settings,
-            last_pong: Cell::new(Instant::now()),
+            last_pong: LastPong::new(Instant::now()),
             state: Cell::new(State::Polling),
             state_changed: tokio::sync::Notify::new(),
             get_pending: Cell::new(false),

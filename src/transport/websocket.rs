@@ -10,7 +10,6 @@
 //! Memory: an idle connection holds no read buffer (we wait for readability
 //! before allocating one and release it once drained) and no write buffer.
 
-use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -23,7 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::engine::{on_text_packet, supervise, EngineHandler, Settings};
+use super::engine::{on_text_packet, supervise, EngineHandler, LastPong, Settings};
 use super::upgrade::{ProbeStep, UpgradeProbe};
 use super::Traffic;
 use super::outbox::{advance, fill_slices, send_vectored, Outbox, MAX_IOVECS};
@@ -58,7 +57,7 @@ pub async fn run<H: EngineHandler>(
         return CloseReason::TransportError;
     }
     traffic.sent(open.wire().len());
-    let last_pong = Cell::new(Instant::now());
+    let last_pong = LastPong::new(Instant::now());
     let heartbeat = supervise(settings, handler, &last_pong);
     let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
     tokio::pin!(heartbeat, session);
@@ -103,7 +102,7 @@ pub async fn run_upgrade<H: EngineHandler>(
     settings: &Settings,
     traffic: &Rc<Traffic>,
     handler: &H,
-    last_pong: &Cell<Instant>,
+    last_pong: &LastPong,
     upgraded: impl FnOnce(),
 ) -> CloseReason {
     let mut decoder = FrameDecoder::new(settings.max_payload);
@@ -148,7 +147,7 @@ async fn serve<H: EngineHandler>(
     settings: &Settings,
     traffic: &Rc<Traffic>,
     handler: &H,
-    last_pong: &Cell<Instant>,
+    last_pong: &LastPong,
 ) -> CloseReason {
     let outbox = handler.outbox();
     let (mut read_half, write_half) = stream.into_split();
@@ -235,7 +234,7 @@ async fn read_loop<H: EngineHandler>(
     settings: &Settings,
     traffic: &Traffic,
     handler: &H,
-    last_pong: &Cell<Instant>,
+    last_pong: &LastPong,
 ) -> CloseReason {
     let mut decoder = FrameDecoder::new(settings.max_payload);
     loop {
@@ -279,7 +278,7 @@ fn close_reason(error: FrameError) -> CloseReason {
     }
 }
 
-async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &Cell<Instant>) -> Result<(), CloseReason> {
+async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &LastPong) -> Result<(), CloseReason> {
     match message {
         Message::Text(bytes) => {
             // SAFETY: the frame decoder validated text messages as UTF-8.

@@ -329,6 +329,38 @@ describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
 });
 
 // ---------------------------------------------------------------------------
+// A ping timeout longer than the interval: the next ping is due one interval
+// after the pong, long before the pong's deadline. (Before 2026-12-01 the
+// heartbeat slept until that deadline: a ping every PING_TIMEOUT_MS, which
+// with these settings left clients at the edge of their own timeout.)
+describe('heartbeat with PING_TIMEOUT_MS above PING_INTERVAL_MS (300 / 3000)', () => {
+  const INTERVAL = 300;
+  const TIMEOUT = 3000;
+  let server;
+  before(async () => { server = await startServer({ PING_INTERVAL_MS: INTERVAL, PING_TIMEOUT_MS: TIMEOUT }); });
+  after(async () => { await server?.stop(); });
+
+  for (const transport of ['websocket', 'polling']) {
+    it(`over ${transport}: a ping every interval while the client answers, not every timeout`, async () => {
+      const socket = await connect(server.url, { transports: [transport] });
+      const pings = [];
+      socket.io.on('ping', () => pings.push(Date.now()));
+      try {
+        await waitUntil(() => pings.length >= 5, 5 * TIMEOUT, () => `${pings.length} pings`);
+        // Four intervals of 300 ms, with room for a loaded machine; one ping
+        // per timeout would take 12 s.
+        const span = pings[4] - pings[0];
+        assert.ok(span < 4 * INTERVAL + 1500, `5 pings over ${span} ms`);
+        assert.ok(span >= 4 * INTERVAL - 100, `5 pings over ${span} ms: faster than the interval`);
+        assert.equal(socket.connected, true, socket.disconnectReason);
+      } finally {
+        socket.disconnect();
+      }
+    });
+  }
+});
+
+// ---------------------------------------------------------------------------
 describe('connect timeout (CONNECT_TIMEOUT_MS=500)', () => {
   let server;
   before(async () => { server = await startServer({ CONNECT_TIMEOUT_MS: 500 }); });
