@@ -199,9 +199,17 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 /// ping no sooner than that deadline: a ping every `PING_TIMEOUT_MS`, not
 /// every `PING_INTERVAL_MS`, when the timeout is the longer of the two.
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &LastPong) -> CloseReason {
+    // The origin of the ping grid every session shares (see `Heartbeat`).
+    static PING_GRID_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let opened = Instant::now();
-    let mut heartbeat =
-        Heartbeat::new(opened.into_std(), settings.ping_interval, settings.ping_timeout, settings.connect_timeout);
+    let epoch = *PING_GRID_EPOCH.get_or_init(|| opened.into_std());
+    let mut heartbeat = Heartbeat::new(
+        opened.into_std(),
+        settings.ping_interval,
+        settings.ping_timeout,
+        settings.connect_timeout,
+        epoch,
+    );
     let sleep = tokio::time::sleep_until(opened);
     tokio::pin!(sleep);
     std::future::poll_fn(|cx| loop {
