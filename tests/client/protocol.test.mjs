@@ -195,6 +195,74 @@ describe('the WebSocket handshake, however the request arrives', () => {
 });
 
 // ---------------------------------------------------------------------------
+describe('a client that half-closes after its request gets the whole answer', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  /** Sends `request` and shuts the sending side: in the same segment
+   * (`socket.end(request)`), or `finAfterMs` later (the FIN on a segment
+   * of its own, after the server may already have read the request).
+   * Resolves with everything the server wrote until it closed. */
+  const halfClosed = (request, { finAfterMs } = {}) => new Promise((resolve, reject) => {
+    const socket = net.connect(server.port, '127.0.0.1', () => {
+      if (finAfterMs === undefined) socket.end(request);
+      else { socket.write(request); setTimeout(() => socket.end(), finAfterMs); }
+    });
+    const chunks = [];
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no close; got ${JSON.stringify(Buffer.concat(chunks).toString())}`)); }, 5000);
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('end', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)); });
+    socket.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+
+  /** The status and body of one HTTP/1.1 answer; asserts the body is whole
+   * (as long as its Content-Length says) and that nothing follows it. */
+  const parseAnswer = (raw, what) => {
+    const split = raw.indexOf('\r\n\r\n');
+    assert.ok(split > 0, `${what}: no response head in ${JSON.stringify(raw.toString())}`);
+    const headText = raw.subarray(0, split).toString();
+    const body = raw.subarray(split + 4);
+    const length = /\r\ncontent-length: *(\d+)/i.exec(headText);
+    assert.ok(length, `${what}: no Content-Length in ${JSON.stringify(headText)}`);
+    assert.equal(body.length, Number(length[1]), `${what}: body cut short or followed by more: ${JSON.stringify(raw.toString())}`);
+    return { status: Number(/^HTTP\/1\.1 (\d{3}) /.exec(headText)?.[1]), body: body.toString() };
+  };
+
+  const requests = () => {
+    const host = `Host: 127.0.0.1:${server.port}\r\n`;
+    const body = JSON.stringify({ event: 'half-closed', data: { n: 1 } });
+    return [
+      ['GET /health', `GET /health HTTP/1.1\r\n${host}\r\n`, (r) => assert.equal(r.body, '{"status":"ok"}')],
+      ['POST /api/broadcast', `POST /api/broadcast HTTP/1.1\r\n${host}Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        (r) => assert.match(r.body, /"success":true/)],
+      ['GET /metrics', `GET /metrics HTTP/1.1\r\n${host}\r\n`, (r) => assert.match(r.body, /^# HELP /m) && assert.match(r.body, /\n$/)],
+    ];
+  };
+
+  // 50 rounds each: the FIN can land before, with or after the server's
+  // first read, and an answer dropped once in a while is the bug to catch.
+  for (const finAfterMs of [undefined, 0, 5]) {
+    const how = finAfterMs === undefined ? 'in the same segment (socket.end(request))' : `${finAfterMs} ms after the request`;
+    it(`FIN ${how}: /health, an API publish and /metrics are answered in full, 50 times each`, async () => {
+      for (const [what, request, check] of requests()) {
+        for (let round = 0; round < 50; round++) {
+          const answer = parseAnswer(await halfClosed(request, { finAfterMs }), `${what}, round ${round}`);
+          assert.equal(answer.status, 200, `${what}, round ${round}: ${answer.body}`);
+          check(answer);
+        }
+      }
+    });
+  }
+
+  it('a kept-alive connection that half-closes after its second request gets both answers', async () => {
+    const host = `Host: 127.0.0.1:${server.port}\r\n`;
+    const raw = (await halfClosed(`GET /health HTTP/1.1\r\n${host}\r\nGET /health HTTP/1.1\r\n${host}\r\n`)).toString();
+    assert.equal(raw.match(/HTTP\/1\.1 200 /g)?.length, 2, raw);
+  });
+});
+
+// ---------------------------------------------------------------------------
 describe('namespaces', () => {
   describe('default namespace /', () => {
     let server;
