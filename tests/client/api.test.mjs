@@ -4,12 +4,12 @@
 
 import { describe, before, after } from 'node:test';
 import http from 'node:http';
-import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import {
   assert, it, startServer, connect, connectAs, emitWithAck, assertSuccess, assertTimestamp,
   received, sleep, waitUntil, uid,
 } from './helpers.mjs';
+import { clientHost, curlFrom, netnsMissing, requireNetns, CURL } from './netns-helpers.mjs';
 
 // ---------------------------------------------------------------------------
 // Local helpers
@@ -174,13 +174,24 @@ function unusedSocketId(shard = 0) {
   return b.toString('base64url');
 }
 
-function nonLoopbackIPv4() {
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list || []) {
-      if ((a.family === 'IPv4' || a.family === 4) && !a.internal && !a.address.startsWith('127.')) return a.address;
-    }
+// The non-loopback client of the tests below: a host of its own in a
+// network namespace (a veth pair whose two addresses exist only between the
+// two ends), so the loopback-only rule is tested on any machine.
+const NETNS_SKIP = netnsMissing(['curl', CURL]);
+const clientHosts = new Set();
+after(() => { for (const host of clientHosts) host.remove(); });
+
+/** Runs `fn(host)` with a fresh client host, removed afterwards whatever happens. */
+async function withClientHost(fn) {
+  requireNetns(['curl', CURL]);
+  const host = clientHost();
+  clientHosts.add(host);
+  try {
+    return await fn(host);
+  } finally {
+    host.remove();
+    clientHosts.delete(host);
   }
-  return null;
 }
 
 // ---------------------------------------------------------------------------
@@ -876,12 +887,13 @@ describe('HTTP API with API_KEY set', () => {
     clientError(await post(server, '/api/broadcast', '{', { headers: auth }), 400, 'VALIDATION_ERROR', 'bad JSON with key');
   });
 
-  it('with API_KEY set, a non-loopback client with the key is answered', async (t) => {
-    const ip = nonLoopbackIPv4();
-    if (!ip) { t.skip('no non-loopback IPv4 interface on this machine'); return; }
-    const r = await get(server, '/api/stats', { host: ip, headers: { Authorization: `Bearer ${KEY}` } });
-    ok(r, `GET /api/stats via ${ip} with the key`);
-    clientError(await get(server, '/api/stats', { host: ip }), 401, 'UNAUTHORIZED', `GET /api/stats via ${ip} without the key`);
+  it('with API_KEY set, a non-loopback client with the key is answered', { skip: NETNS_SKIP }, async () => {
+    await withClientHost(async (host) => {
+      const url = `http://${host.serverIp}:${server.port}/api/stats`;
+      const r = await curlFrom(host, 'GET', url, { headers: { Authorization: `Bearer ${KEY}` } });
+      ok(r, `GET /api/stats from ${host.clientIp} with the key`);
+      clientError(await curlFrom(host, 'GET', url), 401, 'UNAUTHORIZED', `GET /api/stats from ${host.clientIp} without the key`);
+    });
   });
 });
 
@@ -897,12 +909,14 @@ describe('HTTP API with API_KEY unset', () => {
     assert.equal(ok(r, 'broadcast from loopback').delivered, 0);
   });
 
-  it('a non-loopback client is refused with 403 JSON (when this machine has a non-loopback address)', async (t) => {
-    const ip = nonLoopbackIPv4();
-    if (!ip) { t.skip('no non-loopback IPv4 interface on this machine; cannot test the loopback-only rule'); return; }
-    for (const [method, path, body] of [['GET', '/api/stats'], ['POST', '/api/broadcast', { event: 'x' }], ['GET', '/api/nope']]) {
-      const r = await request(server, method, path, { body, host: ip });
-      clientError(r, 403, 'FORBIDDEN', `${method} ${path} via ${ip}`);
-    }
+  it('a non-loopback client is refused with 403 JSON (from a host of its own in a network namespace)', { skip: NETNS_SKIP }, async () => {
+    await withClientHost(async (host) => {
+      for (const [method, path, body] of [['GET', '/api/stats'], ['POST', '/api/broadcast', { event: 'x' }], ['GET', '/api/nope']]) {
+        const r = await curlFrom(host, method, `http://${host.serverIp}:${server.port}${path}`, { body });
+        clientError(r, 403, 'FORBIDDEN', `${method} ${path} from ${host.clientIp}`);
+      }
+      // The same requests from loopback are answered: the rule is about the client's address.
+      ok(await get(server, '/api/stats'), 'GET /api/stats from 127.0.0.1');
+    });
   });
 });

@@ -138,10 +138,11 @@ process.on('exit', killAllOnExit);
  * which sets the open-file limits and then execs the broker (same pid).
  * Returns { url, port, pid, logs, child, stop(), exitPromise }.
  */
-export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [], nofile } = {}) {
-  const child = nofile
-    ? spawn('prlimit', [`--nofile=${nofile}`, '--', BIN, ...args], { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(BIN, args, { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [], nofile, prefix = [] } = {}) {
+  // `prefix`: a command that runs the binary (`ip netns exec NAME`); it must
+  // exec it, so that the child's pid is the server's.
+  const command = nofile ? ['prlimit', `--nofile=${nofile}`, '--', ...prefix, BIN] : [...prefix, BIN];
+  const child = spawn(command[0], [...command.slice(1), ...args], { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   const server = {
     child, pid: child.pid, logs: [], port: null, url: null, exited: null,
     stdoutText: () => server.logs.filter((l) => l.stream === 'stdout').map((l) => l.line).join('\n'),

@@ -2,12 +2,15 @@
 // mostly through a raw Engine.IO/Socket.IO client on `ws`.
 
 import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, runToExit, connect, connectAs, connectExpectingError, makeSocket,
   emitWithAck, waitForEvent, expectNoEvent, received, rawConnect, parseSio, waitForDisconnect,
   assertTimestamp, assertFailure, assertSuccess, uid, sleep, waitUntil,
 } from './helpers.mjs';
+import { namespace, netnsMissing, requireNetns } from './netns-helpers.mjs';
 
 // ---------------------------------------------------------------------------
 describe('Engine.IO open packet and Socket.IO CONNECT', () => {
@@ -700,20 +703,27 @@ describe('configuration (SPEC §7)', () => {
     }
   });
 
-  it('PORT defaults to 3000', async (t) => {
-    const free = await new Promise((resolve) => {
-      const probe = net.createServer();
-      probe.once('error', () => resolve(false));
-      probe.listen(3000, '127.0.0.1', () => probe.close(() => resolve(true)));
-    });
-    if (!free) { t.skip('port 3000 is in use on this machine'); return; }
-    const server = await startServer({ PORT: undefined });
+  // In a network namespace of its own, where nothing else can hold 3000;
+  // the client (socket.io-client, over WebSocket) runs in there too.
+  it('PORT defaults to 3000', { skip: netnsMissing() }, async () => {
+    requireNetns();
+    const ns = namespace();
     try {
-      assert.equal(server.port, 3000);
-      const s = await connect('http://localhost:3000');
-      assertSuccess(await emitWithAck(s, 'ping'));
+      const server = await startServer({ PORT: undefined }, { prefix: ns.prefix });
+      try {
+        assert.equal(server.port, 3000);
+        const script = `import { io } from 'socket.io-client';
+          const s = io('http://localhost:3000', { transports: ['websocket'], reconnection: false, timeout: 5000 });
+          s.on('connect_error', (e) => { console.error('connect_error', e.message); process.exit(2); });
+          s.on('connect', () => s.emit('ping', {}, (ack) => { console.log(JSON.stringify(ack)); s.disconnect(); }));`;
+        const r = await ns.exec([process.execPath, '--input-type=module', '-e', script], { cwd: path.dirname(fileURLToPath(import.meta.url)) });
+        assert.equal(r.code, 0, `the client in ${ns.name}: exit ${r.code} ${r.signal ?? ''}\n${r.stdout}${r.stderr}`);
+        assertSuccess(JSON.parse(r.stdout.trim()));
+      } finally {
+        await server.stop();
+      }
     } finally {
-      await server.stop();
+      ns.remove();
     }
   });
 
