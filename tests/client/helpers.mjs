@@ -382,6 +382,19 @@ export function waitForEvent(socket, name, timeoutMs = 5000, predicate = () => t
 }
 
 /** Resolve with the full argument list of the next `name` event. */
+/**
+ * Instead of a quiet window before checking that nothing more arrived from
+ * `sender`: it relays a marker to `roomName` and every receiver waits for
+ * it. Per-sender FIFO (README) puts everything the server sent those
+ * receivers from `sender` before the marker — a late duplicate included.
+ */
+export async function relayBarrier(sender, roomName, receivers, timeoutMs = 10000) {
+  const id = uid('barrier');
+  const got = receivers.map((r) => waitForEvent(r, 'barrier', timeoutMs, (d) => d && d.id === id));
+  assertSuccess(await emitWithAck(sender, 'custom-event', { event: 'barrier', data: { id }, roomName }));
+  await Promise.all(got);
+}
+
 export async function waitForEventArgs(socket, name, timeoutMs = 5000, predicate = () => true) {
   let args;
   await waitForEvent(socket, name, timeoutMs, (data, rec) => {

@@ -330,10 +330,15 @@ describe('namespaces', () => {
 });
 
 // ---------------------------------------------------------------------------
-describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
-  const INTERVAL = 300;
-  const TIMEOUT = 300;
-  const SLACK = 1000;
+// 1000/1000 rather than 300/300: the well-behaved clients here (node, on a
+// shared 2-core machine) must answer each ping within PING_TIMEOUT_MS, and
+// a test process stalled for 300 ms (GC, a busy neighbour) is not rare
+// there; a second is. SLACK stays under INTERVAL + TIMEOUT, so a server that
+// let a silent client live one round too long still fails the bounds.
+describe('heartbeat (PING_INTERVAL_MS=1000, PING_TIMEOUT_MS=1000)', () => {
+  const INTERVAL = 1000;
+  const TIMEOUT = 1000;
+  const SLACK = 1500;
   let server;
   before(async () => { server = await startServer({ PING_INTERVAL_MS: INTERVAL, PING_TIMEOUT_MS: TIMEOUT }); });
   after(async () => { await server?.stop(); });
@@ -360,8 +365,11 @@ describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
     const lifetime = closed.at - raw.openAt;
     assert.ok(raw.pings.length >= 1, 'the server must have sent at least one ping');
     assert.ok(lifetime <= INTERVAL + TIMEOUT + SLACK, `closed after ${lifetime} ms, expected ≤ ${INTERVAL + TIMEOUT} ms (+${SLACK} slack)`);
+    // Measured here, both ends late by this process's delays: a stall when
+    // the ping arrived shortens what we see, so half of TIMEOUT, which a
+    // server that closes at the ping (or does not wait) still fails.
     const graceAfterPing = closed.at - raw.pings[0];
-    assert.ok(graceAfterPing >= TIMEOUT - 100, `closed ${graceAfterPing} ms after the first ping; the client must get pingTimeout (${TIMEOUT} ms) to answer`);
+    assert.ok(graceAfterPing >= TIMEOUT / 2, `closed ${graceAfterPing} ms after the first ping; the client must get pingTimeout (${TIMEOUT} ms) to answer`);
 
     const left = await waitForEvent(member, 'user-left', SLACK, (d) => d.userId === ghost);
     assert.equal(left.roomName, room);
@@ -378,19 +386,21 @@ describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
   it('a client that answers pings stays connected', async () => {
     const raw = await rawConnect(server, { autoPong: true });
     await raw.connectNs('/');
-    await sleep(2000);
-    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
-    assert.ok(raw.pings.length >= 4, `expected a ping every ${INTERVAL} ms, got ${raw.pings.length} in 2 s`);
-    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
     const s = await connect(server.url);
-    await sleep(1500);
+    let sioPings = 0;
+    s.io.on('ping', () => { sioPings += 1; });
+    // Three rounds each: counted, not slept through.
+    await waitUntil(() => raw.pings.length >= 3 && sioPings >= 3, 10 * INTERVAL,
+      () => `pings: raw ${raw.pings.length}, socket.io ${sioPings}`);
+    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
+    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
     assert.equal(s.connected, true, `socket.io client disconnected: ${s.disconnectReason}`);
   });
 
   it('a client that stops answering is closed within interval + timeout of its last pong', async () => {
     const raw = await rawConnect(server, { autoPong: true });
     await raw.connectNs('/');
-    await waitUntil(() => raw.pings.length >= 3, 5000, () => `pings: ${raw.pings.length}`);
+    await waitUntil(() => raw.pings.length >= 3, 10 * INTERVAL, () => `pings: ${raw.pings.length}`);
     raw.autoPong = false;
     const lastPong = Date.now();
     const closed = await raw.waitClosed(INTERVAL + TIMEOUT + SLACK + 2000);
