@@ -395,6 +395,25 @@ export async function relayBarrier(sender, roomName, receivers, timeoutMs = 1000
   await Promise.all(got);
 }
 
+/**
+ * Instead of a quiet window after requests that were all acknowledged (API
+ * publishes answered, relays and private messages acked, joins acked): a
+ * broadcast to all through the API (loopback, no API_KEY), awaited on every
+ * connected socket of `sockets`. An ack or an answer comes once the
+ * deliveries were handed to every shard, and each shard takes what it is
+ * handed in order and each socket has one queue, so anything those requests
+ * caused — a late duplicate included — reaches each socket before this.
+ */
+export async function broadcastBarrier(server, sockets, timeoutMs = 10000) {
+  const id = uid('barrier');
+  const got = sockets.filter((s) => s.connected).map((s) => waitForEvent(s, 'barrier', timeoutMs, (d) => d && d.id === id));
+  const res = await fetch(`${server.url}/api/broadcast`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ event: 'barrier', data: { id } }),
+  });
+  assert.equal(res.status, 200, `barrier broadcast: ${res.status} ${await res.text()}`);
+  await Promise.all(got);
+}
+
 export async function waitForEventArgs(socket, name, timeoutMs = 5000, predicate = () => true) {
   let args;
   await waitForEvent(socket, name, timeoutMs, (data, rec) => {
