@@ -519,6 +519,7 @@ mod tests {
         assert_eq!(samples.runs[0].1, 1);
         assert!(samples.runs[0].0 >= 0.05, "timed from the oldest publish: {samples:?}");
         // Nothing published since: the next write records nothing.
+        outbox.scheduled.set(true);
         outbox.push(frame());
         outbox.write_now(&mut written);
         written.record();
