@@ -319,10 +319,33 @@ fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
 async fn poll_get(shard: &Shard, sid: &str) -> PollReply {
     match shard.polling_session(sid) {
         None => PollReply::UnknownSession,
-        Some(session) => match session.get(&shard.counters.traffic).await {
-            Ok(body) => PollReply::Payload(body),
-            Err(error) => PollReply::Refused(error),
-        },
+        Some(session) => {
+            let mut watch = GetWatch { sid, answered: false };
+            tracing::debug!(session = %sid, "long-polling GET waiting");
+            let reply = match session.get(&shard.counters.traffic).await {
+                Ok(body) => PollReply::Payload(body),
+                Err(error) => PollReply::Refused(error),
+            };
+            watch.answered = true;
+            reply
+        }
+    }
+}
+
+/// Logs (debug) a long-poll GET dropped before it answered: its client
+/// left, and packets queued from now on go to the next GET. Said so that
+/// an operator, or a test, can see when the server noticed rather than
+/// guess how long that takes.
+struct GetWatch<'a> {
+    sid: &'a str,
+    answered: bool,
+}
+
+impl Drop for GetWatch<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::debug!(session = %self.sid, "long-polling GET abandoned by its client; stopped waiting");
+        }
     }
 }
 

@@ -19,6 +19,8 @@ use std::sync::atomic::Ordering;
 use crate::transport::CloseReason;
 
 pub const FAN_OUT_LATENCY: &str = "shardcast_broadcast_fanout_seconds";
+/// Publish → written to a recipient's socket (WebSocket clients).
+pub const WRITTEN_LATENCY: &str = "shardcast_broadcast_written_seconds";
 pub const CLUSTER_LAG: &str = "shardcast_cluster_delivery_lag_seconds";
 
 use crate::shard::stats::LATENCY_BUCKETS;
@@ -43,6 +45,8 @@ impl Metrics {
             .set_buckets_for_metric(Matcher::Full(FAN_OUT_LATENCY.to_string()), LATENCY_BUCKETS)
             .expect("bucket list is not empty")
             .set_buckets_for_metric(Matcher::Full(CLUSTER_LAG.to_string()), LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(Matcher::Full(WRITTEN_LATENCY.to_string()), LATENCY_BUCKETS)
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -104,6 +108,14 @@ impl Metrics {
                 for (bucket, n) in counters.latency_overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
                     let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
                     latency.record_many(bound, *n as usize);
+                }
+                let written = histogram!(WRITTEN_LATENCY);
+                for (seconds, n) in &counters.written_latency.runs {
+                    written.record_many(*seconds, *n as usize);
+                }
+                for (bucket, n) in counters.written_latency.overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
+                    written.record_many(bound, *n as usize);
                 }
             }
             for (index, depth) in depths.iter().enumerate() {
@@ -241,6 +253,11 @@ fn describe_all() {
     describe_histogram!(
         FAN_OUT_LATENCY,
         Unit::Seconds,
-        "From publish to the message being queued for every recipient on a shard (one sample per shard and publish)."
+        "From publish to the message being queued (not yet written) for every recipient on a shard (one sample per shard and publish); see shardcast_broadcast_written_seconds for publish to written."
+    );
+    describe_histogram!(
+        WRITTEN_LATENCY,
+        Unit::Seconds,
+        "From publish to the message being written to a recipient's WebSocket (handed to the kernel), one sample per socket write that carried published messages, timed from the oldest."
     );
 }

@@ -597,7 +597,18 @@ async fn serve_connection(
         }
         received = stream.try_read_buf(&mut head);
     }
-    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot).await
+    // A client may send its request and shut its sending side in one go
+    // (`socket.end(request)`, a one-shot `nc -N`) and still wait for the
+    // answer; by default hyper takes that EOF for an abort and drops the
+    // request. Half-closes are therefore allowed, except on a connection
+    // that opens with a request to an Engine.IO endpoint: there an EOF while
+    // a long-poll GET waits is how a GET its client abandoned is noticed, so
+    // that its packets go to the next GET (`PollingSession::get`). hyper
+    // fixes this per connection, and Engine.IO clients keep one alive for
+    // the handshake, their POSTs and their polls, so the first request
+    // decides for all that follow (README "Behaviour notes").
+    let half_close = !http_upgrade::request_path(&head).is_none_or(|path| endpoint_for(&services, path).is_some());
+    serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot, half_close).await
 }
 
 /// One non-blocking `recv` into `buf`'s spare room.
@@ -614,6 +625,7 @@ async fn serve_http(
     stream: PrefixedStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
+    half_close: bool,
 ) {
     let broker = services.broker.clone();
     let request_timeout = services.config.request_timeout();
@@ -634,6 +646,7 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .header_read_timeout(request_timeout)
         .max_header_size(MAX_REQUEST_HEAD_BYTES)
+        .half_close(half_close)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(error) = connection.await {

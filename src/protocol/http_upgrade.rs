@@ -84,6 +84,21 @@ pub fn parse(buf: &[u8]) -> Head<'_> {
     }
 }
 
+/// The path (without its query) of the request whose request line starts
+/// `buf`, once that line has arrived whole; `None` when it has not or does
+/// not read as `METHOD SP target SP version`. Only the line is looked at, so
+/// it answers for heads that [`parse`] leaves to hyper too.
+pub fn request_path(buf: &[u8]) -> Option<&str> {
+    let end = buf.windows(2).position(|pair| pair == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut parts = line.split(' ');
+    let (_method, target, _version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(target.split_once('?').map_or(target, |(path, _)| path))
+}
+
 impl Upgrade<'_> {
     /// The `101 Switching Protocols` answer. (A 1xx response carries no
     /// `Date`: RFC 9110 §6.6.1 asks for it on 2xx–4xx only.)
@@ -130,6 +145,15 @@ mod tests {
     }
 
     const UPGRADE_HEADERS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\n";
+
+    #[test]
+    fn request_path_reads_the_request_line_alone() {
+        assert_eq!(request_path(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n"), Some("/socket.io/"));
+        assert_eq!(request_path(b"POST /api/broadcast HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"), Some("/api/broadcast"));
+        assert_eq!(request_path(b"GET /health HTTP/1.1"), None, "the line has not ended");
+        assert_eq!(request_path(b"GET /a b HTTP/1.1\r\n"), None);
+        assert_eq!(request_path(b"\xff\xfe\r\n"), None);
+    }
 
     #[test]
     fn reads_the_client_request() {

@@ -135,7 +135,7 @@ impl LocalTables {
         let mut push = |conn: &Rc<Conn>| {
             if delivery.wants(conn) {
                 // Broadcasts may be dropped for a slow client (and counted).
-                match conn.outbox.push(delivery.frame.clone()) {
+                match conn.outbox.push_published(delivery.frame.clone(), delivery.published_at) {
                     Pushed::Queued => delivered += 1,
                     Pushed::Dropped => dropped += 1,
                     Pushed::Closed => {}

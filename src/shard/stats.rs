@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::transport::Traffic;
+use crate::transport::{LatencySnapshot, Traffic};
 
 /// Latency samples kept between two scrapes; beyond this, further ones are
 /// only counted in buckets (so the histogram still counts every publish).
 const MAX_LATENCY_SAMPLES: usize = 20_000;
 
-/// Upper bounds (seconds) of the fan-out latency histogram's buckets.
-pub const LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Upper bounds (seconds) of the latency histograms' buckets.
+pub use crate::transport::LATENCY_BUCKETS;
 
 type LabelCounts = RefCell<HashMap<&'static str, u64, ahash::RandomState>>;
 
@@ -110,6 +110,7 @@ impl ShardCounters {
             bytes_out: self.traffic.bytes_out.get(),
             latency_samples: std::mem::take(&mut *self.latency_samples.borrow_mut()),
             latency_overflow: std::mem::take(&mut *self.latency_overflow.borrow_mut()).to_vec(),
+            written_latency: self.traffic.written_latency.take(),
             http_requests: self.http_requests.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
@@ -132,5 +133,7 @@ pub struct CounterSnapshot {
     pub latency_samples: Vec<f64>,
     /// Per bucket of [`LATENCY_BUCKETS`] (plus one above them): samples past the cap.
     pub latency_overflow: Vec<u64>,
+    /// Publish → written to the socket (see [`crate::transport::Traffic`]).
+    pub written_latency: LatencySnapshot,
     pub http_requests: Vec<((&'static str, u16), u64)>,
 }

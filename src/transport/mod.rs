@@ -14,12 +14,14 @@
 //! - [`upgrade`]: the WebSocket side of that switch (`2probe`, `5`, its
 //!   deadline) as a state machine told the time.
 //!
-//! [`CloseReason`] and [`Traffic`] (byte counters) are shared by all of them.
+//! [`CloseReason`] and [`Traffic`] (byte counters, the publish → written
+//! latency) are shared by all of them.
 //!
 //! Transports know Engine.IO; Socket.IO is the business of whoever
 //! implements [`engine::EngineHandler`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
 
 pub mod engine;
 pub mod heartbeat;
@@ -100,6 +102,55 @@ impl CloseReason {
 pub struct Traffic {
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
+    /// Publish → written to the socket, per write that carried published
+    /// frames (`shardcast_broadcast_written_seconds`).
+    pub written_latency: LatencySamples,
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Sample runs kept between two scrapes; beyond this, further ones are only
+/// counted in buckets (so the histogram still counts every sample).
+const MAX_LATENCY_RUNS: usize = 20_000;
+
+/// Latency samples gathered on one shard thread between two scrapes.
+#[derive(Default)]
+pub struct LatencySamples {
+    /// (seconds, how many samples had that value).
+    runs: RefCell<Vec<(f64, u32)>>,
+    /// Samples past the cap, per bucket (the last slot is above every bound).
+    overflow: RefCell<[u64; LATENCY_BUCKETS.len() + 1]>,
+}
+
+/// What a [`LatencySamples`] gathered, handed to the scraping thread.
+#[derive(Debug, Default, Clone)]
+pub struct LatencySnapshot {
+    pub runs: Vec<(f64, u32)>,
+    /// Per bucket of [`LATENCY_BUCKETS`] (plus one above them): samples past the cap.
+    pub overflow: Vec<u64>,
+}
+
+impl LatencySamples {
+    /// `count` samples of `latency`.
+    pub fn record(&self, latency: Duration, count: u32) {
+        let seconds = latency.as_secs_f64();
+        let mut runs = self.runs.borrow_mut();
+        if runs.len() < MAX_LATENCY_RUNS {
+            runs.push((seconds, count));
+        } else {
+            let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
+            self.overflow.borrow_mut()[bucket] += u64::from(count);
+        }
+    }
+
+    /// The samples so far (forgotten here).
+    pub fn take(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            runs: std::mem::take(&mut *self.runs.borrow_mut()),
+            overflow: std::mem::take(&mut *self.overflow.borrow_mut()).to_vec(),
+        }
+    }
 }
 
 impl Traffic {

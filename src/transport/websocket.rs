@@ -330,6 +330,7 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
             outbox.set_writing(false);
             return Ok(());
         }
+        let published_at = outbox.take_published_at();
         outbox.set_writing(true);
         while !batch.is_empty() {
             let written = {
@@ -346,6 +347,10 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
             traffic.sent(written);
             outbox.progressed();
             advance(&mut batch, &mut offset, written);
+        }
+        // One clock read per batch, on the slow path (a socket that pushed back).
+        if let Some(published_at) = published_at {
+            traffic.written_latency.record(published_at.elapsed(), 1);
         }
     }
 }

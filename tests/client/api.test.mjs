@@ -4,12 +4,12 @@
 
 import { describe, before, after } from 'node:test';
 import http from 'node:http';
-import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import {
   assert, it, startServer, connect, connectAs, emitWithAck, assertSuccess, assertTimestamp,
-  received, sleep, waitUntil, uid,
+  received, waitForEvent, waitUntil, uid,
 } from './helpers.mjs';
+import { clientHost, curlFrom, netnsMissing, requireNetns, CURL } from './netns-helpers.mjs';
 
 // ---------------------------------------------------------------------------
 // Local helpers
@@ -139,18 +139,33 @@ async function shardsOf(server, sockets) {
 }
 
 /**
+ * Instead of a quiet window after an API publish: a broadcast to all, sent
+ * once the publish has been answered, and awaited on every connected socket
+ * of `sockets`. The answer comes once every shard has queued the publish,
+ * so on each socket anything it caused — a duplicate included — comes
+ * before the marker (one queue per socket).
+ */
+async function apiBarrier(server, sockets, { headers } = {}) {
+  assert.ok(server, 'apiBarrier needs the server');
+  const id = uid('barrier');
+  const got = sockets.filter((s) => s.connected).map((s) => waitForEvent(s, 'api-barrier', 5000, (d) => d && d.id === id));
+  ok(await post(server, '/api/broadcast', { event: 'api-barrier', data: { id } }, { headers }), 'barrier broadcast');
+  await Promise.all(got);
+}
+
+/**
  * After a publish: wait until every socket in `expected` has received `event`,
- * then a grace period, then assert that each expected socket got it exactly
+ * then for a later broadcast to reach them all (apiBarrier), then assert that each expected socket got it exactly
  * once (with `data`), and every other socket in `all` never got it.
  * Returns how many sockets got it.
  */
-async function expectDelivery(all, expected, event, data, { graceMs = 300 } = {}) {
+async function expectDelivery(all, expected, event, data, { server, headers } = {}) {
   const exp = new Set(expected);
   await waitUntil(() => expected.every((s) => received(s, event).length > 0), 5000, () => {
     const missing = expected.filter((s) => received(s, event).length === 0);
     return `${missing.length}/${expected.length} expected sockets did not get "${event}": ${missing.map((s) => `${s.id}(${s.userId})`).join(', ')}`;
   });
-  await sleep(graceMs);
+  await apiBarrier(server, all, { headers });
   let got = 0;
   for (const s of all) {
     const recs = received(s, event);
@@ -174,13 +189,24 @@ function unusedSocketId(shard = 0) {
   return b.toString('base64url');
 }
 
-function nonLoopbackIPv4() {
-  for (const list of Object.values(os.networkInterfaces())) {
-    for (const a of list || []) {
-      if ((a.family === 'IPv4' || a.family === 4) && !a.internal && !a.address.startsWith('127.')) return a.address;
-    }
+// The non-loopback client of the tests below: a host of its own in a
+// network namespace (a veth pair whose two addresses exist only between the
+// two ends), so the loopback-only rule is tested on any machine.
+const NETNS_SKIP = netnsMissing(['curl', CURL]);
+const clientHosts = new Set();
+after(() => { for (const host of clientHosts) host.remove(); });
+
+/** Runs `fn(host)` with a fresh client host, removed afterwards whatever happens. */
+async function withClientHost(fn) {
+  requireNetns(['curl', CURL]);
+  const host = clientHost();
+  clientHosts.add(host);
+  try {
+    return await fn(host);
+  } finally {
+    host.remove();
+    clientHosts.delete(host);
   }
-  return null;
 }
 
 // ---------------------------------------------------------------------------
@@ -205,7 +231,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     const data = richData('all');
     const res = ok(await post(server, '/api/broadcast', { event, data }), 'broadcast');
     assert.equal(res.success, true);
-    const got = await expectDelivery(all, all, event, data);
+    const got = await expectDelivery(all, all, event, data, { server });
     assert.equal(res.delivered, got, `delivered=${res.delivered} but ${got} clients got the event`);
     assert.equal(res.delivered, all.length);
   });
@@ -224,19 +250,19 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     // One excluded user.
     const data = { x: 1 };
     let res = ok(await post(server, '/api/broadcast', { event: 'api-bc-ex1', data, exclude: [excluded] }), 'broadcast exclude 1');
-    let got = await expectDelivery(all, [...ys, ...ks, anon], 'api-bc-ex1', data);
+    let got = await expectDelivery(all, [...ys, ...ks, anon], 'api-bc-ex1', data, { server });
     assert.equal(res.delivered, got, 'delivered vs observed');
     assert.equal(res.delivered, all.length - xs.length);
 
     // Two excluded users plus an unknown one.
     res = ok(await post(server, '/api/broadcast', { event: 'api-bc-ex2', data: 'two', exclude: [excluded, 'nobody-here', excluded2] }), 'broadcast exclude 2');
-    got = await expectDelivery(all, [...ks, anon], 'api-bc-ex2', 'two');
+    got = await expectDelivery(all, [...ks, anon], 'api-bc-ex2', 'two', { server });
     assert.equal(res.delivered, got, 'delivered vs observed');
     assert.equal(res.delivered, ks.length + 1);
 
     // Empty exclude list excludes nobody.
     res = ok(await post(server, '/api/broadcast', { event: 'api-bc-ex3', exclude: [] }), 'broadcast exclude []');
-    got = await expectDelivery(all, all, 'api-bc-ex3', null); // data omitted: clients get null
+    got = await expectDelivery(all, all, 'api-bc-ex3', null, { server }); // data omitted: clients get null
     assert.equal(res.delivered, got);
   });
 
@@ -259,7 +285,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     let res = ok(await post(server, `/api/rooms/${enc(room)}/broadcast`, { event: 'api-room-1', data }), 'room broadcast');
     assert.equal(res.success, true);
     assert.equal(res.roomName, room);
-    let got = await expectDelivery(all, members, 'api-room-1', data);
+    let got = await expectDelivery(all, members, 'api-room-1', data, { server });
     assert.equal(res.delivered, got, 'delivered vs observed');
     assert.equal(res.delivered, 20);
 
@@ -268,14 +294,14 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     res = ok(await post(server, `/api/rooms/${enc(room)}/broadcast`, { event: 'api-room-2', data: [1, 2], exclude: ex }), 'room broadcast exclude');
     const expected = clients.filter((c) => c.member && !ex.includes(c.user)).map((c) => c.s);
     assert.equal(expected.length, 16);
-    got = await expectDelivery(all, expected, 'api-room-2', [1, 2]);
+    got = await expectDelivery(all, expected, 'api-room-2', [1, 2], { server });
     assert.equal(res.delivered, got, 'delivered vs observed');
     assert.equal(res.delivered, 16);
 
     // A room nobody is in: 200, delivered 0, nothing received.
     res = ok(await post(server, `/api/rooms/${enc(uid('empty-room'))}/broadcast`, { event: 'api-room-3' }), 'broadcast to empty room');
     assert.equal(res.delivered, 0);
-    await sleep(200);
+    await apiBarrier(server, all);
     for (const s of all) assert.equal(received(s, 'api-room-3').length, 0);
   });
 
@@ -298,7 +324,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
       const event = `api-pe-${i}`;
       const res = ok(await post(server, `/api/rooms/${enc(name)}/broadcast`, { event, data: name }), `room ${JSON.stringify(name)}`);
       assert.equal(res.roomName, name, `roomName echoed for ${JSON.stringify(name)}`);
-      const got = await expectDelivery([a, b, outsider], [a, b], event, name, { graceMs: 100 });
+      const got = await expectDelivery([a, b, outsider], [a, b], event, name, { server });
       assert.equal(res.delivered, got, `delivered for ${JSON.stringify(name)}`);
       assert.equal(got, 2);
       a.disconnect();
@@ -320,7 +346,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     assert.equal(res.success, true);
     assert.equal(res.userId, target);
     assert.equal(res.online, true);
-    const got = await expectDelivery(all, ts, 'api-user-1', data);
+    const got = await expectDelivery(all, ts, 'api-user-1', data, { server });
     assert.equal(res.delivered, got);
     assert.equal(res.delivered, 3);
 
@@ -329,7 +355,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     const oddSocket = await connectAs(server.url, odd);
     res = ok(await post(server, `/api/users/${enc(odd)}/send`, { event: 'api-user-odd', data: 1 }), 'send to odd user id');
     assert.equal(res.userId, odd);
-    assert.equal(await expectDelivery([...all, oddSocket], [oddSocket], 'api-user-odd', 1, { graceMs: 100 }), 1);
+    assert.equal(await expectDelivery([...all, oddSocket], [oddSocket], 'api-user-odd', 1, { server }), 1);
     assert.equal(res.delivered, 1);
 
     // Offline user.
@@ -347,7 +373,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     res = ok(await post(server, `/api/users/${enc(target)}/send`, { event: 'api-user-3', data: 1 }), 'send after disconnect');
     assert.equal(res.delivered, 0);
     assert.equal(res.online, false);
-    await sleep(200);
+    await apiBarrier(server, all);
     for (const s of all) assert.equal(received(s, 'api-user-3').length, 0);
   });
 
@@ -364,7 +390,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
       const res = ok(await post(server, `/api/sockets/${enc(target.id)}/send`, { event, data: { i } }), `send to socket ${target.id} (shard ${shards.get(target.id)})`);
       assert.equal(res.success, true);
       assert.equal(res.socketId, target.id);
-      const got = await expectDelivery(all, [target], event, { i }, { graceMs: 150 });
+      const got = await expectDelivery(all, [target], event, { i }, { server });
       assert.equal(res.delivered, got);
       assert.equal(res.delivered, 1);
     }
@@ -393,7 +419,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     await waitUntil(async () => !(await shardMap(server)).has(goneId), 5000, () => 'socket still listed');
     const res = ok(await post(server, `/api/sockets/${enc(goneId)}/send`, { event: 'api-sock-bogus', data: 'gone' }), 'disconnected socket');
     assert.equal(res.delivered, 0);
-    await sleep(200);
+    await apiBarrier(server, all);
     for (const s of all) assert.equal(received(s, 'api-sock-bogus').length, 0, `socket ${s.id} got a bogus-id send`);
   });
 
@@ -426,13 +452,13 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     for (const r of res.results) assert.equal(r.success, true);
 
     const observed = [
-      await expectDelivery(all, [...as, anon], 'api-batch-all', 'all'),
-      await expectDelivery(all, [as[0], bs[0], bs[1]], 'api-batch-room', { r: 1 }, { graceMs: 0 }),
-      await expectDelivery(all, [bs[0], bs[1]], 'api-batch-room-ex', 2, { graceMs: 0 }),
-      await expectDelivery(all, as, 'api-batch-user', [ua], { graceMs: 0 }),
-      await expectDelivery(all, [], 'api-batch-ghost', 0, { graceMs: 0 }),
-      await expectDelivery(all, [anon], 'api-batch-socket', 'anon', { graceMs: 0 }),
-      await expectDelivery(all, [], 'api-batch-nosocket', undefined, { graceMs: 0 }),
+      await expectDelivery(all, [...as, anon], 'api-batch-all', 'all', { server }),
+      await expectDelivery(all, [as[0], bs[0], bs[1]], 'api-batch-room', { r: 1 }, { server }),
+      await expectDelivery(all, [bs[0], bs[1]], 'api-batch-room-ex', 2, { server }),
+      await expectDelivery(all, as, 'api-batch-user', [ua], { server }),
+      await expectDelivery(all, [], 'api-batch-ghost', 0, { server }),
+      await expectDelivery(all, [anon], 'api-batch-socket', 'anon', { server }),
+      await expectDelivery(all, [], 'api-batch-nosocket', undefined, { server }),
     ];
     assert.deepEqual(res.results.map((r) => r.delivered), observed, 'per-entry delivered vs observed');
     assert.deepEqual(observed, [4, 3, 2, 3, 0, 1, 0]);
@@ -502,7 +528,7 @@ describe('HTTP API with SHARDS=4 (API_KEY unset, loopback)', () => {
     ];
     for (const [what, body] of whole) clientError(await post(server, '/api/batch', body), 400, 'VALIDATION_ERROR', `batch: ${what}`);
 
-    await sleep(500);
+    await apiBarrier(server, all);
     const leaks = new Map(); // tag -> [events]
     for (const s of all) {
       for (const rec of s.inbox.events) {
@@ -861,7 +887,7 @@ describe('HTTP API with API_KEY set', () => {
         clientError(r, 401, 'UNAUTHORIZED', `${method} ${path} with ${what}`);
       }
     }
-    await sleep(300);
+    await apiBarrier(server, [s], { headers: { Authorization: `Bearer ${KEY}` } });
     assert.equal(received(s, 'api-key-leak').length, 0, 'an unauthorized publish reached the client');
 
     const auth = { Authorization: `Bearer ${KEY}` };
@@ -869,19 +895,20 @@ describe('HTTP API with API_KEY set', () => {
     assert.equal(st.connections, 1);
     const res = ok(await post(server, '/api/broadcast', { event: 'api-key-ok', data: 1 }, { headers: auth }), 'broadcast with key');
     assert.equal(res.delivered, 1);
-    assert.equal(await expectDelivery([s], [s], 'api-key-ok', 1, { graceMs: 100 }), 1);
+    assert.equal(await expectDelivery([s], [s], 'api-key-ok', 1, { server, headers: auth }), 1);
     // With the key, the usual 4xx answers come back.
     clientError(await get(server, '/api/nope', { headers: auth }), 404, 'NOT_FOUND', 'unknown route with key');
     clientError(await request(server, 'DELETE', '/api/stats', { headers: auth }), 405, 'METHOD_NOT_ALLOWED', 'wrong method with key');
     clientError(await post(server, '/api/broadcast', '{', { headers: auth }), 400, 'VALIDATION_ERROR', 'bad JSON with key');
   });
 
-  it('with API_KEY set, a non-loopback client with the key is answered', async (t) => {
-    const ip = nonLoopbackIPv4();
-    if (!ip) { t.skip('no non-loopback IPv4 interface on this machine'); return; }
-    const r = await get(server, '/api/stats', { host: ip, headers: { Authorization: `Bearer ${KEY}` } });
-    ok(r, `GET /api/stats via ${ip} with the key`);
-    clientError(await get(server, '/api/stats', { host: ip }), 401, 'UNAUTHORIZED', `GET /api/stats via ${ip} without the key`);
+  it('with API_KEY set, a non-loopback client with the key is answered', { skip: NETNS_SKIP }, async () => {
+    await withClientHost(async (host) => {
+      const url = `http://${host.serverIp}:${server.port}/api/stats`;
+      const r = await curlFrom(host, 'GET', url, { headers: { Authorization: `Bearer ${KEY}` } });
+      ok(r, `GET /api/stats from ${host.clientIp} with the key`);
+      clientError(await curlFrom(host, 'GET', url), 401, 'UNAUTHORIZED', `GET /api/stats from ${host.clientIp} without the key`);
+    });
   });
 });
 
@@ -897,12 +924,14 @@ describe('HTTP API with API_KEY unset', () => {
     assert.equal(ok(r, 'broadcast from loopback').delivered, 0);
   });
 
-  it('a non-loopback client is refused with 403 JSON (when this machine has a non-loopback address)', async (t) => {
-    const ip = nonLoopbackIPv4();
-    if (!ip) { t.skip('no non-loopback IPv4 interface on this machine; cannot test the loopback-only rule'); return; }
-    for (const [method, path, body] of [['GET', '/api/stats'], ['POST', '/api/broadcast', { event: 'x' }], ['GET', '/api/nope']]) {
-      const r = await request(server, method, path, { body, host: ip });
-      clientError(r, 403, 'FORBIDDEN', `${method} ${path} via ${ip}`);
-    }
+  it('a non-loopback client is refused with 403 JSON (from a host of its own in a network namespace)', { skip: NETNS_SKIP }, async () => {
+    await withClientHost(async (host) => {
+      for (const [method, path, body] of [['GET', '/api/stats'], ['POST', '/api/broadcast', { event: 'x' }], ['GET', '/api/nope']]) {
+        const r = await curlFrom(host, method, `http://${host.serverIp}:${server.port}${path}`, { body });
+        clientError(r, 403, 'FORBIDDEN', `${method} ${path} from ${host.clientIp}`);
+      }
+      // The same requests from loopback are answered: the rule is about the client's address.
+      ok(await get(server, '/api/stats'), 'GET /api/stats from 127.0.0.1');
+    });
   });
 });

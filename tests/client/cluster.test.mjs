@@ -16,7 +16,7 @@
 import { describe, before, after } from 'node:test';
 import {
   assert, it, emitWithAck, waitForEvent, received, assertSuccess, assertFailure, assertTimestamp,
-  sleep, waitUntil, uid,
+  sleep, waitUntil, uid, broadcastBarrier,
 } from './helpers.mjs';
 import {
   redisMissing, startRedis, startCluster, stopNodes, waitClusterSize, http, getJson, postJson, health, stats,
@@ -188,7 +188,9 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     const views = [[rA, ['A', 'B']], [rB, ['A', 'B']], [rC, ['A', 'B']], [sA, ['B']], [sB, ['A']]];
     await waitUntil(() => views.every(([s, tags]) => tags.every((t) => of(s, t).length >= N)), 10000,
       () => views.map(([s, tags]) => `${label(s)}: ${tags.map((t) => `${t}=${of(s, t).length}`).join(' ')}`).join('; '));
-    await sleep(300);
+    // Every relay was acked once Redis had it; a broadcast published after
+    // them comes back from Redis after them on every node.
+    await broadcastBarrier(A, views.map(([s]) => s));
     for (const [s, tags] of views) for (const t of tags) assert.deepEqual(of(s, t), want, `relays from sender ${t} as seen by ${label(s)}`);
     assert.equal(of(sA, 'A').length, 0, 'a sender never gets its own relays');
     assert.equal(of(sB, 'B').length, 0, 'a sender never gets its own relays');
@@ -495,7 +497,9 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
       // (a miss is recorded below with the rest, after at most 3 s).
       await waitUntil(() => ss.every((s, i) => received(s, 'user-joined', (d) => d.roomName === room).length >= 3 - acks[i].memberCount), 3000)
         .catch(() => {});
-      await sleep(150); // stray announcements
+      // Stray announcements: every join was acked once Redis had what it
+      // caused; a broadcast published after them comes back after them.
+      await broadcastBarrier(A, ss);
       ss.forEach((s, i) => {
         const heard = received(s, 'user-joined', (d) => d.roomName === room).map((d) => d.userId);
         const later = ss.filter((_, j) => acks[j].memberCount > acks[i].memberCount).map((x) => x.userId);

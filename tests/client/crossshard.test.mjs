@@ -5,7 +5,7 @@
 import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, connect, emitWithAck, waitForEvent, received, assertSuccess,
-  sleep, waitUntil, uid,
+  sleep, waitUntil, uid, broadcastBarrier,
 } from './helpers.mjs';
 
 const N_USERS = 100;
@@ -67,7 +67,7 @@ describe('cross-shard delivery (SHARDS=4, 200 clients)', () => {
     for (const order of joinOrder.values()) expectedTotal += (order.length * (order.length - 1)) / 2;
     const countAll = () => clients.reduce((n, c) => n + received(c.s, 'user-joined', (d) => d.roomName.startsWith('xs-room-')).length, 0);
     await waitUntil(() => countAll() >= expectedTotal, 20000, () => `user-joined ${countAll()}/${expectedTotal}`);
-    await sleep(500);
+    await broadcastBarrier(server, clients.map((c) => c.s));
     const problems = [];
     let reordered = 0;
     const idx = (sid) => clients.findIndex((c) => c.s.sid === sid);
@@ -117,7 +117,7 @@ describe('cross-shard delivery (SHARDS=4, 200 clients)', () => {
     for (const order of joinOrder.values()) expectedTotal += order.length * (order.length - 1) * K;
     const countAll = () => clients.reduce((n, c) => n + received(c.s, 'xs-relay').length, 0);
     await waitUntil(() => countAll() >= expectedTotal, 60000, () => `relays ${countAll()}/${expectedTotal}`, 100);
-    await sleep(1000);
+    await broadcastBarrier(server, clients.map((c) => c.s));
 
     const problems = [];
     for (const c of clients) {
@@ -173,7 +173,7 @@ describe('cross-shard delivery (SHARDS=4, 200 clients)', () => {
     const countSent = () => clients.reduce((n, c) => n + received(c.s, 'message-sent').length, 0);
     await waitUntil(() => countAll() >= expectedTotal && countSent() >= results.length, 30000,
       () => `private-message ${countAll()}/${expectedTotal}, message-sent ${countSent()}/${results.length}`, 100);
-    await sleep(1000);
+    await broadcastBarrier(server, clients.map((c) => c.s));
 
     const problems = [];
     const byMessage = new Map(results.map((r) => [r.message, r]));

@@ -138,10 +138,11 @@ process.on('exit', killAllOnExit);
  * which sets the open-file limits and then execs the broker (same pid).
  * Returns { url, port, pid, logs, child, stop(), exitPromise }.
  */
-export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [], nofile } = {}) {
-  const child = nofile
-    ? spawn('prlimit', [`--nofile=${nofile}`, '--', BIN, ...args], { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(BIN, args, { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServer(env = {}, { readyTimeoutMs = 20000, args = [], nofile, prefix = [] } = {}) {
+  // `prefix`: a command that runs the binary (`ip netns exec NAME`); it must
+  // exec it, so that the child's pid is the server's.
+  const command = nofile ? ['prlimit', `--nofile=${nofile}`, '--', ...prefix, BIN] : [...prefix, BIN];
+  const child = spawn(command[0], [...command.slice(1), ...args], { env: serverEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   const server = {
     child, pid: child.pid, logs: [], port: null, url: null, exited: null,
     stdoutText: () => server.logs.filter((l) => l.stream === 'stdout').map((l) => l.line).join('\n'),
@@ -385,6 +386,38 @@ export function waitForEvent(socket, name, timeoutMs = 5000, predicate = () => t
 }
 
 /** Resolve with the full argument list of the next `name` event. */
+/**
+ * Instead of a quiet window before checking that nothing more arrived from
+ * `sender`: it relays a marker to `roomName` and every receiver waits for
+ * it. Per-sender FIFO (README) puts everything the server sent those
+ * receivers from `sender` before the marker — a late duplicate included.
+ */
+export async function relayBarrier(sender, roomName, receivers, timeoutMs = 10000) {
+  const id = uid('barrier');
+  const got = receivers.map((r) => waitForEvent(r, 'barrier', timeoutMs, (d) => d && d.id === id));
+  assertSuccess(await emitWithAck(sender, 'custom-event', { event: 'barrier', data: { id }, roomName }));
+  await Promise.all(got);
+}
+
+/**
+ * Instead of a quiet window after requests that were all acknowledged (API
+ * publishes answered, relays and private messages acked, joins acked): a
+ * broadcast to all through the API (loopback, no API_KEY), awaited on every
+ * connected socket of `sockets`. An ack or an answer comes once the
+ * deliveries were handed to every shard, and each shard takes what it is
+ * handed in order and each socket has one queue, so anything those requests
+ * caused — a late duplicate included — reaches each socket before this.
+ */
+export async function broadcastBarrier(server, sockets, timeoutMs = 10000) {
+  const id = uid('barrier');
+  const got = sockets.filter((s) => s.connected).map((s) => waitForEvent(s, 'barrier', timeoutMs, (d) => d && d.id === id));
+  const res = await fetch(`${server.url}/api/broadcast`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ event: 'barrier', data: { id } }),
+  });
+  assert.equal(res.status, 200, `barrier broadcast: ${res.status} ${await res.text()}`);
+  await Promise.all(got);
+}
+
 export async function waitForEventArgs(socket, name, timeoutMs = 5000, predicate = () => true) {
   let args;
   await waitForEvent(socket, name, timeoutMs, (data, rec) => {

@@ -15,16 +15,23 @@ describe('RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST', () => {
 
   it('a burst over the limit is refused with RATE_LIMITED, then the client recovers', async () => {
     const socket = await connect(server.url, { transports: ['websocket'] });
+    const started = performance.now();
     const acks = await Promise.all(Array.from({ length: 12 }, () => emitWithAck(socket, 'ping', {})));
+    // The server handled the 12 within this span, so at most 5/s of it
+    // (rounded up) refilled the bucket: a loaded machine that spreads them
+    // out lets more through, but never more than the refill explains.
+    const refills = Math.ceil(((performance.now() - started) * 5) / 1000);
     const ok = acks.filter((a) => a.success === true).length;
     const limited = acks.filter((a) => a.success === false && a.code === 'RATE_LIMITED');
-    assert.ok(ok >= 5 && ok <= 6, `expected the burst of 5 (+ at most 1 refill) to pass, got ${ok}`);
+    assert.ok(ok >= 5 && ok <= 5 + refills, `expected the burst of 5 (+ at most ${refills} refilled in the span) to pass, got ${ok}`);
+    assert.ok(limited.length > 0, `some were refused: ${JSON.stringify(acks)}`);
     assert.equal(ok + limited.length, 12, JSON.stringify(acks));
     assertFailure(limited[0], 'RATE_LIMITED');
     // Without an ack, the refusal is an `error` event.
     const error = waitForEvent(socket, 'error', 3000, (e) => e.code === 'RATE_LIMITED');
     for (let i = 0; i < 3; i++) socket.emit('ping');
     assert.equal((await error).event, 'ping');
+    // A lower bound on the time: a slow machine only makes it longer (more refill).
     await sleep(1100);
     assertSuccess(await emitWithAck(socket, 'ping', {}), 'after a second the bucket has refilled');
   });
@@ -124,7 +131,15 @@ describe('ROOM_EVENTS=off', () => {
     assert.deepEqual(await relay, { x: 1 });
     assertSuccess(await emitWithAck(b, 'leave-room', { roomName: room }));
     b.disconnect();
-    await sleep(300);
+    // Instead of a quiet window: b's join and leave acks came after their
+    // announcements (if any) were sent, and a relay sent after those acks
+    // reaches `a` after anything sent before them (causal order, README
+    // "Ordering"), so an announcement would have come before the marker.
+    const c = await connectAs(server.url, uid('c'), { transports: ['websocket'] });
+    assertSuccess(await emitWithAck(c, 'join-room', { roomName: room }));
+    const marker = waitForEvent(a, 'marker', 3000);
+    assertSuccess(await emitWithAck(c, 'custom-event', { event: 'marker', data: 1, roomName: room }));
+    await marker;
     assert.equal(received(a, 'user-joined').length, 0, 'no user-joined');
     assert.equal(received(a, 'user-left').length, 0, 'no user-left');
   });

@@ -2,12 +2,15 @@
 // mostly through a raw Engine.IO/Socket.IO client on `ws`.
 
 import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, runToExit, connect, connectAs, connectExpectingError, makeSocket,
   emitWithAck, waitForEvent, expectNoEvent, received, rawConnect, parseSio, waitForDisconnect,
   assertTimestamp, assertFailure, assertSuccess, uid, sleep, waitUntil,
 } from './helpers.mjs';
+import { namespace, netnsMissing, requireNetns } from './netns-helpers.mjs';
 
 // ---------------------------------------------------------------------------
 describe('Engine.IO open packet and Socket.IO CONNECT', () => {
@@ -195,6 +198,74 @@ describe('the WebSocket handshake, however the request arrives', () => {
 });
 
 // ---------------------------------------------------------------------------
+describe('a client that half-closes after its request gets the whole answer', () => {
+  let server;
+  before(async () => { server = await startServer({}); });
+  after(async () => { await server?.stop(); });
+
+  /** Sends `request` and shuts the sending side: in the same segment
+   * (`socket.end(request)`), or `finAfterMs` later (the FIN on a segment
+   * of its own, after the server may already have read the request).
+   * Resolves with everything the server wrote until it closed. */
+  const halfClosed = (request, { finAfterMs } = {}) => new Promise((resolve, reject) => {
+    const socket = net.connect(server.port, '127.0.0.1', () => {
+      if (finAfterMs === undefined) socket.end(request);
+      else { socket.write(request); setTimeout(() => socket.end(), finAfterMs); }
+    });
+    const chunks = [];
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no close; got ${JSON.stringify(Buffer.concat(chunks).toString())}`)); }, 5000);
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('end', () => { clearTimeout(timer); resolve(Buffer.concat(chunks)); });
+    socket.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+
+  /** The status and body of one HTTP/1.1 answer; asserts the body is whole
+   * (as long as its Content-Length says) and that nothing follows it. */
+  const parseAnswer = (raw, what) => {
+    const split = raw.indexOf('\r\n\r\n');
+    assert.ok(split > 0, `${what}: no response head in ${JSON.stringify(raw.toString())}`);
+    const headText = raw.subarray(0, split).toString();
+    const body = raw.subarray(split + 4);
+    const length = /\r\ncontent-length: *(\d+)/i.exec(headText);
+    assert.ok(length, `${what}: no Content-Length in ${JSON.stringify(headText)}`);
+    assert.equal(body.length, Number(length[1]), `${what}: body cut short or followed by more: ${JSON.stringify(raw.toString())}`);
+    return { status: Number(/^HTTP\/1\.1 (\d{3}) /.exec(headText)?.[1]), body: body.toString() };
+  };
+
+  const requests = () => {
+    const host = `Host: 127.0.0.1:${server.port}\r\n`;
+    const body = JSON.stringify({ event: 'half-closed', data: { n: 1 } });
+    return [
+      ['GET /health', `GET /health HTTP/1.1\r\n${host}\r\n`, (r) => assert.equal(r.body, '{"status":"ok"}')],
+      ['POST /api/broadcast', `POST /api/broadcast HTTP/1.1\r\n${host}Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        (r) => assert.match(r.body, /"success":true/)],
+      ['GET /metrics', `GET /metrics HTTP/1.1\r\n${host}\r\n`, (r) => assert.match(r.body, /^# HELP /m) && assert.match(r.body, /\n$/)],
+    ];
+  };
+
+  // 50 rounds each: the FIN can land before, with or after the server's
+  // first read, and an answer dropped once in a while is the bug to catch.
+  for (const finAfterMs of [undefined, 0, 5]) {
+    const how = finAfterMs === undefined ? 'in the same segment (socket.end(request))' : `${finAfterMs} ms after the request`;
+    it(`FIN ${how}: /health, an API publish and /metrics are answered in full, 50 times each`, async () => {
+      for (const [what, request, check] of requests()) {
+        for (let round = 0; round < 50; round++) {
+          const answer = parseAnswer(await halfClosed(request, { finAfterMs }), `${what}, round ${round}`);
+          assert.equal(answer.status, 200, `${what}, round ${round}: ${answer.body}`);
+          check(answer);
+        }
+      }
+    });
+  }
+
+  it('a kept-alive connection that half-closes after its second request gets both answers', async () => {
+    const host = `Host: 127.0.0.1:${server.port}\r\n`;
+    const raw = (await halfClosed(`GET /health HTTP/1.1\r\n${host}\r\nGET /health HTTP/1.1\r\n${host}\r\n`)).toString();
+    assert.equal(raw.match(/HTTP\/1\.1 200 /g)?.length, 2, raw);
+  });
+});
+
+// ---------------------------------------------------------------------------
 describe('namespaces', () => {
   describe('default namespace /', () => {
     let server;
@@ -259,10 +330,15 @@ describe('namespaces', () => {
 });
 
 // ---------------------------------------------------------------------------
-describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
-  const INTERVAL = 300;
-  const TIMEOUT = 300;
-  const SLACK = 1000;
+// 1000/1000 rather than 300/300: the well-behaved clients here (node, on a
+// shared 2-core machine) must answer each ping within PING_TIMEOUT_MS, and
+// a test process stalled for 300 ms (GC, a busy neighbour) is not rare
+// there; a second is. SLACK stays under INTERVAL + TIMEOUT, so a server that
+// let a silent client live one round too long still fails the bounds.
+describe('heartbeat (PING_INTERVAL_MS=1000, PING_TIMEOUT_MS=1000)', () => {
+  const INTERVAL = 1000;
+  const TIMEOUT = 1000;
+  const SLACK = 1500;
   let server;
   before(async () => { server = await startServer({ PING_INTERVAL_MS: INTERVAL, PING_TIMEOUT_MS: TIMEOUT }); });
   after(async () => { await server?.stop(); });
@@ -289,8 +365,11 @@ describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
     const lifetime = closed.at - raw.openAt;
     assert.ok(raw.pings.length >= 1, 'the server must have sent at least one ping');
     assert.ok(lifetime <= INTERVAL + TIMEOUT + SLACK, `closed after ${lifetime} ms, expected ≤ ${INTERVAL + TIMEOUT} ms (+${SLACK} slack)`);
+    // Measured here, both ends late by this process's delays: a stall when
+    // the ping arrived shortens what we see, so half of TIMEOUT, which a
+    // server that closes at the ping (or does not wait) still fails.
     const graceAfterPing = closed.at - raw.pings[0];
-    assert.ok(graceAfterPing >= TIMEOUT - 100, `closed ${graceAfterPing} ms after the first ping; the client must get pingTimeout (${TIMEOUT} ms) to answer`);
+    assert.ok(graceAfterPing >= TIMEOUT / 2, `closed ${graceAfterPing} ms after the first ping; the client must get pingTimeout (${TIMEOUT} ms) to answer`);
 
     const left = await waitForEvent(member, 'user-left', SLACK, (d) => d.userId === ghost);
     assert.equal(left.roomName, room);
@@ -307,19 +386,21 @@ describe('heartbeat (PING_INTERVAL_MS=300, PING_TIMEOUT_MS=300)', () => {
   it('a client that answers pings stays connected', async () => {
     const raw = await rawConnect(server, { autoPong: true });
     await raw.connectNs('/');
-    await sleep(2000);
-    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
-    assert.ok(raw.pings.length >= 4, `expected a ping every ${INTERVAL} ms, got ${raw.pings.length} in 2 s`);
-    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
     const s = await connect(server.url);
-    await sleep(1500);
+    let sioPings = 0;
+    s.io.on('ping', () => { sioPings += 1; });
+    // Three rounds each: counted, not slept through.
+    await waitUntil(() => raw.pings.length >= 3 && sioPings >= 3, 10 * INTERVAL,
+      () => `pings: raw ${raw.pings.length}, socket.io ${sioPings}`);
+    assert.equal(raw.isOpen(), true, `closed: ${JSON.stringify(raw.closeInfo)}`);
+    assert.equal((await raw.emitWithAck(['ping']))[0].success, true);
     assert.equal(s.connected, true, `socket.io client disconnected: ${s.disconnectReason}`);
   });
 
   it('a client that stops answering is closed within interval + timeout of its last pong', async () => {
     const raw = await rawConnect(server, { autoPong: true });
     await raw.connectNs('/');
-    await waitUntil(() => raw.pings.length >= 3, 5000, () => `pings: ${raw.pings.length}`);
+    await waitUntil(() => raw.pings.length >= 3, 10 * INTERVAL, () => `pings: ${raw.pings.length}`);
     raw.autoPong = false;
     const lastPong = Date.now();
     const closed = await raw.waitClosed(INTERVAL + TIMEOUT + SLACK + 2000);
@@ -664,20 +745,27 @@ describe('configuration (SPEC §7)', () => {
     }
   });
 
-  it('PORT defaults to 3000', async (t) => {
-    const free = await new Promise((resolve) => {
-      const probe = net.createServer();
-      probe.once('error', () => resolve(false));
-      probe.listen(3000, '127.0.0.1', () => probe.close(() => resolve(true)));
-    });
-    if (!free) { t.skip('port 3000 is in use on this machine'); return; }
-    const server = await startServer({ PORT: undefined });
+  // In a network namespace of its own, where nothing else can hold 3000;
+  // the client (socket.io-client, over WebSocket) runs in there too.
+  it('PORT defaults to 3000', { skip: netnsMissing() }, async () => {
+    requireNetns();
+    const ns = namespace();
     try {
-      assert.equal(server.port, 3000);
-      const s = await connect('http://localhost:3000');
-      assertSuccess(await emitWithAck(s, 'ping'));
+      const server = await startServer({ PORT: undefined }, { prefix: ns.prefix });
+      try {
+        assert.equal(server.port, 3000);
+        const script = `import { io } from 'socket.io-client';
+          const s = io('http://localhost:3000', { transports: ['websocket'], reconnection: false, timeout: 5000 });
+          s.on('connect_error', (e) => { console.error('connect_error', e.message); process.exit(2); });
+          s.on('connect', () => s.emit('ping', {}, (ack) => { console.log(JSON.stringify(ack)); s.disconnect(); }));`;
+        const r = await ns.exec([process.execPath, '--input-type=module', '-e', script], { cwd: path.dirname(fileURLToPath(import.meta.url)) });
+        assert.equal(r.code, 0, `the client in ${ns.name}: exit ${r.code} ${r.signal ?? ''}\n${r.stdout}${r.stderr}`);
+        assertSuccess(JSON.parse(r.stdout.trim()));
+      } finally {
+        await server.stop();
+      }
     } finally {
-      await server.stop();
+      ns.remove();
     }
   });
 

@@ -4,6 +4,7 @@ import { describe, before, after } from 'node:test';
 import {
   assert, it, startServer, connectAs, emitWithAck, waitForEvent, expectNoEvent, assertNoEvent,
   received, assertTimestamp, assertFailure, assertSuccess, uid, sleep, waitUntil,
+  relayBarrier,
 } from './helpers.mjs';
 
 const join = async (s, roomName) => {
@@ -133,7 +134,7 @@ describe('rooms', () => {
     for (const r of [b, c]) {
       await waitUntil(() => received(r, 'seq').length >= N, 15000, () => `got ${received(r, 'seq').length}/${N}`);
     }
-    await sleep(300);
+    await relayBarrier(a, room, [b, c]);
     for (const r of [b, c]) {
       assert.deepEqual(received(r, 'seq').map((d) => d.i), Array.from({ length: N }, (_, i) => i), 'order and exactly-once');
     }
@@ -157,7 +158,8 @@ describe('rooms', () => {
     await waitUntil(() => received(c, 'tick').length >= 2 * N, 15000, () => `c got ${received(c, 'tick').length}`);
     await waitUntil(() => received(a, 'tick').length >= N && received(b, 'tick').length >= N, 15000,
       () => `a got ${received(a, 'tick').length}, b got ${received(b, 'tick').length}`);
-    await sleep(300);
+    await relayBarrier(a, room, [b, c]);
+    await relayBarrier(b, room, [a, c]);
     const seq = (s, from) => received(s, 'tick', (x) => x.from === from).map((x) => x.i);
     const all = Array.from({ length: N }, (_, i) => i);
     assert.deepEqual(seq(c, 'a'), all);

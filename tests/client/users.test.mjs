@@ -68,10 +68,16 @@ describe('a user with several connections (presence on, the default)', () => {
     // message-sent goes to the sending connection only.
     const sent = await waitForEvent(b1, 'message-sent');
     assert.equal(sent.messageId, ack.messageId);
-    await sleep(400);
-    for (const s of a) assert.equal(received(s, 'private-message').length, 1, 'exactly once per connection');
+    // Rather than a quiet window: a second message from the same sender
+    // reaches each connection after any duplicate of the first (per-sender
+    // FIFO), and its message-sent comes after the first's.
+    const marker = await emitWithAck(b1, 'private-message', { targetUserId: alice, message: 'marker' });
+    assertSuccess(marker, 'marker');
+    await Promise.all(a.map((s) => waitForEvent(s, 'private-message', 5000, (pm) => pm.messageId === marker.messageId)));
+    await waitForEvent(b1, 'message-sent', 5000, (m) => m.messageId === marker.messageId);
+    for (const s of a) assert.equal(received(s, 'private-message', (pm) => pm.messageId === ack.messageId).length, 1, 'exactly once per connection');
     assertNoEvent(b2, 'message-sent', () => true, "the sender's other connection");
-    assert.equal(received(b1, 'message-sent').length, 1);
+    assert.equal(received(b1, 'message-sent', (m) => m.messageId === ack.messageId).length, 1);
     for (const s of [b1, b2, carol]) assertNoEvent(s, 'private-message', () => true, 'not the target');
   });
 

@@ -13,8 +13,10 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use super::Outbox;
+use crate::transport::Traffic;
 
 thread_local! {
     static FLUSHER: Flusher = Flusher::default();
@@ -40,8 +42,43 @@ pub(super) fn schedule(outbox: Rc<Outbox>) {
     });
 }
 
+/// The publish times of what one pass wrote whole, as runs of equal values:
+/// a broadcast's frame is shared by every recipient, so the sockets of one
+/// pass that got the same publish make one run.
+///
+/// Recorded with one clock read at the end of the pass rather than one per
+/// `sendmsg`: the pass exists to make a broadcast cost one loop of system
+/// calls, and a clock read per socket would add to each. The value is thus
+/// when the pass ended — for the first socket of a long pass later than its
+/// own write, by at most the pass's length, which is itself part of what
+/// the last recipient waits.
+#[derive(Default)]
+pub(super) struct Written {
+    runs: Vec<(Instant, u32, Rc<Traffic>)>,
+}
+
+impl Written {
+    pub(super) fn add(&mut self, published_at: Instant, traffic: &Rc<Traffic>) {
+        match self.runs.last_mut() {
+            Some((at, count, same)) if *at == published_at && Rc::ptr_eq(same, traffic) => *count += 1,
+            _ => self.runs.push((published_at, 1, traffic.clone())),
+        }
+    }
+
+    pub(super) fn record(&mut self) {
+        if self.runs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (published_at, count, traffic) in self.runs.drain(..) {
+            traffic.written_latency.record(now.saturating_duration_since(published_at), count);
+        }
+    }
+}
+
 async fn run() {
     let mut batch = Vec::new();
+    let mut written = Written::default();
     loop {
         poll_fn(|cx| {
             FLUSHER.with(|flusher| {
@@ -58,7 +95,8 @@ async fn run() {
         })
         .await;
         for outbox in batch.drain(..) {
-            outbox.write_now();
+            outbox.write_now(&mut written);
         }
+        written.record();
     }
 }

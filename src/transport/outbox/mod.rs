@@ -22,6 +22,7 @@ use std::io::IoSlice;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use crate::protocol::wsframe::OutFrame;
 
@@ -69,6 +70,11 @@ pub struct Outbox {
     direct: RefCell<Option<Direct>>,
     /// In the flusher's list for this scheduler pass.
     scheduled: Cell<bool>,
+    /// When the oldest published frame still queued was published (for
+    /// `shardcast_broadcast_written_seconds`). One per outbox, not one per
+    /// frame: frames stay 40 bytes, and a write that empties the queue
+    /// records one sample, at the oldest frame it carried.
+    published_at: Cell<Option<Instant>>,
     limit: usize,
 }
 
@@ -104,6 +110,7 @@ impl Outbox {
             front_written: Cell::new(0),
             direct: RefCell::new(None),
             scheduled: Cell::new(false),
+            published_at: Cell::new(None),
             limit,
         }
     }
@@ -128,6 +135,22 @@ impl Outbox {
             self.wake();
         }
         Pushed::Queued
+    }
+
+    /// [`push`](Self::push) for a published message (a relay, a broadcast,
+    /// an API publish): its write to the socket is timed from `published_at`.
+    pub fn push_published(&self, frame: OutFrame, published_at: Instant) -> Pushed {
+        let pushed = self.push(frame);
+        if pushed == Pushed::Queued && self.published_at.get().is_none() {
+            self.published_at.set(Some(published_at));
+        }
+        pushed
+    }
+
+    /// When the oldest published frame queued now was published (forgotten
+    /// here): the writer task takes it with the frames it takes.
+    pub fn take_published_at(&self) -> Option<Instant> {
+        self.published_at.take()
     }
 
     /// Lets the shard's flusher write to `fd` while the writer task waits;
@@ -156,8 +179,10 @@ impl Outbox {
 
     /// The flusher's turn: writes what is queued without waiting. If the
     /// socket takes only part of it (or something went wrong), the rest is
-    /// left for the writer task, which waits for the socket.
-    pub(super) fn write_now(&self) {
+    /// left for the writer task, which waits for the socket. When it wrote
+    /// everything and that included published frames, adds the oldest
+    /// one's publish time to `written`, for the socket's shard.
+    fn write_now(&self, written: &mut flusher::Written) {
         self.scheduled.set(false);
         if self.writing.get() || self.is_closing() {
             return;
@@ -188,6 +213,9 @@ impl Outbox {
         }
         drop(queue);
         if done {
+            if let Some(published_at) = self.published_at.take() {
+                written.add(published_at, &direct.traffic);
+            }
             if let Some(waker) = self.flush_waker.take() {
                 waker.wake();
             }
@@ -228,6 +256,7 @@ impl Outbox {
     /// Ends the connection without flushing (keeps the first reason given).
     pub fn abort(&self, reason: CloseReason) {
         self.queue.borrow_mut().clear();
+        self.published_at.set(None);
         if self.closing.borrow().is_none() {
             self.set_closing(reason);
         }
@@ -294,6 +323,9 @@ impl Outbox {
     pub fn take_up_to(&self, max: usize) -> VecDeque<OutFrame> {
         let mut queue = self.queue.borrow_mut();
         if queue.len() <= max {
+            // Not timed: a polling client's packets wait for its next GET,
+            // which is its round trip, not the broker's latency.
+            self.published_at.set(None);
             return std::mem::take(&mut *queue);
         }
         queue.drain(..max).collect()
@@ -458,10 +490,40 @@ mod tests {
             outbox.queue.borrow_mut().push_back(frame());
         }
         assert!(outbox.queue.borrow().capacity() >= 200);
-        outbox.write_now();
+        outbox.write_now(&mut flusher::Written::default());
         assert!(outbox.is_empty());
         assert_eq!(outbox.queue.borrow().capacity(), 0, "an idle connection holds no write buffer");
         assert_eq!(traffic.bytes_out.get(), 200 * frame().wire().len() as u64);
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_whole_write_of_published_frames_is_timed_once_from_the_oldest() {
+        use std::os::fd::AsRawFd;
+        use std::time::Duration;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let outbox = Rc::new(Outbox::new(1024));
+        let traffic = Rc::new(Traffic::default());
+        let _guard = outbox.write_directly(ours.as_raw_fd(), &traffic);
+        outbox.scheduled.set(true); // no flusher task here: write by hand
+        let older = Instant::now() - Duration::from_millis(50);
+        outbox.push(frame()); // a reply: not timed
+        outbox.push_published(frame(), older);
+        outbox.push_published(frame(), Instant::now());
+        let mut written = flusher::Written::default();
+        outbox.write_now(&mut written);
+        assert!(outbox.is_empty());
+        written.record();
+        let samples = traffic.written_latency.take();
+        assert_eq!(samples.runs.len(), 1, "one sample per write: {samples:?}");
+        assert_eq!(samples.runs[0].1, 1);
+        assert!(samples.runs[0].0 >= 0.05, "timed from the oldest publish: {samples:?}");
+        // Nothing published since: the next write records nothing.
+        outbox.scheduled.set(true);
+        outbox.push(frame());
+        outbox.write_now(&mut written);
+        written.record();
+        assert!(traffic.written_latency.take().runs.is_empty());
         drop(theirs);
     }
 
