@@ -111,6 +111,7 @@ impl ShardCounters {
             latency_samples: std::mem::take(&mut *self.latency_samples.borrow_mut()),
             latency_overflow: std::mem::take(&mut *self.latency_overflow.borrow_mut()).to_vec(),
             http_requests: self.http_requests.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
+            table_entries: Vec::new(),
         }
     }
 }
@@ -133,4 +134,7 @@ pub struct CounterSnapshot {
     /// Per bucket of [`LATENCY_BUCKETS`] (plus one above them): samples past the cap.
     pub latency_overflow: Vec<u64>,
     pub http_requests: Vec<((&'static str, u16), u64)>,
+    /// Entries in the shard's tables, by table (filled in by the shard, not
+    /// the counters: see `Shard::table_entries`).
+    pub table_entries: Vec<(&'static str, usize)>,
 }
