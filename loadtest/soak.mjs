@@ -12,7 +12,7 @@
 // Sizes from the environment (defaults are the CI size):
 //   SOAK_CONNECTIONS (600)  clients connected at once; each one that ends is replaced at once
 //   SOAK_SECONDS (45)       churn duration
-//   SOAK_LIFE_MS (4000-16000)  a client's life, uniform in the range
+//   SOAK_LIFE_MIN_MS (4000), SOAK_LIFE_MAX_MS (16000)  a client's life, uniform in the range
 //   SOAK_ACTION_MS (1000)   mean pause between a client's requests
 //   SOAK_WORKERS (2)        child processes holding SOAK_WORKER_SHARE (0.4) of the clients; one is SIGKILLed
 //   SOAK_KILL_EVERY_S (8)   every this many seconds (and replaced)
@@ -22,12 +22,17 @@
 //   SOAK_MIX (0.4,0.3)      shares of WebSocket-only and polling-only clients; the rest start on polling and upgrade
 //   SOAK_RSS_SLACK_MIB (8), SOAK_RSS_SLACK_FRACTION (0.10)  RSS allowed above the start at the end (see below)
 //   SOAK_MAX_DROPPED (0.01) share of connections the heartbeat may drop
+//   SOAK_ACK_TIMEOUT_MS (20000)  an ack later than this is an error
 //
 // ## Who must receive what: the delivery window
 //
 // Every time below is `Date.now()` on this machine (one wall clock shared by
 // the parent and its child processes, millisecond resolution; comparisons are
 // strict, so two events in the same millisecond are never taken as ordered).
+// Each time is taken on the safe side: a send time just before the request is
+// handed to the client library, a receive time when the code that saw the
+// ack or event runs (a busy event loop can only make it later). Both make a
+// window wider and the set of connections required to have it smaller.
 //
 // A message X has a send time s(X) (taken just before the request is
 // written: the HTTP publish, the `custom-event` or `private-message` emit)
@@ -59,10 +64,10 @@
 // *Forbidden* (counted as misdelivered): a room message reaching a connection
 // that had not sent a `join-room` for that room before the message was
 // acknowledged, or whose `leave-room` for it was acknowledged before the
-// message was sent (a tie in the millisecond is given the benefit of the doubt), or reaching its own sender; a user message reaching a
-// connection not (being) authenticated as that user before the ack; a
-// message no sender recorded (unless its sender's process was killed before
-// it could report).
+// message was sent, or reaching its own sender; a user message reaching a
+// connection that had not asked to be that user before the ack; a message
+// no sender recorded (unless its sender's process was killed before it could
+// report). A tie in the millisecond is given the benefit of the doubt.
 //
 // *Order*: every sender (each HTTP lane, each client) numbers its messages
 // and sends one only after the previous one's answer; each connection must
