@@ -73,6 +73,7 @@ impl Metrics {
             let mut refused = std::collections::BTreeMap::new();
             let mut http = std::collections::BTreeMap::new();
             let mut open_connections = 0;
+            let mut tables = std::collections::BTreeMap::new();
             for (index, (stats, counters)) in shards.iter().enumerate() {
                 gauge!("shardcast_shard_connections", "shard" => index.to_string()).set(counters.open_connections as f64);
                 gauge!("shardcast_shard_sockets", "shard" => index.to_string()).set(stats.connections as f64);
@@ -95,6 +96,9 @@ impl Metrics {
                     for (label, n) in list {
                         *map.entry(*label).or_insert(0u64) += n;
                     }
+                }
+                for (table, n) in &counters.table_entries {
+                    *tables.entry(*table).or_insert(0usize) += n;
                 }
                 for ((route, status), n) in &counters.http_requests {
                     *http.entry((*route, *status)).or_insert(0u64) += n;
@@ -127,6 +131,11 @@ impl Metrics {
             gauge!("shardcast_online_users").set(users as f64);
             gauge!("shardcast_tcp_connections").set(budget.open_connections() as f64);
             gauge!("shardcast_connection_capacity").set(budget.capacity.connections as f64);
+            for (table, n) in tables {
+                gauge!("shardcast_table_entries", "table" => table).set(n as f64);
+            }
+            gauge!("shardcast_live_objects", "kind" => "socket").set(crate::shard::live_conns() as f64);
+            gauge!("shardcast_live_objects", "kind" => "outbox").set(crate::transport::outbox::live_outboxes() as f64);
             for (reason, n) in refused {
                 counter!("shardcast_connections_refused_total", "reason" => reason).absolute(n);
             }
@@ -211,6 +220,14 @@ fn describe_all() {
     describe_gauge!("shardcast_rooms", "Rooms with at least one member.");
     describe_gauge!("shardcast_online_users", "Users with at least one authenticated connection.");
     describe_gauge!("shardcast_shard_queue_depth", "Messages waiting in a shard's cross-shard inbox.");
+    describe_gauge!(
+        "shardcast_table_entries",
+        "Entries in the shards' tables, by table (sessions, local_* delivery tables, home_* records; nested entries counted); all 0 with no client."
+    );
+    describe_gauge!(
+        "shardcast_live_objects",
+        "Socket (kind=socket) and session queue (kind=outbox) objects alive in the process, held by a table or not; 0 with no client."
+    );
     describe_gauge!(
         "shardcast_tcp_connections",
         "Open TCP connections (sessions and HTTP requests alike), what the connection capacity is compared against."

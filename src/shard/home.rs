@@ -134,6 +134,17 @@ impl HomeTables {
     pub fn online_count(&self) -> usize {
         self.users.len()
     }
+
+    /// Entries held, table by table (the `shardcast_table_entries` gauge):
+    /// all back to 0 once every client is gone, or something leaked.
+    pub fn entries(&self) -> [(&'static str, usize); 4] {
+        [
+            ("home_rooms", self.rooms.len()),
+            ("home_room_users", self.rooms.values().map(|r| r.users.len()).sum()),
+            ("home_users", self.users.len()),
+            ("home_user_shards", self.users.values().map(|u| u.shards.len()).sum()),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,8 +32,25 @@ pub struct Conn {
     pub last_activity: Cell<SystemTime>,
 }
 
+/// [`Conn`]s alive in the process, whether or not a table still holds them
+/// (the `shardcast_live_objects{kind="socket"}` gauge): a socket kept alive
+/// by a forgotten `Rc` shows here after it has left every table. Touched
+/// only when a socket is made or freed, never per message.
+static LIVE_CONNS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn live_conns() -> usize {
+    LIVE_CONNS.load(Ordering::Relaxed)
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        LIVE_CONNS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Conn {
     pub fn new(id: SocketId, outbox: Rc<Outbox>, transport: &'static str) -> Conn {
+        LIVE_CONNS.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now();
         Conn {
             id,
@@ -94,6 +112,17 @@ impl LocalTables {
 
     pub fn len(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Entries held, table by table (the `shardcast_table_entries` gauge).
+    pub fn entries(&self) -> [(&'static str, usize); 5] {
+        [
+            ("local_sockets", self.conns.len()),
+            ("local_rooms", self.rooms.len()),
+            ("local_room_members", self.rooms.values().map(|m| m.len()).sum()),
+            ("local_users", self.users.len()),
+            ("local_user_sockets", self.users.values().map(|c| c.len()).sum()),
+        ]
     }
 
     /// Puts a socket in the room's delivery table, if it is still here and

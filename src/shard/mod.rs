@@ -71,7 +71,7 @@ use sessions::Sessions;
 
 pub use cluster::{ClusterAnswers, ClusterCmd, ClusterLink, ClusterQuery, ClusterStatus, Here, Remote};
 pub use id::{node_tag, SocketId};
-pub use local::Conn;
+pub use local::{live_conns, Conn};
 pub use messages::{Answer, ConnectionInfo, Delivery, ExceptNames, Query, RoomInfo, ShardMsg, ShardStats, Target};
 pub use router::{run_inbox, Router, ShardInbox};
 pub use stats::{CounterSnapshot, ShardCounters};
@@ -466,13 +466,28 @@ impl Shard {
         ShardStats { connections: self.local.borrow().len(), rooms: home.room_count(), online_users: home.online_count() }
     }
 
+    /// How many entries each of this shard's tables holds: sessions, local
+    /// and home tables, nested entries included. With no client connected
+    /// every one is 0; the soak (`loadtest/soak.mjs`) checks that after
+    /// thousands of connections came and went.
+    fn table_entries(&self) -> Vec<(&'static str, usize)> {
+        let mut entries = vec![("sessions", self.sessions.borrow().len())];
+        entries.extend(self.local.borrow().entries());
+        entries.extend(self.home.borrow().entries());
+        entries
+    }
+
     fn answer(&self, query: Query) -> Answer {
         match query {
             Query::Connections { user } => Answer::Connections(self.local.borrow().connections(user.as_deref(), self.index)),
             Query::Rooms => Answer::Rooms(self.home.borrow().rooms()),
             Query::Stats => Answer::Stats(self.stats()),
             Query::UserOnline { user } => Answer::UserOnline(self.home.borrow().is_online(&user)),
-            Query::Metrics => Answer::Metrics(self.stats(), self.counters.snapshot()),
+            Query::Metrics => {
+                let mut counters = self.counters.snapshot();
+                counters.table_entries = self.table_entries();
+                Answer::Metrics(self.stats(), counters)
+            }
         }
     }
 
@@ -597,6 +612,18 @@ mod tests {
             }
             let total: usize = shards.iter().map(|s| s.local.borrow().len()).sum();
             assert_eq!(total, conns.len());
+            // Once every socket is gone, no table holds anything (what
+            // `shardcast_table_entries` shows and the soak checks), and no
+            // table holds on to a socket.
+            for (s, conn) in conns.drain(..) {
+                shards[s].remove_conn(&conn, |_| None);
+                shards.iter().for_each(|s| s.catch_up());
+                assert_eq!(Rc::strong_count(&conn), 1, "seed {seed}: a table still holds a gone socket");
+            }
+            for shard in &shards {
+                let left: Vec<_> = shard.table_entries().into_iter().filter(|(_, n)| *n > 0).collect();
+                assert!(left.is_empty(), "seed {seed}: shard {} holds {left:?} with no socket", shard.index);
+            }
         }
     }
 }

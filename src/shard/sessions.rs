@@ -57,7 +57,7 @@ impl Sessions {
         self.live.get(&sid).and_then(|live| live.polling.clone())
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.live.len()
     }
 

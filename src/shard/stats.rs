@@ -112,6 +112,7 @@ impl ShardCounters {
             latency_overflow: std::mem::take(&mut *self.latency_overflow.borrow_mut()).to_vec(),
             written_latency: self.traffic.written_latency.take(),
             http_requests: self.http_requests.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
+            table_entries: Vec::new(),
         }
     }
 }
@@ -136,4 +137,7 @@ pub struct CounterSnapshot {
     /// Publish → written to the socket (see [`crate::transport::Traffic`]).
     pub written_latency: LatencySnapshot,
     pub http_requests: Vec<((&'static str, u16), u64)>,
+    /// Entries in the shard's tables, by table (filled in by the shard, not
+    /// the counters: see `Shard::table_entries`).
+    pub table_entries: Vec<(&'static str, usize)>,
 }

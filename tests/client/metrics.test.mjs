@@ -285,6 +285,9 @@ const ROUTES = ['/socket.io/', '/health', '/ready', '/metrics', 'other', '/api/o
   '/api/connections', '/api/rooms', '/api/stats', '/api/users/{userId}'];
 const DROP_REASONS = ['slow_consumer'];
 const REFUSE_REASONS = ['capacity', 'descriptors'];
+const TABLES = ['sessions', 'local_sockets', 'local_rooms', 'local_room_members', 'local_users', 'local_user_sockets',
+  'home_rooms', 'home_room_users', 'home_users', 'home_user_shards'];
+const LIVE_KINDS = ['socket', 'outbox'];
 
 // Cluster mode's metrics (REDIS_URL set), none of them labelled.
 const CLUSTER_METRICS = {
@@ -317,6 +320,8 @@ function assertBoundedLabels(m, shards) {
     code: CODES,
     scope: SCOPES,
     route: ROUTES,
+    table: TABLES,
+    kind: LIVE_KINDS,
   };
   for (const s of m.samples) {
     for (const [k, v] of Object.entries(s.labels)) {
@@ -509,6 +514,13 @@ describe('/metrics: gauges follow connections however they end (SHARDS=2)', () =
       'GET /api/stats agrees with /metrics',
     );
     assert.equal(val(m1, 'shardcast_connections_opened_total'), 10);
+    // The tables behind the gauges, entry by entry: 10 sessions and sockets,
+    // 11 room memberships in 4 rooms, whose home records hold 2+2+2+1 users.
+    const entries = (m) => Object.fromEntries(['sessions', 'local_sockets', 'local_room_members', 'local_user_sockets',
+      'home_rooms', 'home_room_users', 'home_users'].map((table) => [table, val(m, 'shardcast_table_entries', { table })]));
+    assert.deepEqual(entries(m1), { sessions: 10, local_sockets: 10, local_room_members: 11, local_user_sockets: 10,
+      home_rooms: 4, home_room_users: 7, home_users: 6 }, 'shardcast_table_entries with 10 clients');
+    assert.equal(val(m1, 'shardcast_live_objects', { kind: 'socket' }), 10, 'live sockets');
 
     // 2. A separate client process with 4 connections (4 new users; 2 join an
     // existing room, 2 a new one), killed with SIGKILL: no close handshake.
@@ -563,6 +575,15 @@ describe('/metrics: gauges follow connections however they end (SHARDS=2)', () =
     for (const s of m6.samples.filter((x) => x.name === 'shardcast_shard_connections' || x.name === 'shardcast_shard_sockets')) {
       assert.equal(s.value, 0, `${seriesKey(s.name, s.labels)} (per shard before: ${perShard.join(' ')})`);
     }
+    // Every table entry and every socket and session object is gone too
+    // (what loadtest/soak.mjs checks after thousands of connections).
+    let left;
+    await waitUntil(async () => {
+      const m = await scrape(server);
+      left = m.samples.filter((x) => (x.name === 'shardcast_table_entries' || x.name === 'shardcast_live_objects') && x.value !== 0)
+        .map((x) => `${seriesKey(x.name, x.labels)} ${x.value}`);
+      return left.length === 0;
+    }, 5000, () => `left after every client went: ${left.join(', ')}`, 50);
   });
 });
 

@@ -47,6 +47,22 @@ pub enum Pushed {
     Closed,
 }
 
+/// Outboxes alive in the process (one per Engine.IO session; the
+/// `shardcast_live_objects{kind="outbox"}` gauge): one held past its
+/// session's end by a forgotten `Rc` shows here. Touched only when a session
+/// opens or is freed.
+static LIVE_OUTBOXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn live_outboxes() -> usize {
+    LIVE_OUTBOXES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        LIVE_OUTBOXES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Outbox {
     queue: RefCell<VecDeque<OutFrame>>,
     waker: Cell<Option<Waker>>,
@@ -97,6 +113,7 @@ impl Drop for DirectGuard<'_> {
 
 impl Outbox {
     pub fn new(limit: usize) -> Outbox {
+        LIVE_OUTBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outbox {
             queue: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
