@@ -38,7 +38,9 @@ use crate::transport::polling::PollError;
 pub struct Endpoint {
     pub handler: Handler,
     pub config: Arc<Config>,
-    pub engine: Settings,
+    /// Shared, not copied into each session: a WebSocket session's future
+    /// holds a pointer to it rather than 80 bytes.
+    pub engine: Arc<Settings>,
 }
 
 /// What an Engine.IO endpoint serves.
@@ -306,7 +308,7 @@ pub(crate) fn serve_websocket(
 
 /// Opens a polling session on this shard; returns the handshake body.
 fn open_polling(shard: &Rc<Shard>, endpoint: &Endpoint) -> Bytes {
-    let settings = endpoint.engine.clone();
+    let settings = Settings::clone(&endpoint.engine);
     match &endpoint.handler {
         Handler::SocketIo(context) => shard.open_polling(EngineSession::new(shard.clone(), context.clone()), settings),
         Handler::App(factory) => {

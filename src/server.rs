@@ -150,7 +150,7 @@ impl Server {
             None => None,
         };
         let config = Arc::new(config);
-        let endpoint = |handler| Endpoint { handler, config: config.clone(), engine: engine.clone() };
+        let endpoint = |handler| Endpoint { handler, config: config.clone(), engine: Arc::new(engine.clone()) };
         let services = Arc::new(Services {
             config: config.clone(),
             broker,

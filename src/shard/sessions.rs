@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -78,21 +79,25 @@ impl Shard {
     /// upgrade, else empty (see `websocket::run`).
     /// `connection` is held until the session ends (the connection's place
     /// in the open-connection count).
-    pub async fn serve_websocket<H: EngineHandler, C>(
+    ///
+    /// Not an `async fn`, for the reason `websocket::run` gives: this future
+    /// is what an idle WebSocket connection is.
+    pub fn serve_websocket<H: EngineHandler, C>(
         self: Rc<Self>,
         handler: H,
-        settings: Settings,
+        settings: Arc<Settings>,
         stream: TcpStream,
         already_read: Bytes,
         preamble: Vec<u8>,
         connection: C,
-    ) {
-        let sid = self.open_session(&handler, "websocket", None);
-        let traffic = &self.counters.traffic;
-        let reason = websocket::run(stream, already_read, preamble, &sid.to_string(), &settings, traffic, &handler).await;
-        // The connection has ended: nothing more to let go of.
-        self.close_session(sid, &handler, &reason, async {}).await;
-        drop(connection);
+    ) -> impl Future<Output = ()> {
+        async move {
+            let sid = self.open_session(&handler, "websocket", None);
+            let reason = websocket::run(stream, already_read, preamble, sid, &settings, &self.counters.traffic, &handler).await;
+            // The connection has ended: nothing more to let go of.
+            self.close_session(sid, &handler, &reason, async {}).await;
+            drop(connection);
+        }
     }
 
     /// Opens a long-polling session on this shard and spawns its owner task

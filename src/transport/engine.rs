@@ -201,16 +201,12 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &LastPong) -> CloseReason {
     // The origin of the ping grid every session shares (see `Heartbeat`).
     static PING_GRID_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let opened = Instant::now();
-    let epoch = *PING_GRID_EPOCH.get_or_init(|| opened.into_std());
-    let mut heartbeat = Heartbeat::new(
-        opened.into_std(),
-        settings.ping_interval,
-        settings.ping_timeout,
-        settings.connect_timeout,
-        epoch,
-    );
-    let sleep = tokio::time::sleep_until(opened);
+    let mut heartbeat = {
+        let opened = std::time::Instant::now();
+        let epoch = *PING_GRID_EPOCH.get_or_init(|| opened);
+        Heartbeat::new(opened, settings.ping_interval, settings.ping_timeout, settings.connect_timeout, epoch)
+    };
+    let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     std::future::poll_fn(|cx| loop {
         match heartbeat.step(Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {

@@ -40,9 +40,8 @@ pub struct Heartbeat {
     next_ping: Instant,
     /// When the ping awaiting its pong counts as sent.
     ping_sent: Option<Instant>,
-    /// The ping grid: its origin and step.
+    /// The origin of the ping grid (its step follows from the interval).
     epoch: Instant,
-    grid: Duration,
 }
 
 impl Heartbeat {
@@ -55,7 +54,6 @@ impl Heartbeat {
         connect_timeout: Duration,
         epoch: Instant,
     ) -> Heartbeat {
-        let grid = (ping_interval / GRID_DIVISOR).min(GRID_MAX);
         let mut heartbeat = Heartbeat {
             ping_interval,
             ping_timeout,
@@ -63,7 +61,6 @@ impl Heartbeat {
             next_ping: opened,
             ping_sent: None,
             epoch,
-            grid,
         };
         heartbeat.next_ping = heartbeat.on_grid(opened + ping_interval);
         heartbeat
@@ -71,7 +68,7 @@ impl Heartbeat {
 
     /// `due`, moved back to the last grid point at or before it.
     fn on_grid(&self, due: Instant) -> Instant {
-        let grid = self.grid.as_nanos();
+        let grid = (self.ping_interval / GRID_DIVISOR).min(GRID_MAX).as_nanos();
         if grid == 0 || due < self.epoch {
             return due;
         }

@@ -10,6 +10,7 @@
 //! Memory: an idle connection holds no read buffer (we wait for readability
 //! before allocating one and release it once drained) and no write buffer.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -39,36 +40,47 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// open packet first, behind `preamble` (the 101 response when the listener
 /// answered the upgrade itself, else empty): both leave in one segment. A
 /// session that starts on WebSocket has nowhere to upgrade to.
-pub async fn run<H: EngineHandler>(
+///
+/// Not an `async fn`: one would keep a second copy of every argument in the
+/// future (its parameters, then the locals they are moved into), and this
+/// future is most of what an idle connection costs.
+pub fn run<'a, H: EngineHandler>(
     mut stream: TcpStream,
     already_read: Bytes,
     preamble: Vec<u8>,
-    sid: &str,
-    settings: &Settings,
-    traffic: &Rc<Traffic>,
-    handler: &H,
-) -> CloseReason {
-    // Written before anything can be queued: nothing else can come first.
-    let open = engineio::open_frame(&settings.open_info(sid, &[]));
-    let written = write_first(&mut stream, &preamble, open.wire()).await;
-    // Not kept for the life of the connection.
-    drop(preamble);
-    if written.is_err() {
-        return CloseReason::TransportError;
-    }
-    traffic.sent(open.wire().len());
-    let last_pong = LastPong::new(Instant::now());
-    let heartbeat = supervise(settings, handler, &last_pong);
-    let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
-    tokio::pin!(heartbeat, session);
-    tokio::select! {
-        reason = &mut session => reason,
-        reason = &mut heartbeat => {
-            // A missed deadline: say why with a close frame (if the client
-            // can still read it) and let the writer finish, briefly.
-            handler.outbox().close_for(reason.clone());
-            let _ = tokio::time::timeout(CLOSE_GRACE, &mut session).await;
-            reason
+    sid: impl std::fmt::Display + 'a,
+    settings: &'a Settings,
+    traffic: &'a Rc<Traffic>,
+    handler: &'a H,
+) -> impl Future<Output = CloseReason> + 'a {
+    async move {
+        {
+            // Written before anything can be queued: nothing else can come first.
+            let open = engineio::open_frame(&settings.open_info(&sid.to_string(), &[]));
+            let written = write_first(&mut stream, &preamble, open.wire()).await;
+            // Not kept for the life of the connection.
+            drop(preamble);
+            if written.is_err() {
+                return CloseReason::TransportError;
+            }
+            traffic.sent(open.wire().len());
+        }
+        let last_pong = LastPong::new(Instant::now());
+        let heartbeat = supervise(settings, handler, &last_pong);
+        let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
+        drop(already_read);
+        tokio::pin!(heartbeat, session);
+        tokio::select! {
+            reason = &mut session => reason,
+            reason = &mut heartbeat => {
+                // A missed deadline: say why with a close frame (if the client
+                // can still read it) and let the writer finish, briefly. The
+                // timer is boxed: rare, and it would otherwise take room in
+                // every connection's future.
+                handler.outbox().close_for(reason.clone());
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut session)).await;
+                reason
+            }
         }
     }
 }
@@ -164,7 +176,8 @@ async fn serve<H: EngineHandler>(
             reason = &mut writer => (reason, false),
             reason = &mut reader => {
                 outbox.close_for(reason.clone());
-                let written = tokio::time::timeout(CLOSE_GRACE, &mut writer).await.is_ok();
+                // Boxed: see `run`.
+                let written = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut writer)).await.is_ok();
                 let refused = matches!(
                     reason,
                     CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 | CloseReason::PayloadTooLarge | CloseReason::RateLimited
@@ -252,7 +265,11 @@ async fn read_loop<H: EngineHandler>(
             // Idle connections keep no buffer.
             buf = BytesMut::new();
         }
-        if read_half.readable().await.is_err() {
+        // `poll_read_ready`, not `readable()`: the latter's future keeps a
+        // waiter node (168 bytes) in every idle connection's future; this
+        // session's task is the socket's only reader, so the one waker slot
+        // `poll_read_ready` uses is enough.
+        if std::future::poll_fn(|cx| read_half.as_ref().poll_read_ready(cx)).await.is_err() {
             return CloseReason::TransportError;
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
