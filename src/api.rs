@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::app::validate;
-use crate::broker::{BroadcastOptions, Broker, Publication, PublishError, Scope, Sent};
+use crate::broker::{check_publish, BroadcastOptions, Broker, PublishError, Scope, Sent};
 use crate::clock::iso8601;
 use crate::config::Config;
 use crate::limits::ConnectionBudget;
@@ -46,10 +46,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// An API failure: HTTP status, SPEC-style code, message.
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -80,7 +80,8 @@ fn error_response(error: ApiError) -> HttpResponse {
 }
 
 /// A matched route, with its path parameters decoded.
-enum Route {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
     Broadcast,
     RoomBroadcast(String),
     UserSend(String),
@@ -249,14 +250,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", format!("request body over {MAX_BODY_BYTES} bytes"))
+}
+
 async fn read_body(request: Request<Incoming>, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
     match http::read_body(request.into_body(), MAX_BODY_BYTES, timeout).await {
         Ok(body) => Ok(body),
-        Err(BodyError::TooLarge) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("request body over {MAX_BODY_BYTES} bytes"),
-        )),
+        Err(BodyError::TooLarge) => Err(too_large()),
         Err(BodyError::Unreadable) => Err(ApiError::invalid("the request body could not be read")),
         Err(BodyError::TimedOut) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -276,18 +277,35 @@ struct PublishIn<'a> {
     exclude: Option<&'a RawValue>,
 }
 
-/// One publish, from a route or a batch entry.
-struct Publish<'a> {
-    event: String,
-    data: &'a RawValue,
-    exclude: Vec<String>,
+/// One publish a body asks for, checked: where it goes and what it carries.
+#[derive(Debug)]
+pub(crate) struct Publish<'a> {
+    pub(crate) route: Route,
+    pub(crate) event: String,
+    /// Relayed byte for byte; `null` when the body has none.
+    pub(crate) data: &'a RawValue,
+    pub(crate) exclude: Vec<String>,
 }
 
-fn parse_publish<'a>(fields: &PublishIn<'a>, allow_exclude: bool) -> Result<Publish<'a>, ApiError> {
+impl Route {
+    /// Who a publish on this route is for.
+    fn scope(&self) -> Scope<'_> {
+        match self {
+            Route::Broadcast => Scope::All,
+            Route::RoomBroadcast(room) => Scope::Room(room),
+            Route::UserSend(user) => Scope::User(user),
+            Route::SocketSend(socket) => Scope::Socket(socket),
+            _ => unreachable!("only publish routes have a scope"),
+        }
+    }
+}
+
+fn parse_publish<'a>(route: Route, fields: &PublishIn<'a>) -> Result<Publish<'a>, ApiError> {
     let event = match fields.event {
         Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| ApiError::invalid("event must be a string"))?,
         None => return Err(ApiError::invalid("event is required")),
     };
+    let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
     let exclude = match fields.exclude {
         None => Vec::new(),
         Some(_) if !allow_exclude => return Err(ApiError::invalid("exclude applies to broadcasts only")),
@@ -295,31 +313,55 @@ fn parse_publish<'a>(fields: &PublishIn<'a>, allow_exclude: bool) -> Result<Publ
             .map_err(|_| ApiError::invalid("exclude must be an array of user ids (strings)"))?
             .unwrap_or_default(),
     };
-    Ok(Publish { event, data: fields.data.unwrap_or(RawValue::NULL), exclude })
+    check_publish(route.scope(), &event)?;
+    Ok(Publish { route, event, data: fields.data.unwrap_or(RawValue::NULL), exclude })
+}
+
+/// The publishes the body of a publish route asks for (one, or a batch's),
+/// checked whole without a broker: SPEC §5's `VALIDATION_ERROR` for a body
+/// that is not UTF-8, not the route's JSON shape, or names what the broker
+/// would refuse; `PAYLOAD_TOO_LARGE` over [`MAX_BODY_BYTES`] (the body
+/// reader stops there already; this says what a body may be in one place).
+pub(crate) fn parse_publishes<'a>(route: &Route, body: &'a [u8]) -> Result<Vec<Publish<'a>>, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("the body is not UTF-8"))?;
+    if let Route::Batch = route {
+        return parse_batch(text);
+    }
+    let fields: PublishIn = validate::json_object("body", text)?;
+    Ok(vec![parse_publish(route.clone(), &fields)?])
 }
 
 async fn run_publish_route(broker: &Broker, route: Route, body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::invalid("the body is not UTF-8"))?;
-    if let Route::Batch = route {
-        return run_batch(broker, text).await;
+    let publishes = parse_publishes(&route, body)?;
+    // Every entry is encoded before anything is sent: a batch goes out whole or not at all.
+    let mut planned = Vec::with_capacity(publishes.len());
+    for (i, publish) in publishes.iter().enumerate() {
+        let options = BroadcastOptions { exclude: publish.exclude.clone() };
+        let publication = broker.prepare(publish.route.scope(), &publish.event, &publish.data, options).map_err(|e| {
+            let error = ApiError::from(e);
+            if route == Route::Batch { ApiError::invalid(format!("publishes[{i}]: {}", error.message)) } else { error }
+        })?;
+        planned.push((&publish.route, publication));
     }
-    let fields: PublishIn = validate::json_object("body", text)?;
-    let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
-    let publish = parse_publish(&fields, allow_exclude)?;
-    let sent = broker.send_counted(prepare(broker, &route, &publish)?).await;
-    Ok(publish_result(&route, sent))
-}
-
-fn prepare(broker: &Broker, route: &Route, publish: &Publish<'_>) -> Result<Publication, ApiError> {
-    let scope = match route {
-        Route::Broadcast => Scope::All,
-        Route::RoomBroadcast(room) => Scope::Room(room),
-        Route::UserSend(user) => Scope::User(user),
-        Route::SocketSend(socket) => Scope::Socket(socket),
-        _ => unreachable!("only publish routes are prepared"),
-    };
-    let options = BroadcastOptions { exclude: publish.exclude.clone() };
-    Ok(broker.prepare(scope, &publish.event, &publish.data, options)?)
+    let mut results = Vec::with_capacity(planned.len());
+    let (mut total, mut partial) = (0, false);
+    for (route, publication) in planned {
+        let sent = broker.send_counted(publication).await;
+        total += sent.delivered;
+        partial |= sent.partial;
+        results.push(publish_result(route, sent));
+    }
+    if route != Route::Batch {
+        return Ok(results.pop().expect("a publish route's body holds one publish"));
+    }
+    let mut body = json!({ "success": true, "delivered": total, "results": results });
+    if partial {
+        body["partial"] = json!(true);
+    }
+    Ok(body)
 }
 
 fn publish_result(route: &Route, sent: Sent) -> Value {
@@ -370,14 +412,14 @@ struct BatchEntryIn<'a> {
 }
 
 /// `POST /api/batch`: `{ "publishes": [ { scope, roomName?|userId?|socketId?, event, data, exclude? } ] }`.
-/// Each entry is validated first; if any is invalid nothing is sent.
-async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
+/// Each entry is checked; one invalid entry refuses the whole batch.
+fn parse_batch(text: &str) -> Result<Vec<Publish<'_>>, ApiError> {
     let batch: BatchIn = validate::json_object("body", text)?;
     let entries = batch.publishes.ok_or_else(|| ApiError::invalid("publishes is required (an array)"))?;
     if entries.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!("publishes holds {} entries; the limit is {MAX_BATCH}", entries.len())));
     }
-    let mut planned = Vec::with_capacity(entries.len());
+    let mut publishes = Vec::with_capacity(entries.len());
     for (i, raw) in entries.iter().enumerate() {
         let at = |e: ApiError| ApiError::invalid(format!("publishes[{i}]: {}", e.message));
         let entry: BatchEntryIn = validate::json_object("entry", raw.get()).map_err(|e| at(e.into()))?;
@@ -393,25 +435,10 @@ async fn run_batch(broker: &Broker, text: &str) -> Result<Value, ApiError> {
             "socket" => Route::SocketSend(string("socketId", entry.socket_id).map_err(at)?),
             _ => return Err(at(ApiError::invalid("scope must be one of all, room, user, socket"))),
         };
-        let allow_exclude = matches!(route, Route::Broadcast | Route::RoomBroadcast(_));
         let fields = PublishIn { event: entry.event, data: entry.data, exclude: entry.exclude };
-        let publish = parse_publish(&fields, allow_exclude).map_err(at)?;
-        let publication = prepare(broker, &route, &publish).map_err(at)?;
-        planned.push((route, publication));
+        publishes.push(parse_publish(route, &fields).map_err(at)?);
     }
-    let mut results = Vec::with_capacity(planned.len());
-    let (mut total, mut partial) = (0, false);
-    for (route, publication) in planned {
-        let sent = broker.send_counted(publication).await;
-        total += sent.delivered;
-        partial |= sent.partial;
-        results.push(publish_result(&route, sent));
-    }
-    let mut body = json!({ "success": true, "delivered": total, "results": results });
-    if partial {
-        body["partial"] = json!(true);
-    }
-    Ok(body)
+    Ok(publishes)
 }
 
 fn connection_json(info: &ConnectionInfo) -> Value {

@@ -79,6 +79,25 @@ pub struct Sent {
     pub partial: bool,
 }
 
+/// The checks of [`Broker::prepare`] that need no broker (the HTTP API's
+/// body parser runs them too): the room or user name and the event name
+/// follow the client rules, and the event is not one the Socket.IO client
+/// reserves. A socket id is not checked: one that names no socket reaches
+/// nobody, which is not an error.
+pub(crate) fn check_publish(scope: Scope<'_>, event: &str) -> Result<(), PublishError> {
+    let invalid = |e: crate::app::errors::RequestError| PublishError::Invalid(e.to_string());
+    match scope {
+        Scope::Room(room) => validate::check_name("roomName", room).map_err(invalid)?,
+        Scope::User(user) => validate::check_name("userId", user).map_err(invalid)?,
+        Scope::All | Scope::Socket(_) => {}
+    }
+    validate::check_name("event", event).map_err(invalid)?;
+    if validate::CLIENT_RESERVED_EVENTS.contains(&event) {
+        return Err(PublishError::Invalid(format!("event {event:?} is reserved by the Socket.IO client")));
+    }
+    Ok(())
+}
+
 /// Who a publish is for.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
@@ -154,17 +173,11 @@ impl Broker {
         data: &impl Serialize,
         options: BroadcastOptions,
     ) -> Result<Publication, PublishError> {
-        let invalid = |e: crate::app::errors::RequestError| PublishError::Invalid(e.to_string());
+        check_publish(scope, event)?;
         let target = match scope {
             Scope::All => Some(Target::All),
-            Scope::Room(room) => {
-                validate::check_name("roomName", room).map_err(invalid)?;
-                Some(Target::Room(Arc::from(room)))
-            }
-            Scope::User(user) => {
-                validate::check_name("userId", user).map_err(invalid)?;
-                Some(Target::User(Arc::from(user)))
-            }
+            Scope::Room(room) => Some(Target::Room(Arc::from(room))),
+            Scope::User(user) => Some(Target::User(Arc::from(user))),
             // Another node's socket ids name shards of that node.
             Scope::Socket(socket) => SocketId::parse(socket)
                 .filter(|id| id.node() != node_tag() || id.shard() < self.shared.router.shard_count())
@@ -357,11 +370,8 @@ impl Broker {
         self.shared.router.queue_depths()
     }
 
+    /// The frame of a publish whose names [`check_publish`] accepted.
     fn encode(&self, event: &str, data: &impl Serialize) -> Result<OutFrame, PublishError> {
-        validate::check_name("event", event).map_err(|e| PublishError::Invalid(e.to_string()))?;
-        if validate::CLIENT_RESERVED_EVENTS.contains(&event) {
-            return Err(PublishError::Invalid(format!("event {event:?} is reserved by the Socket.IO client")));
-        }
         // A `&RawValue` (what the HTTP API passes) is copied byte for byte.
         socketio::try_event_frame(&self.namespace, event, data)
             .map_err(|e| PublishError::Invalid(format!("data cannot be encoded: {e}")))

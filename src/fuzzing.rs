@@ -10,18 +10,23 @@
 //! - a long-polling request body into Engine.IO packets ([`polling_body`]);
 //! - an Engine.IO packet ([`engineio_packet`]), the Socket.IO packet inside
 //!   it ([`socketio_packet`]), and an event's arguments through the
-//!   payload checks of SPEC §2 and the JWT check ([`client_event`]).
+//!   payload checks of SPEC §2 and the JWT check ([`client_event`]);
+//! - a session's frames put together into packets with their binary
+//!   attachments ([`socketio_binary`]);
+//! - and, for backends, the body of an `/api` publish route ([`api_body`]).
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_json::Value;
 
+use crate::api::{self, Route};
 use crate::app::auth::Authenticator;
 use crate::app::validate;
 use crate::protocol::engineio::{self, PayloadPacket};
 use crate::protocol::http_upgrade::{self, Head};
-use crate::protocol::socketio::{self, PacketType};
+use crate::protocol::socketio::{self, BinaryPacket, Packet, PacketError, PacketType, ReassemblyError, Reassembler, Reply};
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, RESERVE_AHEAD};
 
 /// WebSocket frames from arbitrary bytes. The first two bytes choose the
@@ -271,4 +276,317 @@ pub fn upgrade_head(data: &[u8]) {
     assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && text.ends_with("\r\n\r\n"));
     let accept = text.split("sec-websocket-accept: ").nth(1).and_then(|rest| rest.split("\r\n").next());
     assert_eq!(accept.map(str::len), Some(28));
+}
+
+/// A frame of a session, as [`socketio_binary`] reads its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// An Engine.IO message's data (a Socket.IO packet).
+    Text(String),
+    /// A binary attachment.
+    Binary(Vec<u8>),
+}
+
+/// The bytes [`socketio_binary`] reads as `frames`.
+pub fn binary_input(frames: &[Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for frame in frames {
+        let (kind, bytes) = match frame {
+            Frame::Text(text) => (0, text.as_bytes()),
+            Frame::Binary(data) => (1, &data[..]),
+        };
+        let len = u16::try_from(bytes.len()).expect("frames of at most 64 KiB");
+        if len < 127 {
+            out.push((len as u8) << 1 | kind);
+        } else {
+            out.push(127 << 1 | kind);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// A session's frames from arbitrary bytes: each frame is a head byte
+/// (bit 0: binary; bits 1–7: the length, 127 meaning "in the next two
+/// bytes, big-endian") and then its bytes; the last one may be cut short.
+/// A text frame that is not UTF-8 ends the input (the WebSocket layer
+/// refuses it before).
+fn frames_of(mut data: &[u8]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let [head, rest @ ..] = data {
+        let (len, rest) = match (*head >> 1, rest) {
+            (127, [hi, lo, rest @ ..]) => (u16::from_be_bytes([*hi, *lo]) as usize, rest),
+            (127, _) => break,
+            (len, rest) => (len as usize, rest),
+        };
+        let (bytes, tail) = rest.split_at(len.min(rest.len()));
+        data = tail;
+        if head & 1 == 1 {
+            frames.push(Frame::Binary(bytes.to_vec()));
+        } else {
+            let Ok(text) = std::str::from_utf8(bytes) else { break };
+            frames.push(Frame::Text(text.to_string()));
+        }
+    }
+    frames
+}
+
+/// A session's frames (see [`binary_input`] for the layout) through the
+/// [`Reassembler`], in whatever order and however cut short they arrive.
+///
+/// Properties, against a model of the rule (a binary packet's header, then
+/// exactly its count of binary frames, nothing in between): every packet
+/// comes out when the model says and is what the model built; a frame out
+/// of turn is refused with the model's error, and the stream ends there;
+/// a stream that stops early leaves the reassembler waiting and nothing
+/// out; at most 16 attachments; a placeholder is accepted exactly when it
+/// names an attachment; and a complete packet encoded again
+/// (`payload_frames`) reassembles to the same packet.
+pub fn socketio_binary(data: &[u8]) {
+    let mut reassembler = Reassembler::default();
+    // The model: the header waiting and the attachments it needs.
+    let mut waiting: Option<(BinaryPacket, usize)> = None;
+    for frame in frames_of(data) {
+        match frame {
+            Frame::Text(text) => {
+                let step = reassembler.text(&text);
+                if waiting.is_some() {
+                    assert_eq!(step, Err(ReassemblyError::ExpectedAttachment));
+                    return;
+                }
+                match socketio::decode(&text) {
+                    Err(error) => {
+                        assert_eq!(step, Err(ReassemblyError::Packet(error)));
+                        return;
+                    }
+                    Ok(packet) if matches!(packet.kind, PacketType::BinaryEvent | PacketType::BinaryAck) && packet.attachments > 0 => {
+                        assert_eq!(step, Ok(None), "{text:?} is a binary header");
+                        let header = BinaryPacket {
+                            kind: packet.kind,
+                            namespace: packet.namespace.to_string(),
+                            ack_id: packet.ack_id,
+                            data: packet.data.to_string(),
+                            attachments: Vec::new(),
+                        };
+                        waiting = Some((header, packet.attachments));
+                    }
+                    Ok(packet) => {
+                        assert_eq!(step, Ok(Some(socketio::decode(&text).expect("decoded above"))));
+                        check_arguments(&packet, &[]);
+                    }
+                }
+            }
+            Frame::Binary(bytes) => {
+                let step = reassembler.binary(Bytes::from(bytes.clone()));
+                let Some((header, needed)) = waiting.as_mut() else {
+                    assert_eq!(step, Err(ReassemblyError::UnexpectedBinary));
+                    return;
+                };
+                header.attachments.push(Bytes::from(bytes));
+                if header.attachments.len() < *needed {
+                    assert_eq!(step, Ok(None));
+                } else {
+                    let (expected, _) = waiting.take().expect("checked above");
+                    let complete = step.expect("the last attachment completes the packet").expect("a complete packet");
+                    assert_eq!(complete, expected);
+                    check_arguments(&complete.packet(), &complete.attachments);
+                    check_binary_round_trip(&complete);
+                }
+            }
+        }
+        assert_eq!(reassembler.is_waiting(), waiting.is_some());
+    }
+}
+
+/// A packet's arguments as JSON values (an event's without its name), if
+/// its data is an event or an ack.
+fn arguments(packet: &Packet<'_>) -> Option<(Option<String>, Vec<Value>)> {
+    match packet.kind {
+        PacketType::Event | PacketType::BinaryEvent => {
+            let (name, raw) = socketio::parse_event(packet.data).ok()?;
+            let args = raw.iter().map(|raw| serde_json::from_str(raw.get())).collect::<Result<_, _>>().ok()?;
+            Some((Some(name), args))
+        }
+        PacketType::Ack | PacketType::BinaryAck => Some((None, serde_json::from_str(packet.data).ok()?)),
+        _ => None,
+    }
+}
+
+/// Every `num` of a `{"_placeholder":true}` object in `value` (`None`
+/// where it is not a whole number).
+fn placeholder_nums(value: &Value, out: &mut Vec<Option<u64>>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("_placeholder") == Some(&Value::Bool(true)) {
+                out.push(map.get("num").and_then(Value::as_u64));
+            } else {
+                map.values().for_each(|v| placeholder_nums(v, out));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| placeholder_nums(v, out)),
+        _ => {}
+    }
+}
+
+fn check_arguments(packet: &Packet<'_>, attachments: &[Bytes]) {
+    assert!(attachments.len() <= socketio::MAX_ATTACHMENTS, "{} attachments", attachments.len());
+    assert_eq!(packet.attachments, attachments.len());
+    let Some((_, args)) = arguments(packet) else { return };
+    let mut nums = Vec::new();
+    args.iter().for_each(|arg| placeholder_nums(arg, &mut nums));
+    let points_somewhere = nums.iter().all(|num| num.is_some_and(|n| n < attachments.len() as u64));
+    let checked = socketio::check_placeholders(&args, attachments.len());
+    assert_eq!(checked.is_ok(), points_somewhere, "placeholders {nums:?} with {} attachments", attachments.len());
+    if let Err(error) = checked {
+        assert_eq!(error, PacketError::BadPlaceholder);
+    }
+}
+
+/// `complete` encoded as the server encodes a handler's reply, and put
+/// together again: the same packet, the same values.
+fn check_binary_round_trip(complete: &BinaryPacket) {
+    let Some((name, args)) = arguments(&complete.packet()) else { return };
+    let reply = match (&name, complete.ack_id) {
+        (Some(name), _) => Reply::Event(name),
+        (None, Some(id)) => Reply::Ack(id),
+        // socket.io-parser would not send an ack without an id; nothing to encode.
+        (None, None) => return,
+    };
+    let frames = socketio::payload_frames(&complete.namespace, reply, &args, &complete.attachments);
+    let mut again = Reassembler::default();
+    let payload = frames[0].payload();
+    let text = std::str::from_utf8(&payload).expect("server frames are UTF-8");
+    let Ok(engineio::Packet::Message(inner)) = engineio::decode(text) else { panic!("not a message: {text:?}") };
+    assert_eq!(again.text(inner), Ok(None), "the header of {text:?} waits for its attachments");
+    let mut out = None;
+    for frame in &frames[1..] {
+        assert!(out.is_none(), "complete before its last attachment");
+        out = again.binary(frame.payload()).expect("attachments in turn");
+    }
+    let out = out.expect("the last attachment completes the packet");
+    assert_eq!((out.kind, &out.namespace, &out.attachments), (complete.kind, &complete.namespace, &complete.attachments));
+    // Events carry no ack id when the server emits them.
+    assert_eq!(out.ack_id, if name.is_some() { None } else { complete.ack_id });
+    assert_eq!(arguments(&out.packet()), Some((name, args)), "the arguments changed on the way");
+}
+
+/// The routes [`api_body`] picks from by its first byte.
+fn api_route(selector: u8) -> Route {
+    match selector % 5 {
+        0 => Route::Broadcast,
+        1 => Route::RoomBroadcast("general".into()),
+        2 => Route::UserSend("user123".into()),
+        3 => Route::SocketSend("aBcDeFgHiJkLmNoPqRsTuV".into()),
+        _ => Route::Batch,
+    }
+}
+
+/// The body of an `/api` publish route from arbitrary bytes (the first
+/// byte picks the route: broadcast, room, user, socket, batch).
+///
+/// Properties: a body is either accepted whole or refused 400
+/// `VALIDATION_ERROR` (413 `PAYLOAD_TOO_LARGE` only past the size limit);
+/// an accepted one holds one publish (a batch: at most 1,000), each with
+/// an event name the client rules allow, data that is JSON, `exclude` on
+/// broadcasts only; and the publishes written again as a body read back
+/// the same.
+pub fn api_body(data: &[u8]) {
+    let [selector, body @ ..] = data else { return };
+    let route = api_route(*selector);
+    let _accepted_or_refused = check_api_body(&route, body);
+}
+
+/// [`api_body`]'s properties for one route and body; the publishes, if accepted.
+pub(crate) fn check_api_body(route: &Route, body: &[u8]) -> Result<usize, (u16, &'static str)> {
+    let publishes = match api::parse_publishes(route, body) {
+        Ok(publishes) => publishes,
+        Err(error) => {
+            let expected = if body.len() > api::MAX_BODY_BYTES { (413, "PAYLOAD_TOO_LARGE") } else { (400, "VALIDATION_ERROR") };
+            assert_eq!((error.status.as_u16(), error.code), expected, "{}", error.message);
+            assert!(!error.message.is_empty());
+            return Err(expected);
+        }
+    };
+    assert!(body.len() <= api::MAX_BODY_BYTES);
+    if *route == Route::Batch {
+        assert!(publishes.len() <= api::MAX_BATCH);
+    } else {
+        assert_eq!(publishes.len(), 1);
+        assert_eq!(&publishes[0].route, route);
+    }
+    for publish in &publishes {
+        assert_name(&publish.event);
+        assert!(!validate::CLIENT_RESERVED_EVENTS.contains(&publish.event.as_str()));
+        assert!(serde_json::from_str::<&RawValue>(publish.data.get()).is_ok());
+        assert!(publish.exclude.is_empty() || matches!(publish.route, Route::Broadcast | Route::RoomBroadcast(_)));
+    }
+    // Written again (as a batch, or as the one route's body), read back the
+    // same; `data` byte for byte, as the server relays it (a comparison of
+    // parsed values would fail on serde_json's float parsing, which may
+    // differ by one unit in the last place for long literals).
+    let again = match route {
+        Route::Batch => {
+            let entries: Vec<PublishOut> = publishes.iter().map(|p| PublishOut::of(p, true)).collect();
+            format!("{{\"publishes\":{}}}", serde_json::to_string(&entries).expect("plain data"))
+        }
+        _ => serde_json::to_string(&PublishOut::of(&publishes[0], false)).expect("plain data"),
+    };
+    let reread = api::parse_publishes(route, again.as_bytes()).expect("a body written from accepted publishes is accepted");
+    assert_eq!(reread.len(), publishes.len());
+    for (a, b) in publishes.iter().zip(&reread) {
+        assert_eq!((&a.route, &a.event, &a.exclude, a.data.get()), (&b.route, &b.event, &b.exclude, b.data.get()));
+    }
+    Ok(publishes.len())
+}
+
+/// A publish written back as a body: a batch entry (with its scope) or a
+/// route's body.
+#[derive(Serialize)]
+struct PublishOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'static str>,
+    #[serde(rename = "roomName", skip_serializing_if = "Option::is_none")]
+    room_name: Option<&'a str>,
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(rename = "socketId", skip_serializing_if = "Option::is_none")]
+    socket_id: Option<&'a str>,
+    event: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    exclude: &'a [String],
+}
+
+impl<'a> PublishOut<'a> {
+    fn of(publish: &'a api::Publish<'a>, in_batch: bool) -> PublishOut<'a> {
+        let mut out = PublishOut {
+            scope: None,
+            room_name: None,
+            user_id: None,
+            socket_id: None,
+            event: &publish.event,
+            data: publish.data,
+            exclude: &publish.exclude,
+        };
+        if in_batch {
+            out.scope = Some(match &publish.route {
+                Route::Broadcast => "all",
+                Route::RoomBroadcast(room) => {
+                    out.room_name = Some(room);
+                    "room"
+                }
+                Route::UserSend(user) => {
+                    out.user_id = Some(user);
+                    "user"
+                }
+                Route::SocketSend(socket) => {
+                    out.socket_id = Some(socket);
+                    "socket"
+                }
+                _ => unreachable!("batch entries are single publishes"),
+            });
+        }
+        out
+    }
 }

@@ -22,7 +22,7 @@ use super::rate_limit::{RateLimit, Verdict};
 use super::errors::RequestError;
 use super::namespace::{Ack, Namespace, Namespaces, Payload, Socket};
 use super::timestamp;
-use crate::protocol::socketio::{self, Packet, PacketType};
+use crate::protocol::socketio::{self, Packet, PacketType, Reassembler};
 use crate::protocol::truncate_utf8;
 use crate::protocol::wsframe::OutFrame;
 use crate::shard::{Conn, Shard, SocketId};
@@ -49,16 +49,6 @@ pub struct AppSettings {
     pub rate_limit: Option<(u32, u32)>,
 }
 
-/// A BINARY_EVENT / BINARY_ACK waiting for its attachments.
-struct PendingBinary {
-    namespace: String,
-    kind: PacketType,
-    ack_id: Option<u64>,
-    data: String,
-    needed: usize,
-    received: Vec<Bytes>,
-}
-
 /// The Socket.IO layer of one Engine.IO session.
 pub struct EngineSession {
     shard: Rc<Shard>,
@@ -66,50 +56,27 @@ pub struct EngineSession {
     outbox: Rc<Outbox>,
     transport: Cell<&'static str>,
     sockets: RefCell<Vec<Rc<SocketSession>>>,
-    pending_binary: RefCell<Option<PendingBinary>>,
+    /// Binary packets wait here for their attachments.
+    frames: RefCell<Reassembler>,
     ever_connected: Cell<bool>,
 }
 
 impl EngineHandler for EngineSession {
     async fn on_message(&self, text: &str) -> Result<(), CloseReason> {
-        if self.pending_binary.borrow().is_some() {
-            return Err(protocol_error("expected a binary attachment"));
+        let packet = self.frames.borrow_mut().text(text).map_err(|e| protocol_error(&e.to_string()))?;
+        match packet {
+            Some(packet) => self.dispatch(&packet, Vec::new()).await,
+            None => Ok(()),
         }
-        let packet = socketio::decode(text).map_err(|e| protocol_error(&e.to_string()))?;
-        if matches!(packet.kind, PacketType::BinaryEvent | PacketType::BinaryAck) && packet.attachments > 0 {
-            *self.pending_binary.borrow_mut() = Some(PendingBinary {
-                namespace: packet.namespace.to_string(),
-                kind: packet.kind,
-                ack_id: packet.ack_id,
-                data: packet.data.to_string(),
-                needed: packet.attachments,
-                received: Vec::new(),
-            });
-            return Ok(());
-        }
-        self.dispatch(&packet, Vec::new()).await
     }
 
     async fn on_binary(&self, data: Bytes) -> Result<(), CloseReason> {
-        let complete = {
-            let mut pending = self.pending_binary.borrow_mut();
-            let Some(waiting) = pending.as_mut() else {
-                return Err(protocol_error("binary frame without a binary packet"));
-            };
-            waiting.received.push(data);
-            if waiting.received.len() < waiting.needed {
-                return Ok(());
-            }
-            pending.take().expect("checked above")
-        };
-        let packet = Packet {
-            kind: complete.kind,
-            namespace: &complete.namespace,
-            ack_id: complete.ack_id,
-            attachments: complete.needed,
-            data: &complete.data,
-        };
-        self.dispatch(&packet, complete.received).await
+        let complete = self.frames.borrow_mut().binary(data).map_err(|e| protocol_error(&e.to_string()))?;
+        match complete {
+            // Cloning the attachments clones at most 16 reference-counted handles.
+            Some(complete) => self.dispatch(&complete.packet(), complete.attachments.clone()).await,
+            None => Ok(()),
+        }
     }
 
     fn is_established(&self) -> bool {
@@ -149,7 +116,7 @@ impl EngineSession {
             outbox,
             transport: Cell::new(""),
             sockets: RefCell::new(Vec::new()),
-            pending_binary: RefCell::new(None),
+            frames: RefCell::new(Reassembler::default()),
             ever_connected: Cell::new(false),
         }
     }
@@ -366,7 +333,11 @@ impl SocketSession {
         let builtin = self.handlers.builtin_events && BUILTIN_EVENTS.contains(&name.as_str());
         if !builtin {
             if let Some(handler) = self.handlers.events.get(&name) {
-                let args = args.iter().map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null)).collect();
+                let args: Vec<Value> = args.iter().map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null)).collect();
+                if packet.kind == PacketType::BinaryEvent {
+                    // As socket.io-parser: a hole where the handler expects bytes ends the session.
+                    socketio::check_placeholders(&args, attachments.len()).map_err(|e| protocol_error(&e.to_string()))?;
+                }
                 handler(&self.handler_socket(), Payload { args, attachments }, packet.ack_id.map(Ack));
                 return Ok(());
             }

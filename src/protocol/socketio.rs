@@ -6,9 +6,11 @@
 //! Encoders write whole Engine.IO message frames (`42…`) so that the result
 //! can be shared by every recipient.
 
+use bytes::Bytes;
 use fastwebsockets::OpCode;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::engineio;
 use super::wsframe::{FrameBuilder, OutFrame};
@@ -54,11 +56,13 @@ pub enum PacketError {
     BadAckId,
     #[error("packet data is not valid JSON for its type")]
     BadData,
+    #[error("a binary placeholder points at no attachment")]
+    BadPlaceholder,
 }
 
 /// Attachments beyond this are refused outright: nobody sends them, and the
 /// count decides how many binary frames we swallow.
-const MAX_ATTACHMENTS: usize = 16;
+pub const MAX_ATTACHMENTS: usize = 16;
 
 pub fn decode(text: &str) -> Result<Packet<'_>, PacketError> {
     let bytes = text.as_bytes();
@@ -123,6 +127,114 @@ pub fn decode(text: &str) -> Result<Packet<'_>, PacketError> {
 
 fn count_digits(bytes: &[u8]) -> usize {
     bytes.iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
+/// Why a session's frames cannot be put together into packets. Either ends
+/// the session: the peer does not follow the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReassemblyError {
+    #[error("expected a binary attachment")]
+    ExpectedAttachment,
+    #[error("binary frame without a binary packet")]
+    UnexpectedBinary,
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+}
+
+/// A BINARY_EVENT / BINARY_ACK with its attachments, owned: it outlives
+/// the frames it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryPacket {
+    pub kind: PacketType,
+    pub namespace: String,
+    pub ack_id: Option<u64>,
+    pub data: String,
+    /// The attachments, in the order they arrived (`num` 0 first).
+    pub attachments: Vec<Bytes>,
+}
+
+impl BinaryPacket {
+    /// The packet as [`decode`] gives it, borrowing from this one.
+    pub fn packet(&self) -> Packet<'_> {
+        Packet {
+            kind: self.kind,
+            namespace: &self.namespace,
+            ack_id: self.ack_id,
+            attachments: self.attachments.len(),
+            data: &self.data,
+        }
+    }
+}
+
+/// Puts a session's frames together into packets: a binary packet's header
+/// (a text frame) is followed by exactly as many binary frames as it
+/// counts, with nothing else in between (as socket.io-parser's decoder).
+/// What it holds is bounded by the header's count ([`MAX_ATTACHMENTS`]).
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    pending: Option<(BinaryPacket, usize)>,
+}
+
+impl Reassembler {
+    /// A text frame: its packet when it is complete, `None` when it is a
+    /// binary packet's header (its attachments follow).
+    pub fn text<'a>(&mut self, text: &'a str) -> Result<Option<Packet<'a>>, ReassemblyError> {
+        if self.pending.is_some() {
+            return Err(ReassemblyError::ExpectedAttachment);
+        }
+        let packet = decode(text)?;
+        if matches!(packet.kind, PacketType::BinaryEvent | PacketType::BinaryAck) && packet.attachments > 0 {
+            let header = BinaryPacket {
+                kind: packet.kind,
+                namespace: packet.namespace.to_string(),
+                ack_id: packet.ack_id,
+                data: packet.data.to_string(),
+                attachments: Vec::with_capacity(packet.attachments),
+            };
+            self.pending = Some((header, packet.attachments));
+            return Ok(None);
+        }
+        Ok(Some(packet))
+    }
+
+    /// A binary frame: the packet it completes, if it is the last attachment.
+    pub fn binary(&mut self, data: Bytes) -> Result<Option<BinaryPacket>, ReassemblyError> {
+        let Some((waiting, needed)) = self.pending.as_mut() else {
+            return Err(ReassemblyError::UnexpectedBinary);
+        };
+        waiting.attachments.push(data);
+        if waiting.attachments.len() < *needed {
+            return Ok(None);
+        }
+        Ok(self.pending.take().map(|(packet, _)| packet))
+    }
+
+    /// A binary packet's header came and not all its attachments yet.
+    pub fn is_waiting(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// Checks that every `{"_placeholder":true,"num":n}` among a binary
+/// packet's arguments names one of its `attachments` (socket.io-parser's
+/// rule: `num` a number, `0 <= num < attachments`). A placeholder that
+/// points nowhere would hand an application a hole where it expects bytes.
+pub fn check_placeholders(args: &[Value], attachments: usize) -> Result<(), PacketError> {
+    fn walk(value: &Value, attachments: usize) -> bool {
+        match value {
+            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
+                map.get("num").and_then(Value::as_u64).is_some_and(|num| num < attachments as u64)
+            }
+            Value::Object(map) => map.values().all(|v| walk(v, attachments)),
+            Value::Array(items) => items.iter().all(|v| walk(v, attachments)),
+            _ => true,
+        }
+    }
+    if args.iter().all(|arg| walk(arg, attachments)) {
+        Ok(())
+    } else {
+        Err(PacketError::BadPlaceholder)
+    }
 }
 
 /// Splits EVENT data `["name", arg, …]` into the event name and its
@@ -319,6 +431,34 @@ mod tests {
     }
 
     use super::engineio as engine;
+
+    #[test]
+    fn binary_packets_take_their_attachments_in_turn() {
+        let mut frames = Reassembler::default();
+        assert_eq!(frames.text("21[\"ping\"]").unwrap().map(|p| p.ack_id), Some(Some(1)));
+        assert_eq!(frames.text("52-/x,3[\"up\",{\"_placeholder\":true,\"num\":1}]"), Ok(None));
+        assert_eq!(frames.binary(Bytes::from_static(b"a")), Ok(None));
+        let complete = frames.binary(Bytes::from_static(b"b")).unwrap().unwrap();
+        assert_eq!((complete.packet().attachments, complete.packet().namespace, complete.ack_id), (2, "/x", Some(3)));
+        assert_eq!(complete.attachments, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(!frames.is_waiting());
+        assert_eq!(frames.binary(Bytes::new()), Err(ReassemblyError::UnexpectedBinary));
+        let mut frames = Reassembler::default();
+        assert_eq!(frames.text("51-[\"up\"]"), Ok(None));
+        assert_eq!(frames.text("2[\"x\"]"), Err(ReassemblyError::ExpectedAttachment));
+        assert_eq!(Reassembler::default().text("517-[]"), Err(ReassemblyError::Packet(PacketError::BadAttachments)));
+    }
+
+    #[test]
+    fn placeholders_must_name_an_attachment() {
+        let placeholder = |num: serde_json::Value| serde_json::json!({"_placeholder": true, "num": num});
+        assert_eq!(check_placeholders(&[placeholder(1.into()), serde_json::json!([placeholder(0.into())])], 2), Ok(()));
+        for bad in [2.into(), (-1).into(), 0.5.into(), "0".into(), serde_json::Value::Null] {
+            assert_eq!(check_placeholders(&[serde_json::json!({"a": [placeholder(bad.clone())]})], 2), Err(PacketError::BadPlaceholder), "{bad}");
+        }
+        // Not a placeholder unless `_placeholder` is `true`; plain events may hold anything.
+        assert_eq!(check_placeholders(&[serde_json::json!({"_placeholder": 1, "num": 9})], 0), Ok(()));
+    }
 
     #[test]
     fn payload_frames_carry_binary_attachments() {

@@ -11,6 +11,7 @@ use proptest::option;
 use proptest::prelude::*;
 use serde_json::Value;
 
+use crate::api::{self, Route};
 use crate::app::validate;
 use crate::fuzzing::{self, client_frame, decode_stream};
 use crate::protocol::engineio::{self, PayloadPacket};
@@ -355,6 +356,164 @@ proptest! {
         }
     }
 
+    /// A binary packet's frames, arriving whole, cut short, with a text
+    /// frame among its attachments or a binary frame too many: whole, it
+    /// comes back as it was sent; cut short, nothing comes out and the
+    /// reassembler waits; out of turn, the reassembler refuses.
+    #[test]
+    fn binary_packets_reassemble_only_in_turn(
+        nsp in namespace(),
+        reply in prop_oneof![".{0,20}".prop_map(Ok), (0u64..=(1 << 53)).prop_map(Err)],
+        extra in vec(json(), 0..3),
+        attachments in vec(vec(any::<u8>(), 0..50), 1..=16),
+        mishap in (0usize..4, any::<usize>()),
+    ) {
+        let attachments: Vec<Bytes> = attachments.into_iter().map(Bytes::from).collect();
+        // A placeholder for every attachment, in reverse order, among other arguments.
+        let mut args: Vec<Value> = (0..attachments.len()).rev().map(|n| serde_json::json!({ "_placeholder": true, "num": n })).collect();
+        args.extend(extra);
+        let as_reply = match &reply { Ok(name) => Reply::Event(name), Err(id) => Reply::Ack(*id) };
+        let frames = socketio::payload_frames(&nsp, as_reply, &args, &attachments);
+        let mut sent: Vec<fuzzing::Frame> = vec![fuzzing::Frame::Text(sio_text(&frames[0]))];
+        sent.extend(frames[1..].iter().map(|f| fuzzing::Frame::Binary(f.payload().to_vec())));
+        let (what, at) = mishap;
+        let at = 1 + at % attachments.len();
+        let expected_error = match what {
+            0 => None,
+            1 => { sent.truncate(at); None }
+            2 => { sent.insert(at, fuzzing::Frame::Text("2[\"x\"]".into())); Some(socketio::ReassemblyError::ExpectedAttachment) }
+            _ => { sent.push(fuzzing::Frame::Binary(vec![1])); Some(socketio::ReassemblyError::UnexpectedBinary) }
+        };
+        fuzzing::socketio_binary(&fuzzing::binary_input(&sent));
+        let mut reassembler = socketio::Reassembler::default();
+        let mut out = Vec::new();
+        let mut error = None;
+        for frame in &sent {
+            let step = match frame {
+                fuzzing::Frame::Text(text) => reassembler.text(text).map(|p| p.map(|_| unreachable!("a header first"))),
+                fuzzing::Frame::Binary(data) => reassembler.binary(Bytes::copy_from_slice(data)),
+            };
+            match step {
+                Ok(Some(packet)) => out.push(packet),
+                Ok(None) => {}
+                Err(e) => { error = Some(e); break; }
+            }
+        }
+        prop_assert_eq!(&error, &expected_error);
+        if what == 1 {
+            prop_assert!(out.is_empty() && reassembler.is_waiting());
+        }
+        if what == 0 || what == 3 {
+            prop_assert_eq!(out.len(), 1);
+            let packet = &out[0];
+            prop_assert_eq!(&packet.attachments, &attachments);
+            prop_assert_eq!(socketio::check_placeholders(&args, attachments.len()), Ok(()));
+            prop_assert_eq!((packet.namespace.as_str(), packet.ack_id), (nsp.as_str(), reply.as_ref().err().copied()));
+            let mut items = vec![];
+            if let Ok(name) = &reply { items.push(Value::String(name.clone())); }
+            items.extend(args);
+            prop_assert_eq!(parse_json(&packet.data), Value::Array(items));
+        }
+    }
+
+    /// A placeholder whose `num` names no attachment (too large, negative,
+    /// not a whole number, missing) is refused, wherever it sits.
+    #[test]
+    fn placeholders_that_point_nowhere_are_refused(
+        count in 0usize..=16,
+        num in prop_oneof![
+            // Around the edge (`count` itself) most of the time.
+            4 => (0u64..=17).prop_map(Value::from),
+            1 => (0u64..1000).prop_map(Value::from),
+            1 => (-1000i64..0).prop_map(Value::from),
+            1 => Just(serde_json::json!(0.5)),
+            1 => Just(serde_json::json!("0")),
+            1 => Just(Value::Null),
+        ],
+        depth in 0usize..4,
+        others in vec(json(), 0..3),
+    ) {
+        let mut bad = serde_json::json!({ "_placeholder": true, "num": num });
+        for _ in 0..depth { bad = serde_json::json!({ "nested": [bad] }); }
+        let mut args = others;
+        args.push(bad);
+        let points = num.as_u64().is_some_and(|n| n < count as u64);
+        let mut nums = Vec::new();
+        for arg in &args[..args.len() - 1] { collect_nums(arg, &mut nums); }
+        let others_point = nums.iter().all(|n| n.is_some_and(|n| n < count as u64));
+        let checked = socketio::check_placeholders(&args, count);
+        prop_assert_eq!(checked.is_ok(), points && others_point);
+        // The same through the reassembler and the fuzz target's model, when it fits one frame.
+        let text = format!("5{count}-[\"e\",{}]", args.iter().map(Value::to_string).collect::<Vec<_>>().join(","));
+        let mut sent = vec![fuzzing::Frame::Text(text)];
+        sent.extend((0..count).map(|i| fuzzing::Frame::Binary(vec![i as u8])));
+        fuzzing::socketio_binary(&fuzzing::binary_input(&sent));
+    }
+
+    // ---- API bodies ----
+
+    #[test]
+    fn api_bodies_on_arbitrary_bytes(data in vec(any::<u8>(), 0..300), text in "[0-4](\\{|\"|event|publishes|scope|:|,|\\[|\\]|\\}|.){0,60}") {
+        fuzzing::api_body(&data);
+        fuzzing::api_body(text.as_bytes());
+    }
+
+    /// Valid bodies of every route are accepted and read as written.
+    #[test]
+    fn valid_api_bodies_round_trip(publishes in vec(api_publish(), 1..6), batch in any::<bool>()) {
+        let (route, body) = if batch {
+            let entries: Vec<Value> = publishes.iter().map(|(_, entry)| entry.clone()).collect();
+            (Route::Batch, serde_json::json!({ "publishes": entries }))
+        } else {
+            let (route, mut entry) = publishes[0].clone();
+            for key in ["scope", "roomName", "userId", "socketId"] { entry.as_object_mut().unwrap().remove(key); }
+            (route, entry)
+        };
+        let text = body.to_string();
+        let parsed = api::parse_publishes(&route, text.as_bytes()).map_err(|e| TestCaseError::fail(e.message))?;
+        let expected = if batch { &publishes[..] } else { &publishes[..1] };
+        prop_assert_eq!(parsed.len(), expected.len());
+        for (got, (want_route, entry)) in parsed.iter().zip(expected) {
+            prop_assert_eq!(&got.route, want_route);
+            prop_assert_eq!(&got.event, entry["event"].as_str().unwrap());
+            prop_assert_eq!(parse_json(got.data.get()), entry.get("data").cloned().unwrap_or(Value::Null));
+            let exclude: Vec<String> = entry.get("exclude").map(|e| serde_json::from_value(e.clone()).unwrap()).unwrap_or_default();
+            prop_assert_eq!(&got.exclude, &exclude);
+        }
+        prop_assert_eq!(fuzzing::check_api_body(&route, text.as_bytes()), Ok(expected.len()));
+    }
+
+    /// One thing wrong in an otherwise valid body refuses it, 400
+    /// `VALIDATION_ERROR` (a batch whole).
+    #[test]
+    fn invalid_api_bodies_are_validation_errors(publishes in vec(api_publish(), 1..4), spoil in 0usize..10, which in any::<usize>(), batch in any::<bool>()) {
+        let mut entries: Vec<Value> = publishes.iter().map(|(_, entry)| entry.clone()).collect();
+        let i = which % entries.len();
+        let entry = entries[i].as_object_mut().unwrap();
+        match spoil {
+            0 => { entry.remove("event"); }
+            1 => { entry.insert("event".into(), serde_json::json!(7)); }
+            2 => { entry.insert("event".into(), "".into()); }
+            3 => { entry.insert("event".into(), "x".repeat(validate::MAX_NAME_BYTES + 1).into()); }
+            4 => { entry.insert("event".into(), "disconnect".into()); }
+            5 => { entry.insert("event".into(), "a\u{7}b".into()); }
+            6 => { entry.insert("exclude".into(), serde_json::json!([1])); }
+            7 => { entry.insert("scope".into(), "user".into()); entry.insert("userId".into(), "u".into()); entry.insert("exclude".into(), serde_json::json!(["x"])); }
+            8 => { entry.insert("scope".into(), "room".into()); entry.insert("roomName".into(), "".into()); }
+            _ => { entry.insert("scope".into(), "everyone".into()); }
+        }
+        let (route, text) = if batch || spoil >= 7 {
+            (Route::Batch, serde_json::json!({ "publishes": entries }).to_string())
+        } else {
+            let mut entry = entries[i].clone();
+            for key in ["scope", "roomName", "userId", "socketId"] { entry.as_object_mut().unwrap().remove(key); }
+            (publishes[i].0.clone(), entry.to_string())
+        };
+        let error = api::parse_publishes(&route, text.as_bytes()).err();
+        prop_assert_eq!(error.as_ref().map(|e| (e.status.as_u16(), e.code)), Some((400, "VALIDATION_ERROR")), "{}", text);
+        prop_assert_eq!(fuzzing::check_api_body(&route, text.as_bytes()), Err((400, "VALIDATION_ERROR")));
+    }
+
     // ---- Event payloads ----
 
     #[test]
@@ -434,17 +593,71 @@ proptest! {
     }
 }
 
+/// Every `num` of the placeholders in `value` (as the fuzz target's model counts them).
+fn collect_nums(value: &Value, out: &mut Vec<Option<u64>>) {
+    match value {
+        Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => out.push(map.get("num").and_then(Value::as_u64)),
+        Value::Object(map) => map.values().for_each(|v| collect_nums(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| collect_nums(v, out)),
+        _ => {}
+    }
+}
+
+/// A name the client rules allow and the client does not reserve.
+fn api_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9é:_ -]{1,40}".prop_filter("not reserved", |n| !validate::CLIENT_RESERVED_EVENTS.contains(&n.as_str()))
+}
+
+/// A valid publish: its route and its body as a batch entry.
+fn api_publish() -> impl Strategy<Value = (Route, Value)> {
+    (0u8..4, api_name(), api_name(), option::of(json()), option::of(vec(".{0,10}", 0..3))).prop_map(|(scope, event, name, data, exclude)| {
+        let (route, mut entry) = match scope {
+            0 => (Route::Broadcast, serde_json::json!({ "scope": "all" })),
+            1 => (Route::RoomBroadcast(name.clone()), serde_json::json!({ "scope": "room", "roomName": name })),
+            2 => (Route::UserSend(name.clone()), serde_json::json!({ "scope": "user", "userId": name })),
+            _ => (Route::SocketSend(name.clone()), serde_json::json!({ "scope": "socket", "socketId": name })),
+        };
+        entry["event"] = event.into();
+        if let Some(data) = data {
+            entry["data"] = data;
+        }
+        if let (Some(exclude), 0 | 1) = (exclude, scope) {
+            entry["exclude"] = exclude.into();
+        }
+        (route, entry)
+    })
+}
+
+/// The size limit: a valid body of exactly 8 MiB is accepted, one byte
+/// more is 413 `PAYLOAD_TOO_LARGE` (whatever it holds).
+#[test]
+fn api_bodies_stop_at_the_size_limit() {
+    let body = br#"{"event":"big","data":"#;
+    let mut at_limit = body.to_vec();
+    at_limit.resize(api::MAX_BODY_BYTES - 2, b' ');
+    at_limit.extend_from_slice(b"1}");
+    assert_eq!(fuzzing::check_api_body(&Route::Broadcast, &at_limit), Ok(1));
+    let mut over = at_limit.clone();
+    over.insert(body.len(), b' ');
+    assert_eq!(fuzzing::check_api_body(&Route::Broadcast, &over), Err((413, "PAYLOAD_TOO_LARGE")));
+    assert_eq!(fuzzing::check_api_body(&Route::Batch, &vec![b'x'; api::MAX_BODY_BYTES + 1]), Err((413, "PAYLOAD_TOO_LARGE")));
+    let batch = serde_json::json!({ "publishes": vec![serde_json::json!({ "scope": "all", "event": "e" }); api::MAX_BATCH + 1] }).to_string();
+    assert_eq!(fuzzing::check_api_body(&Route::Batch, batch.as_bytes()), Err((400, "VALIDATION_ERROR")));
+}
+
 /// Every input the fuzzer crashed on (`fuzz/regressions/<target>/`, kept
 /// when found) passes its target's checks now.
 #[test]
 fn fuzzer_crashers_stay_fixed() {
-    let targets: [(&str, fn(&[u8])); 6] = [
+    let targets: [(&str, fn(&[u8])); 8] = [
         ("websocket_frames", fuzzing::websocket_frames),
         ("upgrade_head", fuzzing::upgrade_head),
         ("polling_body", fuzzing::polling_body),
         ("engineio_packet", fuzzing::engineio_packet),
         ("socketio_packet", fuzzing::socketio_packet),
         ("client_event", fuzzing::client_event),
+        ("socketio_binary", fuzzing::socketio_binary),
+        ("api_body", fuzzing::api_body),
     ];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     let mut checked = 0;

@@ -338,14 +338,33 @@ impl Outbox {
     /// Takes up to `max` frames from the front (a transport that sends whole
     /// frames only: no partial front frame to carry).
     pub fn take_up_to(&self, max: usize) -> VecDeque<OutFrame> {
-        let mut queue = self.queue.borrow_mut();
-        if queue.len() <= max {
-            // Not timed: a polling client's packets wait for its next GET,
-            // which is its round trip, not the broker's latency.
-            self.published_at.set(None);
-            return std::mem::take(&mut *queue);
+        let taken = {
+            let mut queue = self.queue.borrow_mut();
+            if queue.len() <= max {
+                // Not timed: a polling client's packets wait for its next GET,
+                // which is its round trip, not the broker's latency.
+                self.published_at.set(None);
+                std::mem::take(&mut *queue)
+            } else {
+                queue.drain(..max).collect()
+            }
+        };
+        self.wake_if_flushed();
+        taken
+    }
+
+    /// Wakes a [`Outbox::flushed`] waiter once the queue is empty and no
+    /// writer holds frames. A long-polling GET takes frames without a
+    /// writer (the WebSocket writer's `set_writing(false)` wakes it there),
+    /// so taking must wake it: else a waiter on a polling session (a
+    /// namespace's `on_connect` hook) never runs, and the session's
+    /// requests queue behind it.
+    fn wake_if_flushed(&self) {
+        if self.queue.borrow().is_empty() && !self.writing.get() {
+            if let Some(waker) = self.flush_waker.take() {
+                waker.wake();
+            }
         }
-        queue.drain(..max).collect()
     }
 
     /// Records that the writer got bytes onto the socket.
@@ -453,6 +472,35 @@ mod tests {
 
     fn frame() -> OutFrame {
         OutFrame::new(OpCode::Text, b"42[\"x\"]")
+    }
+
+    /// A long-polling GET takes the queue without a writer: whoever waits
+    /// for the queue to be handed over is woken all the same (a
+    /// namespace's `on_connect` hook waits so on every transport).
+    #[test]
+    fn flushed_wakes_when_a_poll_takes_the_queue() {
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let outbox = Outbox::new(4);
+        outbox.push(frame());
+        outbox.push(frame());
+        let mut flushed = std::pin::pin!(outbox.flushed());
+        assert!(flushed.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(outbox.take_up_to(1).len(), 1);
+        assert!(!woken.0.load(std::sync::atomic::Ordering::SeqCst), "a frame is still queued");
+        assert_eq!(outbox.take_up_to(16).len(), 1);
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "the waiter was not woken");
+        assert!(flushed.poll(&mut cx).is_ready());
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     #[test]
