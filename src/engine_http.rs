@@ -32,6 +32,7 @@ use crate::http::{json_response, read_body, request_timed_out, BodyError, HttpRe
 use crate::shard::{Shard, SocketId};
 use crate::transport::engine::{AppSession, EngineAppFactory, Settings};
 use crate::transport::polling::PollError;
+use crate::transport::websocket::Opening;
 
 /// An Engine.IO endpoint: what it serves, and the settings of its HTTP side.
 #[derive(Clone)]
@@ -294,14 +295,15 @@ pub(crate) fn serve_websocket(
     slot: ConnectionSlot,
 ) -> Pin<Box<dyn Future<Output = ()>>> {
     let settings = endpoint.engine.clone();
+    let opening = Box::new(Opening { stream, already_read, preamble });
     match &endpoint.handler {
         Handler::SocketIo(context) => {
             let session = EngineSession::new(shard.clone(), context.clone());
-            Box::pin(shard.clone().serve_websocket(session, settings, stream, already_read, preamble, slot))
+            Box::pin(shard.clone().serve_websocket(session, settings, opening, slot))
         }
         Handler::App(factory) => {
             let session = AppSession::new(factory(), settings.outbox_limit);
-            Box::pin(shard.clone().serve_websocket(session, settings, stream, already_read, preamble, slot))
+            Box::pin(shard.clone().serve_websocket(session, settings, opening, slot))
         }
     }
 }

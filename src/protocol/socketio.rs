@@ -172,7 +172,9 @@ impl BinaryPacket {
 /// What it holds is bounded by the header's count ([`MAX_ATTACHMENTS`]).
 #[derive(Debug, Default)]
 pub struct Reassembler {
-    pending: Option<(BinaryPacket, usize)>,
+    /// Boxed: rare, and a reassembler sits in every WebSocket connection's
+    /// future (8 bytes there rather than a hundred).
+    pending: Option<Box<(BinaryPacket, usize)>>,
 }
 
 impl Reassembler {
@@ -191,7 +193,7 @@ impl Reassembler {
                 data: packet.data.to_string(),
                 attachments: Vec::with_capacity(packet.attachments),
             };
-            self.pending = Some((header, packet.attachments));
+            self.pending = Some(Box::new((header, packet.attachments)));
             return Ok(None);
         }
         Ok(Some(packet))
@@ -199,14 +201,14 @@ impl Reassembler {
 
     /// A binary frame: the packet it completes, if it is the last attachment.
     pub fn binary(&mut self, data: Bytes) -> Result<Option<BinaryPacket>, ReassemblyError> {
-        let Some((waiting, needed)) = self.pending.as_mut() else {
+        let Some((waiting, needed)) = self.pending.as_deref_mut() else {
             return Err(ReassemblyError::UnexpectedBinary);
         };
         waiting.attachments.push(data);
         if waiting.attachments.len() < *needed {
             return Ok(None);
         }
-        Ok(self.pending.take().map(|(packet, _)| packet))
+        Ok(self.pending.take().map(|pending| pending.0))
     }
 
     /// A binary packet's header came and not all its attachments yet.

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 
 use super::{Map, Shard, SocketId};
 use crate::transport::engine::{EngineHandler, Settings};
@@ -86,14 +85,12 @@ impl Shard {
         self: Rc<Self>,
         handler: H,
         settings: Arc<Settings>,
-        stream: TcpStream,
-        already_read: Bytes,
-        preamble: Vec<u8>,
+        opening: Box<websocket::Opening>,
         connection: C,
     ) -> impl Future<Output = ()> {
         async move {
             let sid = self.open_session(&handler, "websocket", None);
-            let reason = websocket::run(stream, already_read, preamble, sid, &settings, &self.counters.traffic, &handler).await;
+            let reason = websocket::run(opening, sid, &settings, &self.counters.traffic, &handler).await;
             // The connection has ended: nothing more to let go of.
             self.close_session(sid, &handler, &reason, async {}).await;
             drop(connection);

@@ -36,24 +36,33 @@ const READ_CHUNK: usize = 4096;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// A new WebSocket connection, as the listener hands it over: the socket,
+/// what was read past the upgrade request, and the 101 response when the
+/// listener answered the upgrade itself (else empty). Boxed on its way into
+/// [`run`]: what a future is given stays in it for its whole life, and of
+/// these only the socket is needed past the first write.
+pub struct Opening {
+    pub stream: TcpStream,
+    pub already_read: Bytes,
+    pub preamble: Vec<u8>,
+}
+
 /// Runs a whole session over a WebSocket and says why it ended. Sends the
-/// open packet first, behind `preamble` (the 101 response when the listener
-/// answered the upgrade itself, else empty): both leave in one segment. A
-/// session that starts on WebSocket has nowhere to upgrade to.
+/// open packet first, behind the opening's preamble: both leave in one
+/// segment. A session that starts on WebSocket has nowhere to upgrade to.
 ///
 /// Not an `async fn`: one would keep a second copy of every argument in the
 /// future (its parameters, then the locals they are moved into), and this
 /// future is most of what an idle connection costs.
 pub fn run<'a, H: EngineHandler>(
-    mut stream: TcpStream,
-    already_read: Bytes,
-    preamble: Vec<u8>,
+    opening: Box<Opening>,
     sid: impl std::fmt::Display + 'a,
     settings: &'a Settings,
     traffic: &'a Rc<Traffic>,
     handler: &'a H,
 ) -> impl Future<Output = CloseReason> + 'a {
     async move {
+        let Opening { mut stream, already_read, preamble } = *opening;
         {
             // Written before anything can be queued: nothing else can come first.
             let open = engineio::open_frame(&settings.open_info(&sid.to_string(), &[]));
