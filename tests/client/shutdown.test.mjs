@@ -88,6 +88,27 @@ describe('during shutdown (SIGTERM), while a client too slow to read keeps it wa
         return received.slice(from);
       };
       assert.match(await ask('/ready'), /^HTTP\/1\.1 200 [\s\S]*"status":"ready"/);
+      /** The whole answer to a GET on the kept connection (by its content-length). */
+      const askWhole = async (path) => {
+        const from = received.length;
+        keptAlive.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+        for (let i = 0; i < 250; i++) {
+          const text = received.slice(from);
+          const head = text.indexOf('\r\n\r\n');
+          const length = /content-length: (\d+)/i.exec(text.slice(0, head));
+          if (head >= 0 && length && text.length >= head + 4 + Number(length[1])) return text;
+          await sleep(20);
+        }
+        return received.slice(from);
+      };
+      const closedForShutdown = (exposition) => {
+        const line = exposition.split('\n').find((l) => l.startsWith('shardcast_connections_closed_total{reason="server_shutdown"} '));
+        return line ? Number(line.split(' ').pop()) : undefined;
+      };
+      assert.equal(closedForShutdown(await askWhole('/metrics')), 0);
+      // Two clients that read: closed at once by the shutdown, and counted.
+      const readers = [await connectAs(server.url, uid('reader')), await connectAs(server.url, uid('reader'))];
+      const readersClosed = readers.map((r) => new Promise((resolve) => r.once('disconnect', resolve)));
 
       const started = Date.now();
       server.child.kill('SIGTERM');
@@ -98,6 +119,15 @@ describe('during shutdown (SIGTERM), while a client too slow to read keeps it wa
       }
       assert.match(answer, /^HTTP\/1\.1 503 [\s\S]*"status":"shutting down"/, `/ready during shutdown: ${answer.slice(0, 200)}`);
       assert.ok(server.exited === null, 'the broker is still shutting down (the stuck client holds it)');
+      // While the stuck client holds the shutdown, the readers are gone, each
+      // counted as closed for the server's shutdown.
+      await within(Promise.all(readersClosed), 3000, 'the readers were not disconnected');
+      let counted;
+      for (let i = 0; i < 50 && counted !== 2; i++) {
+        counted = closedForShutdown(await askWhole('/metrics'));
+        if (counted !== 2) await sleep(20);
+      }
+      assert.equal(counted, 2, 'connections_closed_total{reason="server_shutdown"} during shutdown');
       const refused = await new Promise((resolve) => {
         const c = net.connect(server.port, '127.0.0.1');
         c.once('connect', () => { c.destroy(); resolve(false); });
