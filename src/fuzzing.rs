@@ -93,25 +93,7 @@ fn check_message(message: &Message, limit: usize) {
     }
 }
 
-/// A client's masked WebSocket frame, as a browser writes it (for tests
-/// and round trips; the server never sends masked frames).
-pub fn client_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(fin as u8) << 7 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
+pub use crate::protocol::wsframe::client_frame;
 
 /// An Engine.IO packet from arbitrary bytes (as a text message carries it).
 ///

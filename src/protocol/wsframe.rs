@@ -278,28 +278,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
     Ok(Some(Head { fin, opcode, mask, head_len, payload_len }))
 }
 
+/// A client's masked WebSocket frame, as a browser writes it: for tests,
+/// fuzzing and round trips (the server never sends masked frames).
+pub fn client_frame(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Encodes a client frame (masked) the way a browser would.
+    /// A client frame with a fixed mask.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut out = vec![(fin as u8) << 7 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        super::client_frame(fin, opcode, [0x11, 0x22, 0x33, 0x44], payload)
     }
 
     fn decode_all(decoder: &mut FrameDecoder, bytes: &[u8]) -> Result<Vec<Message>, FrameError> {
