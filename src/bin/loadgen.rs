@@ -783,7 +783,20 @@ async fn cap_conn(i: usize, cap: Rc<Cap>, opts: CapOpts, mut phase: tokio::sync:
                 while seen < now {
                     seen += 1;
                     if seen == PHASE_JOIN_ALL && opts.all_room {
-                        let _permit = cap.gate.acquire().await.expect("gate open");
+                        // Keep reading (and answering pings) while waiting for a
+                        // turn: a client that stops reading for seconds is one
+                        // the server rightly drops for its heartbeat. A read
+                        // error is left for the loop's read branch to see again.
+                        let _permit = loop {
+                            tokio::select! {
+                                permit = cap.gate.acquire() => break permit.expect("gate open"),
+                                read = client.read_batch(|packet| cap.packet(i, packet)) => {
+                                    if read.is_err() {
+                                        break cap.gate.acquire().await.expect("gate open");
+                                    }
+                                }
+                            }
+                        };
                         match client.request("join-room", &json!({ "roomName": "cap-all" })).await {
                             Ok(ack) if ack["success"] == true => cap.joined_all.set(cap.joined_all.get() + 1),
                             other => {
