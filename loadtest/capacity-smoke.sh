@@ -44,15 +44,11 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/lib/broker.sh"
 
 # Presence and room announcements off, as for large notification rooms
-# (README: ROOM_EVENTS); pings every second, 10 s to answer: a client that
-# stops answering pings is dropped within the run. (With 3 s, since pings
-# really come every second — they came every 3 s before the heartbeat fix of
-# 2026-12-01 — a few connections of the relay run are dropped: a pong read
-# more than 3 s after its ping, during the cap-all joins. Not yet explained;
-# see issue 11's note. Every pong arrives within 10 s.)
+# (README: ROOM_EVENTS); pings every second, 3 s to answer: a client that
+# stops answering pings is dropped within the run.
 start_broker() {
   local log="$1"
-  PORT=0 HOST=127.0.0.1 RUST_LOG=warn PRESENCE_EVENTS=off ROOM_EVENTS=off PING_INTERVAL_MS=1000 PING_TIMEOUT_MS=10000 \
+  PORT=0 HOST=127.0.0.1 RUST_LOG=warn PRESENCE_EVENTS=off ROOM_EVENTS=off PING_INTERVAL_MS=1000 PING_TIMEOUT_MS=3000 \
     "$BIN" >"$log" 2>&1 &
   BROKER_PID=$!
   URL=""

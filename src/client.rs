@@ -123,11 +123,17 @@ impl Client {
     /// to `on_text`, without copying or allocating (the load generator's hot
     /// path); pings are answered on the way.
     pub async fn read_batch(&mut self, mut on_text: impl FnMut(&[u8])) -> io::Result<()> {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        // Frames a `next_packet` call read past what it returned (a ping in
+        // the same segment as an ack) are handled before waiting for more:
+        // the server sends nothing after a ping until its pong, so waiting
+        // first would leave the ping unanswered until the server gives up.
+        if frame_bounds(&self.buf).is_none() {
+            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
         }
         let mut pings = 0;
         while let Some((head, len)) = frame_bounds(&self.buf) {
@@ -198,4 +204,68 @@ fn frame_bounds(buf: &[u8]) -> Option<(usize, usize)> {
         n => (2, n as usize),
     };
     (buf.len() >= head + len).then_some((head, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::wsframe::{FrameDecoder, Message, OutFrame};
+    use fastwebsockets::OpCode;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// The next text message the fake server gets from the client.
+    async fn next_text(stream: &mut TcpStream, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> String {
+        loop {
+            if let Some(Message::Text(bytes)) = decoder.decode(buf).unwrap() {
+                return String::from_utf8(bytes.to_vec()).unwrap();
+            }
+            assert!(stream.read_buf(buf).await.unwrap() > 0, "the client closed");
+        }
+    }
+
+    /// A ping that arrives in the same segment as an ack is answered by the
+    /// next `read_batch`, without more input first: the server sends nothing
+    /// more until its pong (the capacity smoke lost connections to this when
+    /// the broker's pings fell in the same instant as a burst of acks).
+    #[test]
+    fn a_ping_read_along_with_an_ack_is_answered_by_the_next_read_batch() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = BytesMut::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    stream.read_buf(&mut buf).await.unwrap();
+                }
+                buf.clear();
+                let mut out = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+                out.extend_from_slice(OutFrame::new(OpCode::Text, br#"0{"sid":"s"}"#).wire());
+                stream.write_all(&out).await.unwrap();
+                let mut decoder = FrameDecoder::new(1 << 20);
+                assert_eq!(next_text(&mut stream, &mut buf, &mut decoder).await, "40");
+                stream.write_all(OutFrame::new(OpCode::Text, br#"40{"sid":"x"}"#).wire()).await.unwrap();
+                assert!(next_text(&mut stream, &mut buf, &mut decoder).await.starts_with("421["));
+                // The ack and a ping in one write.
+                let mut out = OutFrame::new(OpCode::Text, br#"431[{"success":true}]"#).wire().to_vec();
+                out.extend_from_slice(OutFrame::new(OpCode::Text, b"2").wire());
+                stream.write_all(&out).await.unwrap();
+                next_text(&mut stream, &mut buf, &mut decoder).await
+            });
+            let mut client = Client::connect(addr, None).await.unwrap();
+            let ack = client.request("join-room", &serde_json::json!({ "roomName": "r" })).await.unwrap();
+            assert_eq!(ack["success"], true);
+            let answered = tokio::time::timeout(Duration::from_secs(5), async {
+                tokio::select! {
+                    reply = server => reply.unwrap(),
+                    _ = async { loop { client.read_batch(|_| {}).await.unwrap(); } } => unreachable!(),
+                }
+            })
+            .await
+            .expect("the ping was never answered");
+            assert_eq!(answered, "3");
+        });
+    }
 }
