@@ -90,9 +90,11 @@ impl Shard {
     ) -> impl Future<Output = ()> {
         async move {
             let sid = self.open_session(&handler, "websocket", None);
-            let reason = websocket::run(opening, sid, &settings, &self.counters.traffic, &handler).await;
-            // The connection has ended: nothing more to let go of.
-            self.close_session(sid, &handler, &reason, async {}).await;
+            let reason = websocket::run(opening, &sid, &settings, &self.counters.traffic, &handler).await;
+            self.close_session(sid, &handler, &reason);
+            // The connection has ended: nothing more to wait for (and no
+            // await here, so the future keeps no room for one).
+            self.release_session(sid);
             drop(connection);
         }
     }
@@ -106,7 +108,9 @@ impl Shard {
         let shard = self.clone();
         tokio::task::spawn_local(async move {
             let reason = session.run().await;
-            shard.close_session(sid, &session.handler, &reason, session.released(&reason)).await;
+            shard.close_session(sid, &session.handler, &reason);
+            session.released(&reason).await;
+            shard.release_session(sid);
         });
         open
     }
@@ -136,19 +140,16 @@ impl Shard {
         sid
     }
 
-    /// The one place a session closes: counted, logged, its handler told;
-    /// it leaves the registry once `released` (its transport letting go).
-    async fn close_session<H: EngineHandler>(
-        &self,
-        sid: SocketId,
-        handler: &H,
-        reason: &CloseReason,
-        released: impl Future<Output = ()>,
-    ) {
+    /// The one place a session closes: counted, logged, its handler told.
+    /// It stays in the registry until [`release_session`](Self::release_session),
+    /// once its transport has let go.
+    fn close_session<H: EngineHandler>(&self, sid: SocketId, handler: &H, reason: &CloseReason) {
         self.counters.connection_closed(reason.label());
         log_close(sid, reason);
         handler.on_close(reason);
-        released.await;
+    }
+
+    fn release_session(&self, sid: SocketId) {
         self.sessions.borrow_mut().remove(sid);
     }
 }

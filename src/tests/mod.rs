@@ -3,3 +3,4 @@
 mod interleavings;
 mod layers;
 mod properties;
+mod sizes;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::heartbeat::{Heartbeat, Step};
+use super::heartbeat::{Heartbeat, Step, Timing};
 use super::outbox::Outbox;
 use super::CloseReason;
 use crate::protocol::engineio;
@@ -128,6 +128,18 @@ impl Settings {
             max_payload: self.max_payload,
         }
     }
+
+    /// What the heartbeat of every session of these settings shares; the
+    /// ping grid's origin is the process's first session's opening.
+    pub fn heartbeat_timing(&self) -> Timing {
+        static PING_GRID_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        Timing {
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            connect_timeout: self.connect_timeout,
+            epoch: *PING_GRID_EPOCH.get_or_init(std::time::Instant::now),
+        }
+    }
 }
 
 /// When the client's latest pong arrived (the session's opening until the
@@ -199,17 +211,11 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 /// ping no sooner than that deadline: a ping every `PING_TIMEOUT_MS`, not
 /// every `PING_INTERVAL_MS`, when the timeout is the longer of the two.
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &LastPong) -> CloseReason {
-    // The origin of the ping grid every session shares (see `Heartbeat`).
-    static PING_GRID_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let mut heartbeat = {
-        let opened = std::time::Instant::now();
-        let epoch = *PING_GRID_EPOCH.get_or_init(|| opened);
-        Heartbeat::new(opened, settings.ping_interval, settings.ping_timeout, settings.connect_timeout, epoch)
-    };
+    let mut heartbeat = Heartbeat::new(std::time::Instant::now(), &settings.heartbeat_timing());
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     std::future::poll_fn(|cx| loop {
-        match heartbeat.step(Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
+        match heartbeat.step(&settings.heartbeat_timing(), Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
             Step::SleepUntil(deadline) => {
                 last_pong.wake_on_record(cx);
                 let deadline = Instant::from_std(deadline);

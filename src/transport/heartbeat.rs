@@ -32,40 +32,20 @@ pub enum Step {
     Close(CloseReason),
 }
 
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    ping_interval: Duration,
-    ping_timeout: Duration,
-    connect_deadline: Instant,
-    next_ping: Instant,
-    /// When the ping awaiting its pong counts as sent.
-    ping_sent: Option<Instant>,
-    /// The origin of the ping grid (its step follows from the interval).
-    epoch: Instant,
+/// The heartbeat's settings, the same for every session of an endpoint.
+/// Kept apart from [`Heartbeat`] and passed to each step: a session holds
+/// only its own three instants, not a copy of what all sessions share.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The origin of the ping grid (its step follows from the interval),
+    /// the same for every session: any instant not after one opens.
+    pub epoch: Instant,
 }
 
-impl Heartbeat {
-    /// A session opened at `opened`; `epoch`: the origin of the ping grid,
-    /// the same for every session (any instant not after `opened`).
-    pub fn new(
-        opened: Instant,
-        ping_interval: Duration,
-        ping_timeout: Duration,
-        connect_timeout: Duration,
-        epoch: Instant,
-    ) -> Heartbeat {
-        let mut heartbeat = Heartbeat {
-            ping_interval,
-            ping_timeout,
-            connect_deadline: opened + connect_timeout,
-            next_ping: opened,
-            ping_sent: None,
-            epoch,
-        };
-        heartbeat.next_ping = heartbeat.on_grid(opened + ping_interval);
-        heartbeat
-    }
-
+impl Timing {
     /// `due`, moved back to the last grid point at or before it.
     fn on_grid(&self, due: Instant) -> Instant {
         let grid = (self.ping_interval / GRID_DIVISOR).min(GRID_MAX).as_nanos();
@@ -75,20 +55,39 @@ impl Heartbeat {
         let offset = (due - self.epoch).as_nanos();
         due - Duration::from_nanos((offset % grid) as u64)
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    connect_deadline: Instant,
+    next_ping: Instant,
+    /// When the ping awaiting its pong counts as sent.
+    ping_sent: Option<Instant>,
+}
+
+impl Heartbeat {
+    /// A session opened at `opened`.
+    pub fn new(opened: Instant, timing: &Timing) -> Heartbeat {
+        Heartbeat {
+            connect_deadline: opened + timing.connect_timeout,
+            next_ping: timing.on_grid(opened + timing.ping_interval),
+            ping_sent: None,
+        }
+    }
 
     /// The step at `now`. `established`: the layer above completed its
     /// handshake (until then the connect deadline applies); `last_pong`:
     /// when the client's latest pong arrived (the session's opening if none).
-    pub fn step(&mut self, now: Instant, established: bool, last_pong: Instant) -> Step {
+    pub fn step(&mut self, timing: &Timing, now: Instant, established: bool, last_pong: Instant) -> Step {
         if !established && now >= self.connect_deadline {
             return Step::Close(CloseReason::ConnectTimeout);
         }
         match self.ping_sent {
             Some(sent) if last_pong >= sent => {
                 self.ping_sent = None;
-                self.next_ping = self.on_grid(last_pong + self.ping_interval);
+                self.next_ping = timing.on_grid(last_pong + timing.ping_interval);
             }
-            Some(sent) if now >= sent + self.ping_timeout => return Step::Close(CloseReason::PingTimeout),
+            Some(sent) if now >= sent + timing.ping_timeout => return Step::Close(CloseReason::PingTimeout),
             Some(_) => {}
             None if now >= self.next_ping => {
                 // The pong is due `ping_timeout` after the ping's scheduled
@@ -101,7 +100,7 @@ impl Heartbeat {
             None => {}
         }
         let mut deadline = match self.ping_sent {
-            Some(sent) => sent + self.ping_timeout,
+            Some(sent) => sent + timing.ping_timeout,
             None => self.next_ping,
         };
         if !established {
@@ -118,31 +117,36 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     /// Intervals of 300 ms: a grid of 3 ms, with `t0` on it.
-    fn heartbeat(t0: Instant) -> Heartbeat {
-        Heartbeat::new(t0, 300 * MS, 200 * MS, 1000 * MS, t0)
+    fn heartbeat(t0: Instant) -> (Heartbeat, Timing) {
+        timed(t0, 300 * MS, 200 * MS, 1000 * MS, t0)
+    }
+
+    fn timed(opened: Instant, ping_interval: Duration, ping_timeout: Duration, connect_timeout: Duration, epoch: Instant) -> (Heartbeat, Timing) {
+        let timing = Timing { ping_interval, ping_timeout, connect_timeout, epoch };
+        (Heartbeat::new(opened, &timing), timing)
     }
 
     #[test]
     fn pings_every_interval_while_pongs_come_back() {
         let t0 = Instant::now();
-        let mut hb = heartbeat(t0);
-        assert_eq!(hb.step(t0, true, t0), Step::SleepUntil(t0 + 300 * MS));
-        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
-        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "the pong's deadline");
+        let (mut hb, timing) = heartbeat(t0);
+        assert_eq!(hb.step(&timing, t0, true, t0), Step::SleepUntil(t0 + 300 * MS));
+        assert_eq!(hb.step(&timing, t0 + 300 * MS, true, t0), Step::SendPing);
+        assert_eq!(hb.step(&timing, t0 + 300 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "the pong's deadline");
         // The pong arrived at 350 ms: the next ping is one interval later
         // (650 ms), back to the 3 ms grid.
         let pong = t0 + 350 * MS;
-        assert_eq!(hb.step(t0 + 500 * MS, true, pong), Step::SleepUntil(t0 + 648 * MS));
-        assert_eq!(hb.step(t0 + 648 * MS, true, pong), Step::SendPing);
+        assert_eq!(hb.step(&timing, t0 + 500 * MS, true, pong), Step::SleepUntil(t0 + 648 * MS));
+        assert_eq!(hb.step(&timing, t0 + 648 * MS, true, pong), Step::SendPing);
     }
 
     #[test]
     fn a_missing_pong_closes_at_the_timeout_not_before() {
         let t0 = Instant::now();
-        let mut hb = heartbeat(t0);
-        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
-        assert_eq!(hb.step(t0 + 499 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS));
-        assert_eq!(hb.step(t0 + 500 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
+        let (mut hb, timing) = heartbeat(t0);
+        assert_eq!(hb.step(&timing, t0 + 300 * MS, true, t0), Step::SendPing);
+        assert_eq!(hb.step(&timing, t0 + 499 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS));
+        assert_eq!(hb.step(&timing, t0 + 500 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
     }
 
     /// The case of 04bae23: the ping timer fires late (a busy shard); the
@@ -151,41 +155,41 @@ mod tests {
     #[test]
     fn a_late_timer_counts_the_timeout_from_the_scheduled_ping() {
         let t0 = Instant::now();
-        let mut hb = heartbeat(t0);
-        assert_eq!(hb.step(t0 + 303 * MS, true, t0), Step::SendPing, "3 ms late");
-        assert_eq!(hb.step(t0 + 303 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "not 503 ms");
+        let (mut hb, timing) = heartbeat(t0);
+        assert_eq!(hb.step(&timing, t0 + 303 * MS, true, t0), Step::SendPing, "3 ms late");
+        assert_eq!(hb.step(&timing, t0 + 303 * MS, true, t0), Step::SleepUntil(t0 + 500 * MS), "not 503 ms");
 
-        let mut hb = heartbeat(t0);
-        assert_eq!(hb.step(t0 + 400 * MS, true, t0), Step::SendPing, "100 ms late");
+        let (mut hb, timing) = heartbeat(t0);
+        assert_eq!(hb.step(&timing, t0 + 400 * MS, true, t0), Step::SendPing, "100 ms late");
         // Far behind: the client still gets all but the slack of its timeout.
-        assert_eq!(hb.step(t0 + 400 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
-        assert_eq!(hb.step(t0 + 594 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
-        assert_eq!(hb.step(t0 + 595 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
+        assert_eq!(hb.step(&timing, t0 + 400 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
+        assert_eq!(hb.step(&timing, t0 + 594 * MS, true, t0), Step::SleepUntil(t0 + 595 * MS));
+        assert_eq!(hb.step(&timing, t0 + 595 * MS, true, t0), Step::Close(CloseReason::PingTimeout));
     }
 
     #[test]
     fn a_pong_just_before_the_deadline_keeps_the_session() {
         let t0 = Instant::now();
-        let mut hb = heartbeat(t0);
-        assert_eq!(hb.step(t0 + 300 * MS, true, t0), Step::SendPing);
+        let (mut hb, timing) = heartbeat(t0);
+        assert_eq!(hb.step(&timing, t0 + 300 * MS, true, t0), Step::SendPing);
         let pong = t0 + 499 * MS;
         // One interval after the pong (799 ms), back to the 3 ms grid.
-        assert_eq!(hb.step(t0 + 500 * MS, true, pong), Step::SleepUntil(t0 + 798 * MS));
+        assert_eq!(hb.step(&timing, t0 + 500 * MS, true, pong), Step::SleepUntil(t0 + 798 * MS));
     }
 
     #[test]
     fn the_connect_deadline_applies_until_the_session_is_established() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(t0, 300 * MS, 200 * MS, 450 * MS, t0);
-        assert_eq!(hb.step(t0, false, t0), Step::SleepUntil(t0 + 300 * MS));
-        assert_eq!(hb.step(t0 + 300 * MS, false, t0), Step::SendPing);
+        let (mut hb, timing) = timed(t0, 300 * MS, 200 * MS, 450 * MS, t0);
+        assert_eq!(hb.step(&timing, t0, false, t0), Step::SleepUntil(t0 + 300 * MS));
+        assert_eq!(hb.step(&timing, t0 + 300 * MS, false, t0), Step::SendPing);
         let pong = t0 + 310 * MS;
         // The next ping would be at 610 ms, but the connect deadline is first.
-        assert_eq!(hb.step(t0 + 310 * MS, false, pong), Step::SleepUntil(t0 + 450 * MS));
-        assert_eq!(hb.step(t0 + 450 * MS, false, pong), Step::Close(CloseReason::ConnectTimeout));
+        assert_eq!(hb.step(&timing, t0 + 310 * MS, false, pong), Step::SleepUntil(t0 + 450 * MS));
+        assert_eq!(hb.step(&timing, t0 + 450 * MS, false, pong), Step::Close(CloseReason::ConnectTimeout));
 
-        let mut hb = Heartbeat::new(t0, 300 * MS, 200 * MS, 450 * MS, t0);
-        assert_eq!(hb.step(t0 + 450 * MS, true, t0), Step::SendPing, "established: no connect deadline");
+        let (mut hb, timing) = timed(t0, 300 * MS, 200 * MS, 450 * MS, t0);
+        assert_eq!(hb.step(&timing, t0 + 450 * MS, true, t0), Step::SendPing, "established: no connect deadline");
     }
 
     #[test]
@@ -195,15 +199,15 @@ mod tests {
         // Grid: 100 ms (interval / 100 is 250 ms, over the 100 ms cap).
         for opened_ms in [0u32, 1, 37, 99, 100, 101, 4_321, 24_999] {
             let opened = epoch + opened_ms * MS;
-            let mut hb = Heartbeat::new(opened, interval, 20_000 * MS, 45_000 * MS, epoch);
-            let Step::SleepUntil(first) = hb.step(opened, true, opened) else { panic!("a sleep first") };
+            let (mut hb, timing) = timed(opened, interval, 20_000 * MS, 45_000 * MS, epoch);
+            let Step::SleepUntil(first) = hb.step(&timing, opened, true, opened) else { panic!("a sleep first") };
             let due = opened + interval;
             assert!(first <= due && due - first < 100 * MS, "opened at {opened_ms} ms: first ping {:?} before its time", due - first);
             assert_eq!((first - epoch).as_millis() % 100, 0, "opened at {opened_ms} ms: off the grid");
-            assert_eq!(hb.step(first, true, opened), Step::SendPing);
+            assert_eq!(hb.step(&timing, first, true, opened), Step::SendPing);
             // A pong 7 ms later: the next ping on the grid again, one interval after it at most.
             let pong = first + 7 * MS;
-            let Step::SleepUntil(next) = hb.step(pong, true, pong) else { panic!("a sleep after the pong") };
+            let Step::SleepUntil(next) = hb.step(&timing, pong, true, pong) else { panic!("a sleep after the pong") };
             assert!(next <= pong + interval && pong + interval - next < 100 * MS);
             assert_eq!((next - epoch).as_millis() % 100, 0);
         }

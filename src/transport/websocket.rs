@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -62,22 +63,28 @@ pub fn run<'a, H: EngineHandler>(
     handler: &'a H,
 ) -> impl Future<Output = CloseReason> + 'a {
     async move {
-        let Opening { mut stream, already_read, preamble } = *opening;
-        {
+        let last_pong = LastPong::new(Instant::now());
+        // The opening's parts and the open frame live in this block only,
+        // and the stream and buffer pass straight into `serve` (no binding
+        // outlives the match): a local a future still holds, even moved
+        // from, keeps its bytes in the future for the connection's life.
+        let session = match {
+            let Opening { mut stream, already_read, preamble } = *opening;
             // Written before anything can be queued: nothing else can come first.
             let open = engineio::open_frame(&settings.open_info(&sid.to_string(), &[]));
             let written = write_first(&mut stream, &preamble, open.wire()).await;
-            // Not kept for the life of the connection.
-            drop(preamble);
-            if written.is_err() {
-                return CloseReason::TransportError;
+            match written {
+                Ok(()) => {
+                    traffic.sent(open.wire().len());
+                    Ok((stream, BytesMut::from(&already_read[..])))
+                }
+                Err(_) => Err(CloseReason::TransportError),
             }
-            traffic.sent(open.wire().len());
-        }
-        let last_pong = LastPong::new(Instant::now());
+        } {
+            Ok((stream, buf)) => serve(stream, buf, settings, traffic, handler, &last_pong),
+            Err(reason) => return reason,
+        };
         let heartbeat = supervise(settings, handler, &last_pong);
-        let session = serve(stream, BytesMut::from(&already_read[..]), settings, traffic, handler, &last_pong);
-        drop(already_read);
         tokio::pin!(heartbeat, session);
         tokio::select! {
             reason = &mut session => reason,
@@ -161,29 +168,37 @@ pub async fn run_upgrade<H: EngineHandler>(
     serve(stream, buf, settings, traffic, handler, last_pong).await
 }
 
-/// Reader and writer of an established WebSocket session.
-async fn serve<H: EngineHandler>(
+/// Reader and writer of an established WebSocket session. A plain fn, like
+/// [`run`]: the socket is split and both halves handed to their futures
+/// before the `async` block, so the block holds those two futures and no
+/// second copy of the stream or the buffer.
+fn serve<'a, H: EngineHandler>(
     stream: TcpStream,
     buf: BytesMut,
-    settings: &Settings,
-    traffic: &Rc<Traffic>,
-    handler: &H,
-    last_pong: &LastPong,
-) -> CloseReason {
+    settings: &'a Settings,
+    traffic: &'a Rc<Traffic>,
+    handler: &'a H,
+    last_pong: &'a LastPong,
+) -> impl Future<Output = CloseReason> + 'a {
     let outbox = handler.outbox();
-    let (mut read_half, write_half) = stream.into_split();
-    let (reason, refused_input) = {
-        let reader = read_loop(&mut read_half, buf, settings, traffic, handler, last_pong);
-        let writer = write_loop(write_half, outbox, traffic);
-        tokio::pin!(reader, writer);
-        tokio::select! {
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = read_loop(read_half, buf, settings, traffic, handler, last_pong);
+    let mut writer = write_loop(write_half, outbox, traffic);
+    async move {
+        // Pinned where they are, not moved into locals as `tokio::pin!`
+        // would (a second copy of both futures, ~400 bytes per connection).
+        // SAFETY: `reader` and `writer` are this block's own captures: they
+        // live in its state, which is pinned from its first poll on and
+        // dropped in place; they are reached only through these pins.
+        let (mut reader, mut writer) = unsafe { (Pin::new_unchecked(&mut reader), Pin::new_unchecked(&mut writer)) };
+        let (reason, lingering) = tokio::select! {
             // Writing what is queued comes before reading more.
             biased;
             // Cut off (a client too slow to read): end now, even while the
             // writer waits on a socket the client no longer reads.
-            reason = outbox.aborted() => (reason, false),
-            reason = &mut writer => (reason, false),
-            reason = &mut reader => {
+            reason = outbox.aborted() => (reason, None),
+            reason = &mut writer => (reason, None),
+            (reason, read_half) = &mut reader => {
                 outbox.close_for(reason.clone());
                 // Boxed: see `run`.
                 let written = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut writer)).await.is_ok();
@@ -191,15 +206,15 @@ async fn serve<H: EngineHandler>(
                     reason,
                     CloseReason::ProtocolError(_) | CloseReason::InvalidUtf8 | CloseReason::PayloadTooLarge | CloseReason::RateLimited
                 );
-                (reason, written && refused)
+                (reason, (written && refused).then_some(read_half))
             }
+        };
+        if let Some(read_half) = lingering {
+            // In a task of its own: the session ends (and is cleaned up) now.
+            tokio::task::spawn_local(linger(read_half));
         }
-    };
-    if refused_input {
-        // In a task of its own: the session ends (and is cleaned up) now.
-        tokio::task::spawn_local(linger(read_half));
+        reason
     }
-    reason
 }
 
 /// How long, and for how many bytes, a connection closed for what its
@@ -250,47 +265,54 @@ async fn next_message(
     }
 }
 
-async fn read_loop<H: EngineHandler>(
-    read_half: &mut OwnedReadHalf,
+/// Reads and handles the client's frames until the session must end; gives
+/// the read half back with the reason (a refused client is lingered on). A
+/// plain fn for the reason [`run`] gives: the future owns the socket half
+/// and the buffer once, not as an argument and again as a local.
+fn read_loop<'a, H: EngineHandler>(
+    mut read_half: OwnedReadHalf,
     mut buf: BytesMut,
     settings: &Settings,
-    traffic: &Traffic,
-    handler: &H,
-    last_pong: &LastPong,
-) -> CloseReason {
+    traffic: &'a Traffic,
+    handler: &'a H,
+    last_pong: &'a LastPong,
+) -> impl Future<Output = (CloseReason, OwnedReadHalf)> + 'a {
     let mut decoder = FrameDecoder::new(settings.max_payload);
-    loop {
-        loop {
-            let message = match decoder.decode(&mut buf) {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(error) => return close_reason(error),
-            };
-            if let Err(reason) = Box::pin(on_frame(message, handler, last_pong)).await {
-                return reason;
+    async move {
+        let reason = 'session: loop {
+            loop {
+                let message = match decoder.decode(&mut buf) {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(error) => break 'session close_reason(error),
+                };
+                if let Err(reason) = Box::pin(on_frame(message, handler, last_pong)).await {
+                    break 'session reason;
+                }
             }
-        }
-        if buf.is_empty() {
-            // Idle connections keep no buffer.
-            buf = BytesMut::new();
-        }
-        // `poll_read_ready`, not `readable()`: the latter's future keeps a
-        // waiter node (168 bytes) in every idle connection's future; this
-        // session's task is the socket's only reader, so the one waker slot
-        // `poll_read_ready` uses is enough.
-        if std::future::poll_fn(|cx| read_half.as_ref().poll_read_ready(cx)).await.is_err() {
-            return CloseReason::TransportError;
-        }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        // `read_buf`, not `try_read_buf`: after a short read tokio takes the
-        // socket as drained (it is, with epoll) and waits for the next event,
-        // instead of one more `recv` that fails with EAGAIN for every message.
-        match read_half.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return CloseReason::TransportError,
-            Ok(n) => traffic.received(n),
-        }
+            if buf.is_empty() {
+                // Idle connections keep no buffer.
+                buf = BytesMut::new();
+            }
+            // `poll_read_ready`, not `readable()`: the latter's future keeps a
+            // waiter node (168 bytes) in every idle connection's future; this
+            // session's task is the socket's only reader, so the one waker slot
+            // `poll_read_ready` uses is enough.
+            if std::future::poll_fn(|cx| read_half.as_ref().poll_read_ready(cx)).await.is_err() {
+                break CloseReason::TransportError;
+            }
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            // `read_buf`, not `try_read_buf`: after a short read tokio takes the
+            // socket as drained (it is, with epoll) and waits for the next event,
+            // instead of one more `recv` that fails with EAGAIN for every message.
+            match read_half.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break CloseReason::TransportError,
+                Ok(n) => traffic.received(n),
+            }
+        };
+        (reason, read_half)
     }
 }
 
@@ -323,13 +345,16 @@ async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &L
 
 /// Drains the outbox to the socket until the session closes. While it waits,
 /// the shard's flusher may write to the socket directly.
-async fn write_loop(mut write_half: OwnedWriteHalf, outbox: &Rc<Outbox>, traffic: &Rc<Traffic>) -> CloseReason {
-    let reason = write_until_closed(&mut write_half, outbox, traffic).await;
-    // No `shutdown`: the socket is closed as the session ends, which sends
-    // the FIN after what was written; a shutdown first is one more syscall
-    // per connection (which fails when the client has already gone).
-    write_half.forget();
-    reason
+fn write_loop<'a>(mut write_half: OwnedWriteHalf, outbox: &'a Rc<Outbox>, traffic: &'a Rc<Traffic>) -> impl Future<Output = CloseReason> + 'a {
+    // A plain fn for the reason `run` gives.
+    async move {
+        let reason = write_until_closed(&mut write_half, outbox, traffic).await;
+        // No `shutdown`: the socket is closed as the session ends, which sends
+        // the FIN after what was written; a shutdown first is one more syscall
+        // per connection (which fails when the client has already gone).
+        write_half.forget();
+        reason
+    }
 }
 
 async fn write_until_closed(write_half: &mut OwnedWriteHalf, outbox: &Rc<Outbox>, traffic: &Rc<Traffic>) -> CloseReason {
