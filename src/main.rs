@@ -73,20 +73,18 @@ fn main() {
 /// allocate anything.
 ///
 /// mimalloc asks for them on its arena (`madvise(MADV_HUGEPAGE)`, which Linux
-/// honours in its default `madvise` mode; `always` needs no asking). Then
-/// each 2 MiB of the arena that anything touched is resident in full, and it
-/// stays resident while one 64 KiB mimalloc page in it holds one live block:
-/// mimalloc's purge of the free pages around it splits the huge page, and
-/// khugepaged folds the range back into one (`max_ptes_none` 511 lets it fill
-/// a range that is all but empty). After a crowd has come and gone, the few
-/// blocks still alive are spread over the arena the crowd grew, so most of
-/// the peak stayed: 150 s of the by-hand soak (3,000 clients) ended at 49 MiB
-/// from 19 with 1.7–5 MiB live (counted by a wrapping allocator), 26 MiB of
-/// the arena in huge pages (`AnonHugePages` in `/proc/PID/smaps`); without
-/// them, at 15 MiB from 8 (README "Soak"). The arena's free pages then go back to the kernel in
-/// 64 KiB purges (`release_freed_memory` in `server`). The cost is TLB reach,
-/// which matters little next to system calls for a broker whose live data is
-/// tens of MiB.
+/// honours in its default `madvise` mode; `always` needs no asking). Then a
+/// 2 MiB range of the arena is faulted in whole when any of it is first
+/// touched, and it can only shrink when mimalloc's 64 KiB purges split it —
+/// which khugepaged can undo for ranges still partly in use
+/// (`max_ptes_none` 511 lets it fill a range that is all but empty). After a
+/// crowd has come and gone, the few blocks still alive are spread over the
+/// arena the crowd grew, so most of the peak stayed: 150 s of the by-hand
+/// soak (3,000 clients) ended at 49–55 MiB from 19–21 with 1.7–5 MiB live
+/// (counted by a wrapping allocator) and 22–26 MiB of the arena in huge
+/// pages (`AnonHugePages` in `/proc/PID/smaps`), though mimalloc had purged
+/// 0.6 GiB by then; without them, at 15 MiB from 8 (README "Soak"). The cost
+/// is TLB reach: more page walks for the same memory (not measured here).
 ///
 /// Two halves: mimalloc is built without the `madvise` (`no_thp` in
 /// Cargo.toml), which is all it takes in `madvise` mode, from its first

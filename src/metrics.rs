@@ -52,9 +52,9 @@ struct Histograms {
 /// instead keep each sample recorded since the last render in a list of
 /// 1 KiB blocks (a value and an `Instant`: 16 bytes) and read the clock for
 /// each, and it frees the blocks through crossbeam-epoch only once later
-/// scrapes have pinned often enough: a scrape after the 300 s soak turned
-/// its ~475,000 write samples into 7,400 blocks (7.6 MiB) that an idle broker
-/// then kept (README "Soak"). Here a scrape costs one addition per sample
+/// scrapes have pinned often enough: the first scrape after the 300 s soak
+/// turned its ~475,000 latency samples into 7,400 blocks (7.6 MiB) that the
+/// idle broker then kept (README "Soak"). Here a scrape costs one addition per sample
 /// the shards kept (they keep at most a fixed number and count the rest per
 /// bucket), and nothing is allocated.
 struct LatencyHistogram {
