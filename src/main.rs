@@ -9,7 +9,8 @@ use shardcast::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
 // Many small, short-lived allocations on many threads: mimalloc keeps them
-// thread-local and cheap.
+// thread-local and cheap. Without transparent huge pages: see
+// `disable_transparent_huge_pages`.
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
@@ -17,6 +18,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 const MIN_JWT_SECRET_BYTES: usize = 32;
 
 fn main() {
+    disable_transparent_huge_pages();
     let config = Config::from_env_and_args();
     init_logging(&config);
 
@@ -65,6 +67,38 @@ fn main() {
     tracing::info!("shutting down: closing connections");
     server.shutdown();
     tracing::info!("stopped");
+}
+
+/// Turns transparent huge pages off for this process, before the shards
+/// allocate anything.
+///
+/// mimalloc asks for them on its arena (`madvise(MADV_HUGEPAGE)`, which Linux
+/// honours in its default `madvise` mode; `always` needs no asking). Then a
+/// 2 MiB range of the arena is faulted in whole when any of it is first
+/// touched, and it can only shrink when mimalloc's 64 KiB purges split it —
+/// which khugepaged can undo for ranges still partly in use
+/// (`max_ptes_none` 511 lets it fill a range that is all but empty). After a
+/// crowd has come and gone, the few blocks still alive are spread over the
+/// arena the crowd grew, so most of the peak stayed: 150 s of the by-hand
+/// soak (3,000 clients) ended at 49–55 MiB from 19–21 with 1.7–5 MiB live
+/// (counted by a wrapping allocator) and 22–26 MiB of the arena in huge
+/// pages (`AnonHugePages` in `/proc/PID/smaps`), though mimalloc had purged
+/// 0.6 GiB by then; without them, at 15 MiB from 8 (README "Soak"). The cost
+/// is TLB reach: more page walks for the same memory (not measured here).
+///
+/// Two halves: mimalloc is built without the `madvise` (`no_thp` in
+/// Cargo.toml), which is all it takes in `madvise` mode, from its first
+/// allocation (before `main`); and `prctl(PR_SET_THP_DISABLE)` here turns
+/// them off for every mapping of the process, for faults and khugepaged
+/// alike, which is what `always` mode needs.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a prctl with integer arguments; it only sets a flag of this
+    // process. Failing (a kernel without it) leaves huge pages on: more
+    // memory kept after a peak, nothing else.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
 }
 
 fn init_logging(config: &Config) {
