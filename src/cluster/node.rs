@@ -876,13 +876,18 @@ impl Node {
                 let live: Vec<String> = values.filter_map(|v| redis::from_redis_value::<String>(v).ok()).collect();
                 self.status.nodes.store(live.len(), Ordering::Relaxed);
                 *self.live.borrow_mut() = live;
-                let was_up = self.status.redis_up.swap(true, Ordering::Relaxed);
-                if !was_up {
-                    tracing::info!(node = %self.name, "Redis reachable: cross-node delivery is on");
-                }
+                let was_up = self.status.is_redis_up();
                 if (!was_up || fresh) && !self.resyncing.replace(true) {
-                    self.resync().await;
-                    self.resyncing.set(false);
+                    // Back only once both connections are: until the
+                    // subscriber is subscribed again, a publish could not
+                    // come back here (its sender would wait for the echo).
+                    let _resetting = ResetOnDrop(&self.resyncing);
+                    if !self.resync().await {
+                        return;
+                    }
+                }
+                if !self.status.redis_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(node = %self.name, "Redis reachable: cross-node delivery is on");
                 }
             }
             Err(error) => self.redis_down(&error.to_string()),
@@ -901,7 +906,8 @@ impl Node {
 
     /// Subscribes to every channel this node needs and registers its rooms
     /// and users again (after a restart Redis has forgotten them).
-    async fn resync(self: &Rc<Self>) {
+    /// `false`: Redis failed on the way (and is down).
+    async fn resync(self: &Rc<Self>) -> bool {
         // What Redis says this node has, read before this node's own record:
         // an entry the record lacks is stale (a leave or an offline that
         // could not reach Redis while it was away), and one the record gains
@@ -916,7 +922,10 @@ impl Node {
             .await;
         let (users_on_redis, rooms_on_redis) = match on_redis {
             Ok(sets) => sets,
-            Err(error) => return self.redis_down(&error.to_string()),
+            Err(error) => {
+                self.redis_down(&error.to_string());
+                return false;
+            }
         };
         let rooms: Vec<(Arc<str>, u32)> = self.registered.borrow().rooms.iter().map(|(r, n)| (r.clone(), *n)).collect();
         let users: Vec<Arc<str>> = self.registered.borrow().users.iter().cloned().collect();
@@ -925,9 +934,16 @@ impl Node {
         let mut channels = vec![self.names.all_channel(), self.names.node_channel(&self.name), self.names.adapter_all().to_string()];
         channels.extend(rooms.iter().map(|(room, _)| self.names.adapter_room(room)));
         let mut subscriber = self.subscriber.clone();
-        if let Err(error) = subscriber.subscribe(&channels).await {
+        let mut subscribed = subscriber.subscribe(&channels).await;
+        if subscribed.is_err() {
+            // The subscriber's last reconnection may have failed while Redis
+            // was away (nothing else uses it): that stale error started a new
+            // connection (which resubscribes what it had); subscribe on it.
+            subscribed = subscriber.subscribe(&channels).await;
+        }
+        if let Err(error) = subscribed {
             self.redis_down(&error.to_string());
-            return;
+            return false;
         }
         {
             let mut registered = self.registered.borrow_mut();
@@ -935,7 +951,7 @@ impl Node {
             self.status.subscriptions.store(registered.subscribed.len() + 3, Ordering::Relaxed);
         }
         if rooms.is_empty() && users.is_empty() && stale_users.is_empty() && stale_rooms.is_empty() {
-            return;
+            return true;
         }
         let mut pipe = redis::pipe();
         for room in &stale_rooms {
@@ -952,15 +968,21 @@ impl Node {
             pipe.add_command(self.user_script(scripts::USER_ONLINE, user, true)).ignore();
         }
         match pipe.query_async::<()>(&mut publisher).await {
-            Ok(()) => tracing::info!(
-                node = %self.name,
-                rooms = rooms.len(),
-                users = users.len(),
-                stale_rooms = stale_rooms.len(),
-                stale_users = stale_users.len(),
-                "registered this node's rooms and users on Redis again"
-            ),
-            Err(error) => self.redis_down(&error.to_string()),
+            Ok(()) => {
+                tracing::info!(
+                    node = %self.name,
+                    rooms = rooms.len(),
+                    users = users.len(),
+                    stale_rooms = stale_rooms.len(),
+                    stale_users = stale_users.len(),
+                    "registered this node's rooms and users on Redis again"
+                );
+                true
+            }
+            Err(error) => {
+                self.redis_down(&error.to_string());
+                false
+            }
         }
     }
 
@@ -991,6 +1013,16 @@ impl Node {
 
     pub fn own_tag(&self) -> u32 {
         node_tag()
+    }
+}
+
+/// Clears a flag when dropped: the heartbeat's timeout may drop a resync
+/// half-way, and the next beat must be able to start another.
+struct ResetOnDrop<'a>(&'a Cell<bool>);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

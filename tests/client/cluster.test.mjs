@@ -815,10 +815,19 @@ describe('cluster: Redis restarted in the middle of traffic', { skip: redisMissi
       5000, () => `shardcast_cluster_publish_failures_total on A went ${failures0} -> ${failures1} after a relay and a room publish that could not cross`);
 
     // Redis comes back on the same port, empty (no persistence).
+    const logMarks = nodes.map((n) => n.logs.length);
     await redis.restart();
     const restartedAt = Date.now();
     await waitClusterSize(nodes, 3, 20000);
     process.stdout.write(`# every node "ok" and seeing 3 nodes ${Date.now() - restartedAt} ms after Redis restarted\n`);
+    // Back once, for good: a node says Redis is reachable only when both of
+    // its connections are (the subscriber's last reconnection failed while
+    // Redis was away; a node that published before it was back waited for
+    // echoes that could not come, and flapped to "unreachable").
+    for (const [i, n] of nodes.entries()) {
+      const turns = n.logs.slice(logMarks[i]).map((l) => l.line.match(/Redis (reachable|unreachable)/)).filter(Boolean).map((m) => m[1]);
+      assert.deepEqual(turns, ['reachable'], `${n.name}: Redis status changes after the restart`);
+    }
     assert.equal(await metric(A, 'shardcast_cluster_redis_up'), 1);
 
     // After: across nodes again, nobody restarted.
