@@ -15,11 +15,20 @@
 //! the kernel's cost of one Engine.IO ping/pong for the server's side, wake-ups
 //! included. Prints the writer's CPU per exchange.
 //!
+//! `--warm` (before the counts) first exchanges one ping and pong on every
+//! socket, back to back, then measures the sends as without it. A broker's
+//! clients have all sent something (a handshake, requests, pongs) before a
+//! broadcast reaches them, and a TCP receiver that has answered data
+//! acknowledges differently from one that never sent anything (Linux's
+//! delayed-ACK "pingpong" mode rather than quick ACKs): this measures the
+//! sends to connections in that state.
+//!
 //! The reader is a child process (forked before any thread starts), so each
 //! side needs only N descriptors: N = 19,000 fits under a 20,000 limit.
 //!
 //! ```sh
 //! cargo run --release --example loopback_floor -- 10000 20
+//! cargo run --release --example loopback_floor -- --warm 10000 20
 //! cargo run --release --example loopback_floor -- --ping 10000 3 2000
 //! ```
 
@@ -42,6 +51,10 @@ fn main() {
     if ping {
         args.remove(0);
     }
+    let warm = args.first().is_some_and(|a| a == "--warm");
+    if warm {
+        args.remove(0);
+    }
     let connections: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(if ping { 3 } else { 20 });
     let rate: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2000.0);
@@ -49,14 +62,17 @@ fn main() {
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().unwrap();
-    // Bytes the reader has read, in memory shared with the child.
-    let received = shared_counter();
+    // Bytes the reader has read, and whether it answers pings, in memory
+    // shared with the child.
+    let received = shared_counter(0);
+    let answering = shared_counter(1);
+    answering.store(ping as u64, Ordering::Relaxed);
     // SAFETY: no thread has been started yet, so the child is a plain copy.
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork failed");
     if child == 0 {
         drop(listener);
-        reader(addr, connections, ping, received);
+        reader(addr, connections, answering, received);
     }
 
     pin_to(0);
@@ -71,6 +87,13 @@ fn main() {
     if ping {
         ping_rounds(&sockets, rounds, rate);
     } else {
+        if warm {
+            print!("warm-up, ");
+            answering.store(1, Ordering::Relaxed);
+            ping_rounds(&sockets, 1, 0.0);
+            answering.store(0, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(500));
+        }
         send_rounds(&sockets, rounds, received);
     }
     drop(sockets);
@@ -193,7 +216,7 @@ fn ping_rounds(sockets: &[TcpStream], rounds: usize, rate: f64) {
 
 /// The child: connects every socket, reads (and answers pings with pongs)
 /// on core 1 until killed.
-fn reader(addr: SocketAddr, connections: usize, ping: bool, received: &'static AtomicU64) -> ! {
+fn reader(addr: SocketAddr, connections: usize, answering: &'static AtomicU64, received: &'static AtomicU64) -> ! {
     // SAFETY: asks for SIGKILL when the parent dies.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     pin_to(1);
@@ -211,7 +234,7 @@ fn reader(addr: SocketAddr, connections: usize, ping: bool, received: &'static A
                         break;
                     }
                     received.fetch_add(n as u64, Ordering::Relaxed);
-                    if ping {
+                    if answering.load(Ordering::Relaxed) != 0 {
                         pending += n;
                         while pending >= PING.len() {
                             pending -= PING.len();
@@ -228,8 +251,16 @@ fn reader(addr: SocketAddr, connections: usize, ping: bool, received: &'static A
     std::process::exit(0)
 }
 
-/// A counter in memory shared with the forked reader.
-fn shared_counter() -> &'static AtomicU64 {
+/// Counter `slot` (0 or 1) of a page shared with the forked reader; mapped
+/// on first use, before the fork.
+fn shared_counter(slot: usize) -> &'static AtomicU64 {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let page = *PAGE.get_or_init(shared_page);
+    // SAFETY: the page is 4,096 bytes, zeroed, page-aligned and never unmapped.
+    unsafe { &*((page as *const AtomicU64).add(slot)) }
+}
+
+fn shared_page() -> usize {
     // SAFETY: a fresh anonymous shared mapping, zeroed, aligned to a page;
     // it is never unmapped.
     unsafe {
@@ -242,7 +273,7 @@ fn shared_counter() -> &'static AtomicU64 {
             0,
         );
         assert_ne!(p, libc::MAP_FAILED, "mmap");
-        &*(p as *const AtomicU64)
+        p as usize
     }
 }
 
