@@ -84,6 +84,20 @@ fn start() -> Server {
     Server::start_with(common::loopback_config(), extensions).expect("the server starts")
 }
 
+/// Runs the Node client `script` against `server` once per transport mode,
+/// all at once, and gives each mode's JSON report when its process is done.
+async fn reports_in_every_mode(node: &Node, server: &Server, script: &str) -> Vec<(&'static str, Value)> {
+    let url = url(server);
+    let clients: Vec<_> = MODES.iter().map(|mode| node.spawn(script, &[url.as_str(), mode])).collect();
+    let mut reports = Vec::new();
+    for (mode, mut client) in MODES.into_iter().zip(clients) {
+        let out = client.next_json().await;
+        client.finish().await;
+        reports.push((mode, out));
+    }
+    reports
+}
+
 fn bytes(data: impl IntoIterator<Item = u8>) -> Value {
     json!({ "bytes": data.into_iter().collect::<Vec<_>>() })
 }
@@ -92,11 +106,7 @@ fn bytes(data: impl IntoIterator<Item = u8>) -> Value {
 async fn rust_handlers_answer_socket_io_client_with_acks_and_binary_attachments() {
     let Some(node) = Node::find() else { return };
     let server = start();
-    let url = url(&server);
-    let clients: Vec<_> = MODES.iter().map(|mode| node.spawn("socketio.mjs", &[url.as_str(), mode])).collect();
-    for (mode, mut client) in MODES.into_iter().zip(clients) {
-        let out = client.next_json().await;
-        client.finish().await;
+    for (mode, out) in reports_in_every_mode(&node, &server, "socketio.mjs").await {
         // The auth payload of the CONNECT reaches on_connect; the handler's
         // socket id is the client's.
         assert_eq!(out["welcome"], json!({ "auth": { "token": "abc" }, "idIsTheSocketId": true }), "{mode}");
@@ -133,11 +143,7 @@ async fn rust_handlers_answer_socket_io_client_with_acks_and_binary_attachments(
 async fn an_engine_app_answers_engine_io_client() {
     let Some(node) = Node::find() else { return };
     let server = start();
-    let url = url(&server);
-    let clients: Vec<_> = MODES.iter().map(|mode| node.spawn("engine.mjs", &[url.as_str(), mode])).collect();
-    for (mode, mut client) in MODES.into_iter().zip(clients) {
-        let out = client.next_json().await;
-        client.finish().await;
+    for (mode, out) in reports_in_every_mode(&node, &server, "engine.mjs").await {
         let transport = if mode == "polling" { "polling" } else { "websocket" };
         let answers = json!(["HELLO", bytes([3, 2, 1]), "GRÜSSE", bytes([128, 255, 0])]);
         assert_eq!(out, json!({ "transport": transport, "answers": answers }), "{mode}");

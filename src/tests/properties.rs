@@ -151,6 +151,11 @@ fn namespace() -> impl Strategy<Value = String> {
     prop_oneof![Just("/".to_string()), "/[a-zA-Z0-9_.~-]{1,12}"]
 }
 
+/// What a payload answers: an event (`Ok`, its name) or an ack (`Err`, its id).
+fn event_or_ack() -> impl Strategy<Value = Result<String, u64>> {
+    prop_oneof![".{0,20}".prop_map(Ok), (0u64..=(1 << 53)).prop_map(Err)]
+}
+
 /// The Socket.IO packet inside a server frame's Engine.IO message.
 fn sio_text(frame: &OutFrame) -> String {
     let text = String::from_utf8(frame.payload().to_vec()).expect("server frames are UTF-8");
@@ -328,7 +333,7 @@ proptest! {
     #[test]
     fn binary_payloads_round_trip(
         nsp in namespace(),
-        reply in prop_oneof![".{0,20}".prop_map(Ok), (0u64..=(1 << 53)).prop_map(Err)],
+        reply in event_or_ack(),
         args in vec(json(), 0..3),
         attachments in vec(vec(any::<u8>(), 0..50), 0..=16),
     ) {
@@ -363,7 +368,7 @@ proptest! {
     #[test]
     fn binary_packets_reassemble_only_in_turn(
         nsp in namespace(),
-        reply in prop_oneof![".{0,20}".prop_map(Ok), (0u64..=(1 << 53)).prop_map(Err)],
+        reply in event_or_ack(),
         extra in vec(json(), 0..3),
         attachments in vec(vec(any::<u8>(), 0..50), 1..=16),
         mishap in (0usize..4, any::<usize>()),
