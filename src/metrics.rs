@@ -78,6 +78,17 @@ impl LatencyHistogram {
         self.sum += seconds * count as f64;
     }
 
+    /// The samples a shard counted per bucket past its cap (`overflow[i]`
+    /// in bucket `i`, the last one above every bound): each counts at its
+    /// bucket's bound, so the counts per bucket are exact and the sum is an
+    /// upper estimate.
+    fn record_overflow(&mut self, overflow: &[u64]) {
+        for (bucket, n) in overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
+            self.record_many(bound, *n);
+        }
+    }
+
     /// The family as the exporter writes one (`_bucket` with cumulative
     /// counts, `+Inf`, `_sum`, `_count`, a blank line).
     fn render(&self, out: &mut String) {
@@ -177,20 +188,12 @@ impl Metrics {
                 for sample in &counters.latency_samples {
                     latency.record_many(*sample, 1);
                 }
-                // Samples past a shard's cap count at their bucket's bound
-                // (exact counts per bucket; the sum is an upper estimate).
-                for (bucket, n) in counters.latency_overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
-                    let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
-                    latency.record_many(bound, *n);
-                }
+                latency.record_overflow(&counters.latency_overflow);
                 let written = &mut histograms.written;
                 for (seconds, n) in &counters.written_latency.runs {
                     written.record_many(*seconds, u64::from(*n));
                 }
-                for (bucket, n) in counters.written_latency.overflow.iter().enumerate().filter(|(_, n)| **n > 0) {
-                    let bound = LATENCY_BUCKETS.get(bucket).copied().unwrap_or(LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0);
-                    written.record_many(bound, *n);
-                }
+                written.record_overflow(&counters.written_latency.overflow);
             }
             for (index, depth) in depths.iter().enumerate() {
                 gauge!("shardcast_shard_queue_depth", "shard" => index.to_string()).set(*depth as f64);
