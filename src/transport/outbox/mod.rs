@@ -189,7 +189,7 @@ impl Outbox {
         if !self.scheduled.get() {
             let Some(me) = direct.me.upgrade() else { return false };
             self.scheduled.set(true);
-            flusher::schedule(me);
+            flusher::schedule(direct.fd, me);
         }
         true
     }
