@@ -62,13 +62,24 @@ pub fn open_frame(info: &OpenInfo<'_>) -> OutFrame {
     let mut builder = FrameBuilder::with_capacity(128);
     let buf = builder.buf();
     buf.push(b'0');
-    let body = serde_json::json!({
-        "sid": info.sid,
-        "upgrades": info.upgrades,
-        "pingInterval": info.ping_interval_ms,
-        "pingTimeout": info.ping_timeout_ms,
-        "maxPayload": info.max_payload,
-    });
+    // A struct rather than `json!`, which would build a map per handshake;
+    // fields in the order `json!` wrote them (alphabetical).
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        max_payload: usize,
+        ping_interval: u64,
+        ping_timeout: u64,
+        sid: &'a str,
+        upgrades: &'a [&'a str],
+    }
+    let body = Body {
+        max_payload: info.max_payload,
+        ping_interval: info.ping_interval_ms,
+        ping_timeout: info.ping_timeout_ms,
+        sid: info.sid,
+        upgrades: info.upgrades,
+    };
     serde_json::to_writer(&mut *buf, &body).expect("writing JSON to a Vec cannot fail");
     builder.finish(OpCode::Text)
 }

@@ -345,7 +345,11 @@ pub fn ack_frame(namespace: &str, ack_id: u64, data: &impl Serialize) -> OutFram
 /// `40{"sid":…}`: the CONNECT reply.
 pub fn connect_frame(namespace: &str, socket_id: &str) -> OutFrame {
     let mut builder = header(PacketType::Connect, 0, namespace, None, 40);
-    serde_json::to_writer(&mut *builder.buf(), &serde_json::json!({ "sid": socket_id }))
+    #[derive(Serialize)]
+    struct Body<'a> {
+        sid: &'a str,
+    }
+    serde_json::to_writer(&mut *builder.buf(), &Body { sid: socket_id })
         .expect("writing JSON to a Vec cannot fail");
     builder.finish(OpCode::Text)
 }
