@@ -25,7 +25,9 @@ thread_local! {
 
 #[derive(Default)]
 struct Flusher {
-    /// Listed outboxes, with the descriptor each writes to.
+    /// Listed outboxes, with the descriptor each wrote to when listed: only
+    /// the order of the pass (a write uses the outbox's socket as it is then,
+    /// so a descriptor closed and reused meanwhile only puts one out of order).
     pending: RefCell<Vec<(RawFd, Rc<Outbox>)>>,
     waker: Cell<Option<Waker>>,
     started: Cell<bool>,
