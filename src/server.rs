@@ -447,10 +447,49 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
     }
 }
 
-/// Counts an accepted connection and serves it in a task of its own.
+/// Counts an accepted connection and starts serving it. Its first read is
+/// made here: the listener accepts once the request has arrived
+/// (`TCP_DEFER_ACCEPT`), so it usually finds it (the read bypasses tokio,
+/// which does not know the new socket is readable until its reactor has
+/// polled), and the usual request — a
+/// new session's WebSocket upgrade — then starts the session's task at
+/// once. Anything else gets a task that reads on (`serve_connection`); that
+/// task, sized for hyper's connection, is one more to allocate, schedule and
+/// free per handshake when it is not needed.
 fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, stream: TcpStream, peer: SocketAddr) {
     let slot = services.budget.open_slot();
-    tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer, slot));
+    let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
+    let received = recv_now(&stream, &mut head);
+    let (stream, slot) = match received {
+        Ok(read) if read > 0 => match open_session_directly(shard, services, stream, &head, slot) {
+            Some(not_opened) => not_opened,
+            None => return,
+        },
+        _ => (stream, slot),
+    };
+    tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer, slot, head, received));
+}
+
+/// Starts the session of a new WebSocket upgrade whose request is all in
+/// `head`, answered without hyper (see `protocol::http_upgrade`) in a task
+/// of the session's own; gives the connection back if `head` holds no such
+/// request (incomplete, something else, or one to refuse, which hyper's
+/// path answers).
+fn open_session_directly(
+    shard: &Rc<Shard>,
+    services: &Arc<Services>,
+    stream: TcpStream,
+    head: &[u8],
+    slot: ConnectionSlot,
+) -> Option<(TcpStream, ConnectionSlot)> {
+    let Head::Upgrade(request) = http_upgrade::parse(head) else { return Some((stream, slot)) };
+    let direct = |endpoint: &&Endpoint| engine_http::opens_directly(shard, endpoint, &request) && slot.admits_new_session();
+    let Some(endpoint) = endpoint_for(services, request.path).filter(direct) else { return Some((stream, slot)) };
+    shard.counters.http_request(route_label(request.path), 101);
+    let response = request.response();
+    let already_read = Bytes::copy_from_slice(&head[request.head_len..]);
+    tokio::task::spawn_local(engine_http::serve_websocket(shard, endpoint, stream, already_read, response, slot));
+    None
 }
 
 /// Most connections one round at the wall answers before backing off.
@@ -545,28 +584,27 @@ const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// (browsers' upgrade requests, cookies included, are well under this).
 const FIRST_READ_BYTES: usize = 4096;
 
-/// Serves one accepted connection. Its request head is read here first: a
-/// new session's WebSocket upgrade is answered without hyper (see
-/// `protocol::http_upgrade`); anything else goes to hyper, with the bytes
-/// already read put back in front.
+/// Serves one accepted connection whose first read (`head`, `received`)
+/// did not start a session: reads on until the request head is complete —
+/// a new session's WebSocket upgrade then still opens directly
+/// ([`open_session_directly`]) — and hands anything else to hyper, with the
+/// bytes already read put back in front.
 ///
 /// `slot` counts the connection as open for as long as its socket lives,
 /// and decides whether it may start a new session (the connection capacity).
 async fn serve_connection(
     shard: Rc<Shard>,
     services: Arc<Services>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
-    slot: ConnectionSlot,
+    mut slot: ConnectionSlot,
+    mut head: BytesMut,
+    mut received: std::io::Result<usize>,
 ) {
-    let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
     // A head trickled in a byte at a time, or never sent, ends here
     // (`REQUEST_TIMEOUT_MS`); hyper has the same bound for each request after.
     let deadline = tokio::time::Instant::now() + services.config.request_timeout();
-    // The listener accepts once the request has arrived (TCP_DEFER_ACCEPT),
-    // so this read usually finds it. It bypasses tokio, which does not know
-    // the new socket is readable until its reactor has polled.
-    let mut received = recv_now(&stream, &mut head);
+    let mut first = true;
     loop {
         match received {
             Ok(0) => return,
@@ -576,22 +614,18 @@ async fn serve_connection(
         }
         match http_upgrade::parse(&head) {
             Head::Incomplete if head.len() < head.capacity() => {}
-            Head::Upgrade(request) => {
-                let endpoint = endpoint_for(&services, request.path);
-                // Over capacity, hyper's path answers the refusal.
-                let direct = |endpoint: &&Endpoint| engine_http::opens_directly(&shard, endpoint, &request) && slot.admits_new_session();
-                if let Some(endpoint) = endpoint.filter(direct) {
-                    shard.counters.http_request(route_label(request.path), 101);
-                    let response = request.response();
-                    let already_read = Bytes::copy_from_slice(&head[request.head_len..]);
-                    // Its own task: this one, sized for hyper's connection, ends.
-                    tokio::task::spawn_local(engine_http::serve_websocket(&shard, endpoint, stream, already_read, response, slot));
-                    return;
+            // `start_connection` already tried the head of the first read.
+            Head::Upgrade(_) if first => break,
+            Head::Upgrade(_) => match open_session_directly(&shard, &services, stream, &head, slot) {
+                None => return,
+                Some(not_opened) => {
+                    (stream, slot) = not_opened;
+                    break;
                 }
-                break;
-            }
+            },
             _ => break,
         }
+        first = false;
         if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
             return;
         }
