@@ -451,11 +451,10 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
 /// made here: the listener accepts once the request has arrived
 /// (`TCP_DEFER_ACCEPT`), so it usually finds it (the read bypasses tokio,
 /// which does not know the new socket is readable until its reactor has
-/// polled), and the usual request — a
-/// new session's WebSocket upgrade — then starts the session's task at
-/// once. Anything else gets a task that reads on (`serve_connection`); that
-/// task, sized for hyper's connection, is one more to allocate, schedule and
-/// free per handshake when it is not needed.
+/// polled), and the usual request — a new session's WebSocket upgrade —
+/// then starts the session's task at once. Anything else gets a task that
+/// reads on (`serve_connection`); that task, sized for hyper's connection,
+/// would be one more to allocate, schedule and free per handshake.
 fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, stream: TcpStream, peer: SocketAddr) {
     let slot = services.budget.open_slot();
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
