@@ -459,13 +459,7 @@ fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, stream: TcpStre
     let slot = services.budget.open_slot();
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
     let received = recv_now(&stream, &mut head);
-    let (stream, slot) = match received {
-        Ok(read) if read > 0 => match open_session_directly(shard, services, stream, &head, slot) {
-            Some(not_opened) => not_opened,
-            None => return,
-        },
-        _ => (stream, slot),
-    };
+    let Some((stream, slot)) = open_session_directly(shard, services, stream, &head, slot) else { return };
     tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer, slot, head, received));
 }
 
@@ -603,7 +597,6 @@ async fn serve_connection(
     // A head trickled in a byte at a time, or never sent, ends here
     // (`REQUEST_TIMEOUT_MS`); hyper has the same bound for each request after.
     let deadline = tokio::time::Instant::now() + services.config.request_timeout();
-    let mut first = true;
     loop {
         match received {
             Ok(0) => return,
@@ -613,8 +606,9 @@ async fn serve_connection(
         }
         match http_upgrade::parse(&head) {
             Head::Incomplete if head.len() < head.capacity() => {}
-            // `start_connection` already tried the head of the first read.
-            Head::Upgrade(_) if first => break,
+            // One whose head is now whole; or one the first read held whole
+            // but `start_connection` could not open, tried again (it goes to
+            // hyper unless the capacity freed up meanwhile).
             Head::Upgrade(_) => match open_session_directly(&shard, &services, stream, &head, slot) {
                 None => return,
                 Some(not_opened) => {
@@ -624,7 +618,6 @@ async fn serve_connection(
             },
             _ => break,
         }
-        first = false;
         if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
             return;
         }

@@ -411,7 +411,6 @@ fn event_label(name: &str) -> &'static str {
     BUILTIN_EVENTS.into_iter().find(|known| *known == name).unwrap_or("other")
 }
 
-
 /// The `connected` event's payload. Structs rather than `json!` for the two
 /// events of every handshake (no map built per connection); fields in the
 /// order `json!` wrote them (alphabetical).
