@@ -449,16 +449,14 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
 
 /// Counts an accepted connection and starts serving it. Its first read is
 /// made here: the listener accepts once the request has arrived
-/// (`TCP_DEFER_ACCEPT`), so it usually finds it (the read bypasses tokio,
-/// which does not know the new socket is readable until its reactor has
-/// polled), and the usual request — a new session's WebSocket upgrade —
-/// then starts the session's task at once. Anything else gets a task that
+/// (`TCP_DEFER_ACCEPT`), so it usually finds it, and the usual request — a
+/// new session's WebSocket upgrade — then starts the session's task at once. Anything else gets a task that
 /// reads on (`serve_connection`); that task, sized for hyper's connection,
 /// would be one more to allocate, schedule and free per handshake.
-fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, stream: TcpStream, peer: SocketAddr) {
+fn start_connection(shard: &Rc<Shard>, services: &Arc<Services>, mut stream: TcpStream, peer: SocketAddr) {
     let slot = services.budget.open_slot();
     let mut head = BytesMut::with_capacity(FIRST_READ_BYTES);
-    let received = recv_now(&stream, &mut head);
+    let received = recv_now(&mut stream, &mut head);
     let Some((stream, slot)) = open_session_directly(shard, services, stream, &head, slot) else { return };
     tokio::task::spawn_local(serve_connection(shard.clone(), services.clone(), stream, peer, slot, head, received));
 }
@@ -637,10 +635,32 @@ async fn serve_connection(
     serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot, half_close).await
 }
 
-/// One non-blocking `recv` into `buf`'s spare room.
-fn recv_now(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let received = socket2::SockRef::from(stream).recv(buf.spare_capacity_mut())?;
-    // SAFETY: the kernel initialised `received` bytes of the spare room.
+/// One non-blocking read into `buf`'s spare room (`WouldBlock` if nothing
+/// has arrived). Made through tokio, not with a bare `recv`: tokio takes a
+/// socket it has just accepted for readable, and only its own short read
+/// tells it the socket is drained. After a bare `recv`, the session's first
+/// read would try the socket again and fail with EAGAIN: one wasted system
+/// call per handshake. Unconstrained by the task budget: a read refused for
+/// the accept loop's budget would send an upgrade down the slow path.
+fn recv_now(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::{AsyncRead, ReadBuf};
+    let mut read_buf = ReadBuf::uninit(buf.spare_capacity_mut());
+    let mut read = std::pin::pin!(tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
+        Poll::Ready(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read_buf))
+    })));
+    // A no-op waker: whoever reads next (the session, or `serve_connection`)
+    // registers its own.
+    let Poll::Ready(polled) = read.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
+        unreachable!("poll_fn above is always ready")
+    };
+    let received = match polled {
+        Poll::Ready(Ok(())) => read_buf.filled().len(),
+        Poll::Ready(Err(error)) => return Err(error),
+        Poll::Pending => return Err(std::io::ErrorKind::WouldBlock.into()),
+    };
+    // SAFETY: the read initialised `received` bytes of the spare room.
     unsafe { buf.set_len(buf.len() + received) };
     Ok(received)
 }
