@@ -6,6 +6,7 @@
 //! echo namespaces the official Socket.IO test suite expects this way.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,7 +38,7 @@ pub struct Ack(pub u64);
 
 /// A connected socket, as handlers see it.
 pub struct Socket<'a> {
-    pub(super) outbox: &'a Outbox,
+    pub(super) outbox: &'a Rc<Outbox>,
     pub(super) namespace: &'a str,
     pub(super) id: &'a str,
 }

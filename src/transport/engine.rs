@@ -56,7 +56,7 @@ pub type EngineAppFactory = std::sync::Arc<dyn Fn() -> Box<dyn EngineApp> + Send
 
 /// What an [`EngineApp`] can do with its session.
 pub struct EngineSocket<'a> {
-    outbox: &'a Outbox,
+    outbox: &'a Rc<Outbox>,
 }
 
 impl EngineSocket<'_> {

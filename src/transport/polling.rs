@@ -179,7 +179,7 @@ impl<H: EngineHandler> PollingSession<H> {
         // What did not fit goes with the next GET; only the last one closes.
         let drained = outbox.is_empty();
         let mut packets: Vec<Bytes> = Vec::with_capacity(frames.len() + 1);
-        for frame in &frames {
+        for frame in frames.iter() {
             match frame.wire()[0] {
                 0x81 => packets.push(frame.payload()),
                 // Binary messages travel base64-encoded behind a `b`.

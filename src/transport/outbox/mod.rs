@@ -16,11 +16,10 @@
 //! waiting for the socket to become writable.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -29,13 +28,12 @@ use crate::protocol::wsframe::OutFrame;
 use super::{CloseReason, Traffic};
 
 mod flusher;
+mod queue;
+
+pub use queue::FrameQueue;
 
 /// Frames per vectored write (Linux accepts up to 1024 iovecs).
 pub const MAX_IOVECS: usize = 64;
-
-/// Queue capacity an emptied outbox may keep (a few frames: steady traffic
-/// reuses it without reallocating); above it, the queue's memory is freed.
-const IDLE_CAPACITY: usize = 8;
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,42 +61,51 @@ impl Drop for Outbox {
     }
 }
 
+/// `repr(C)`, fields in this order: what a delivery's push and the
+/// flusher's write touch comes first, in the allocation's first three cache
+/// lines (the reference counts, the queue with its inline frame, the flags,
+/// the socket); the wakers and the close reason, which they rarely touch,
+/// come last. A broadcast reaches each recipient's outbox at random (a room
+/// lists its members in hash order), so every line it touches is a likely
+/// cache miss. 208 bytes: with `Rc`'s counts, mimalloc's 224-byte class.
+#[repr(C)]
 pub struct Outbox {
-    queue: RefCell<VecDeque<OutFrame>>,
-    waker: Cell<Option<Waker>>,
-    /// Woken when the outbox starts closing (the session owner waits on it).
-    close_waker: Cell<Option<Waker>>,
-    /// Closed without flushing: the connection must end now, even if its
-    /// writer is stuck on a socket the client no longer reads.
-    aborted: Cell<bool>,
-    abort_waker: Cell<Option<Waker>>,
-    /// Woken when everything queued has been handed to the transport.
-    flush_waker: Cell<Option<Waker>>,
-    /// The writer is writing a batch it took.
-    writing: Cell<bool>,
-    closing: RefCell<Option<CloseReason>>,
+    queue: RefCell<FrameQueue>,
+    limit: u32,
     /// Drops since the writer last made progress: a client that keeps
     /// overflowing without reading anything is cut off.
     drops_without_progress: Cell<u32>,
     /// Bytes of the front frame already written.
-    front_written: Cell<usize>,
-    /// The socket the flusher may write to, while the writer task is idle.
-    direct: RefCell<Option<Direct>>,
+    front_written: Cell<u32>,
+    /// The writer is writing a batch it took.
+    writing: Cell<bool>,
     /// In the flusher's list for this scheduler pass.
     scheduled: Cell<bool>,
+    /// Closed without flushing: the connection must end now, even if its
+    /// writer is stuck on a socket the client no longer reads.
+    aborted: Cell<bool>,
+    /// `closing` is set (read on every push; the reason itself is cold).
+    is_closing: Cell<bool>,
     /// When the oldest published frame still queued was published (for
     /// `shardcast_broadcast_written_seconds`). One per outbox, not one per
     /// frame: frames stay 40 bytes, and a write that empties the queue
     /// records one sample, at the oldest frame it carried.
     published_at: Cell<Option<Instant>>,
-    limit: usize,
+    /// The socket the flusher may write to, while the writer task is idle.
+    direct: RefCell<Option<Direct>>,
+    /// Woken when everything queued has been handed to the transport.
+    flush_waker: Cell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
+    /// Woken when the outbox starts closing (the session owner waits on it).
+    close_waker: Cell<Option<Waker>>,
+    abort_waker: Cell<Option<Waker>>,
+    closing: RefCell<Option<CloseReason>>,
 }
 
 /// A WebSocket connection's socket, registered by its writer task.
 struct Direct {
     fd: RawFd,
     traffic: Rc<Traffic>,
-    me: Weak<Outbox>,
 }
 
 /// Unregisters the socket from the flusher when dropped (before the socket
@@ -115,32 +122,33 @@ impl Outbox {
     pub fn new(limit: usize) -> Outbox {
         LIVE_OUTBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Outbox {
-            queue: RefCell::new(VecDeque::new()),
-            waker: Cell::new(None),
-            close_waker: Cell::new(None),
-            aborted: Cell::new(false),
-            abort_waker: Cell::new(None),
-            flush_waker: Cell::new(None),
-            writing: Cell::new(false),
-            closing: RefCell::new(None),
+            queue: RefCell::new(FrameQueue::default()),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
             drops_without_progress: Cell::new(0),
             front_written: Cell::new(0),
-            direct: RefCell::new(None),
+            writing: Cell::new(false),
             scheduled: Cell::new(false),
+            aborted: Cell::new(false),
+            is_closing: Cell::new(false),
             published_at: Cell::new(None),
-            limit,
+            direct: RefCell::new(None),
+            flush_waker: Cell::new(None),
+            waker: Cell::new(None),
+            close_waker: Cell::new(None),
+            abort_waker: Cell::new(None),
+            closing: RefCell::new(None),
         }
     }
 
-    pub fn push(&self, frame: OutFrame) -> Pushed {
-        if self.closing.borrow().is_some() {
+    pub fn push(self: &Rc<Self>, frame: OutFrame) -> Pushed {
+        if self.is_closing.get() {
             return Pushed::Closed;
         }
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= self.limit {
+        if queue.len() >= self.limit as usize {
             let drops = self.drops_without_progress.get() + 1;
             self.drops_without_progress.set(drops);
-            if drops as usize > self.limit {
+            if drops > self.limit {
                 drop(queue);
                 self.abort(CloseReason::SlowConsumer);
             }
@@ -156,7 +164,7 @@ impl Outbox {
 
     /// [`push`](Self::push) for a published message (a relay, a broadcast,
     /// an API publish): its write to the socket is timed from `published_at`.
-    pub fn push_published(&self, frame: OutFrame, published_at: Instant) -> Pushed {
+    pub fn push_published(self: &Rc<Self>, frame: OutFrame, published_at: Instant) -> Pushed {
         let pushed = self.push(frame);
         if pushed == Pushed::Queued && self.published_at.get().is_none() {
             self.published_at.set(Some(published_at));
@@ -174,22 +182,21 @@ impl Outbox {
     /// the returned guard takes that back. `fd` must stay open while the
     /// guard lives.
     pub fn write_directly<'a>(self: &'a Rc<Self>, fd: RawFd, traffic: &Rc<Traffic>) -> DirectGuard<'a> {
-        *self.direct.borrow_mut() = Some(Direct { fd, traffic: traffic.clone(), me: Rc::downgrade(self) });
+        *self.direct.borrow_mut() = Some(Direct { fd, traffic: traffic.clone() });
         DirectGuard(self)
     }
 
     /// Puts this outbox on the flusher's list (once per pass); false if the
     /// writer task has to do the writing.
-    fn schedule_direct(&self) -> bool {
+    fn schedule_direct(self: &Rc<Self>) -> bool {
         if self.writing.get() {
             return false;
         }
         let direct = self.direct.borrow();
         let Some(direct) = direct.as_ref() else { return false };
         if !self.scheduled.get() {
-            let Some(me) = direct.me.upgrade() else { return false };
             self.scheduled.set(true);
-            flusher::schedule(direct.fd, me);
+            flusher::schedule(direct.fd, self.clone());
         }
         true
     }
@@ -210,11 +217,19 @@ impl Outbox {
             return;
         };
         let mut queue = self.queue.borrow_mut();
-        let mut offset = self.front_written.get();
-        while !queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let (count, len) = fill_slices(&queue, offset, &mut slices);
-            let Ok(written) = send_vectored(direct.fd, &slices[..count]) else { break };
+        let mut offset = self.front_written.get() as usize;
+        while let Some(front) = queue.front() {
+            // One frame (the usual case) goes straight from the queue's
+            // inline slot, without filling a 64-entry slice array.
+            let sent = if queue.len() == 1 {
+                let only = &front.wire()[offset..];
+                send_vectored(direct.fd, &[IoSlice::new(only)]).map(|written| (written, only.len()))
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let (count, len) = fill_slices(&queue, offset, &mut slices);
+                send_vectored(direct.fd, &slices[..count]).map(|written| (written, len))
+            };
+            let Ok((written, len)) = sent else { break };
             direct.traffic.sent(written);
             self.drops_without_progress.set(0);
             advance(&mut queue, &mut offset, written);
@@ -222,12 +237,10 @@ impl Outbox {
                 break;
             }
         }
-        self.front_written.set(offset);
+        self.front_written.set(offset as u32);
         let done = queue.is_empty();
-        if done && queue.capacity() > IDLE_CAPACITY {
-            // A burst grew the queue; an idle connection gives the memory back.
-            *queue = VecDeque::new();
-        }
+        // A burst spilled; an idle connection gives the memory back.
+        queue.release_spill();
         drop(queue);
         if done {
             if let Some(published_at) = self.published_at.take() {
@@ -244,7 +257,7 @@ impl Outbox {
     /// Queues a frame that must not be dropped (a reply the client waits
     /// for, a heartbeat): if the queue is full, the client is not reading,
     /// and the connection is closed rather than left waiting forever.
-    pub fn push_or_close(&self, frame: OutFrame) -> Pushed {
+    pub fn push_or_close(self: &Rc<Self>, frame: OutFrame) -> Pushed {
         let pushed = self.push(frame);
         if pushed == Pushed::Dropped {
             self.abort(CloseReason::SlowConsumer);
@@ -261,7 +274,7 @@ impl Outbox {
 
     /// Sends what is queued, then `last` (typically a close frame), then ends.
     pub fn close_after(&self, last: Option<OutFrame>, reason: CloseReason) {
-        if self.closing.borrow().is_some() {
+        if self.is_closing.get() {
             return;
         }
         if let Some(frame) = last {
@@ -272,9 +285,9 @@ impl Outbox {
 
     /// Ends the connection without flushing (keeps the first reason given).
     pub fn abort(&self, reason: CloseReason) {
-        self.queue.borrow_mut().clear();
+        *self.queue.borrow_mut() = FrameQueue::default();
         self.published_at.set(None);
-        if self.closing.borrow().is_none() {
+        if !self.is_closing.get() {
             self.set_closing(reason);
         }
         self.aborted.set(true);
@@ -299,6 +312,7 @@ impl Outbox {
 
     fn set_closing(&self, reason: CloseReason) {
         *self.closing.borrow_mut() = Some(reason);
+        self.is_closing.set(true);
         self.wake();
         if let Some(waker) = self.close_waker.take() {
             waker.wake();
@@ -318,7 +332,7 @@ impl Outbox {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.borrow().is_some()
+        self.is_closing.get()
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -331,23 +345,21 @@ impl Outbox {
 
     /// Takes everything queued, leaving the queue empty, with how many bytes
     /// of the first frame were already written.
-    pub fn take_all(&self) -> (VecDeque<OutFrame>, usize) {
-        (std::mem::take(&mut *self.queue.borrow_mut()), self.front_written.replace(0))
+    pub fn take_all(&self) -> (FrameQueue, usize) {
+        (std::mem::take(&mut *self.queue.borrow_mut()), self.front_written.replace(0) as usize)
     }
 
     /// Takes up to `max` frames from the front (a transport that sends whole
     /// frames only: no partial front frame to carry).
-    pub fn take_up_to(&self, max: usize) -> VecDeque<OutFrame> {
+    pub fn take_up_to(&self, max: usize) -> FrameQueue {
         let taken = {
             let mut queue = self.queue.borrow_mut();
             if queue.len() <= max {
                 // Not timed: a polling client's packets wait for its next GET,
                 // which is its round trip, not the broker's latency.
                 self.published_at.set(None);
-                std::mem::take(&mut *queue)
-            } else {
-                queue.drain(..max).collect()
             }
+            queue.split_front(max)
         };
         self.wake_if_flushed();
         taken
@@ -385,7 +397,7 @@ impl Outbox {
     /// Resolves once everything queued so far has been handed to the transport.
     pub async fn flushed(&self) {
         poll_fn(|cx| {
-            if (self.queue.borrow().is_empty() && !self.writing.get()) || self.closing.borrow().is_some() {
+            if (self.queue.borrow().is_empty() && !self.writing.get()) || self.is_closing.get() {
                 Poll::Ready(())
             } else {
                 self.flush_waker.set(Some(cx.waker().clone()));
@@ -398,7 +410,7 @@ impl Outbox {
     /// Resolves when there is something to write or the connection is closing.
     pub async fn ready(&self) {
         poll_fn(|cx| {
-            if !self.queue.borrow().is_empty() || self.closing.borrow().is_some() {
+            if !self.queue.borrow().is_empty() || self.is_closing.get() {
                 Poll::Ready(())
             } else {
                 self.waker.set(Some(cx.waker().clone()));
@@ -417,10 +429,10 @@ impl Outbox {
 
 /// Points `slices` at the unwritten bytes of up to `MAX_IOVECS` frames;
 /// returns how many slices and how many bytes.
-pub fn fill_slices<'a>(frames: &'a VecDeque<OutFrame>, offset: usize, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
+pub fn fill_slices<'a>(frames: &'a FrameQueue, offset: usize, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
     let mut len = 0;
     let mut count = 0;
-    for (slot, frame) in slices.iter_mut().zip(frames) {
+    for (slot, frame) in slices.iter_mut().zip(frames.iter()) {
         let bytes = if count == 0 { &frame.wire()[offset..] } else { &frame.wire()[..] };
         *slot = IoSlice::new(bytes);
         len += bytes.len();
@@ -431,9 +443,10 @@ pub fn fill_slices<'a>(frames: &'a VecDeque<OutFrame>, offset: usize, slices: &m
 
 /// Drops the frames that `written` bytes completed; `offset` is how far into
 /// the front frame the socket has got.
-pub fn advance(frames: &mut VecDeque<OutFrame>, offset: &mut usize, mut written: usize) {
+pub fn advance(frames: &mut FrameQueue, offset: &mut usize, mut written: usize) {
     while written > 0 {
-        let remaining_in_front = frames[0].wire().len() - *offset;
+        let Some(front) = frames.front() else { break };
+        let remaining_in_front = front.wire().len() - *offset;
         if written >= remaining_in_front {
             written -= remaining_in_front;
             frames.pop_front();
@@ -495,7 +508,7 @@ mod tests {
         let woken = std::sync::Arc::new(Woken::default());
         let waker = std::task::Waker::from(woken.clone());
         let mut cx = std::task::Context::from_waker(&waker);
-        let outbox = Outbox::new(4);
+        let outbox = Rc::new(Outbox::new(4));
         outbox.push(frame());
         outbox.push(frame());
         let mut flushed = std::pin::pin!(outbox.flushed());
@@ -518,7 +531,7 @@ mod tests {
 
     #[test]
     fn drops_when_full_and_aborts_a_client_that_stays_stuck() {
-        let outbox = Outbox::new(2);
+        let outbox = Rc::new(Outbox::new(2));
         assert_eq!(outbox.push(frame()), Pushed::Queued);
         assert_eq!(outbox.push(frame()), Pushed::Queued);
         assert_eq!(outbox.push(frame()), Pushed::Dropped);
@@ -535,10 +548,10 @@ mod tests {
     fn an_abort_is_seen_by_whoever_waits_for_it_and_a_graceful_close_is_not() {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        let graceful = Outbox::new(4);
+        let graceful = Rc::new(Outbox::new(4));
         graceful.close_for(CloseReason::ServerShutdown);
         assert!(std::pin::pin!(graceful.aborted()).poll(&mut cx).is_pending(), "a graceful close lets the writer finish");
-        let cut = Outbox::new(1);
+        let cut = Rc::new(Outbox::new(1));
         let mut waiting = std::pin::pin!(cut.aborted());
         assert!(waiting.as_mut().poll(&mut cx).is_pending());
         cut.push(frame());
@@ -550,7 +563,7 @@ mod tests {
 
     #[test]
     fn a_reply_that_does_not_fit_closes_the_connection() {
-        let outbox = Outbox::new(1);
+        let outbox = Rc::new(Outbox::new(1));
         assert_eq!(outbox.push(frame()), Pushed::Queued);
         assert_eq!(outbox.push_or_close(frame()), Pushed::Dropped);
         assert_eq!(outbox.close_reason(), Some(CloseReason::SlowConsumer));
@@ -567,10 +580,10 @@ mod tests {
         for _ in 0..200 {
             outbox.queue.borrow_mut().push_back(frame());
         }
-        assert!(outbox.queue.borrow().capacity() >= 200);
+        assert!(outbox.queue.borrow().spill_capacity() >= 199);
         outbox.write_now(&mut flusher::Written::default());
         assert!(outbox.is_empty());
-        assert_eq!(outbox.queue.borrow().capacity(), 0, "an idle connection holds no write buffer");
+        assert_eq!(outbox.queue.borrow().spill_capacity(), 0, "an idle connection holds no write buffer");
         assert_eq!(traffic.bytes_out.get(), 200 * frame().wire().len() as u64);
         drop(theirs);
     }
@@ -607,12 +620,12 @@ mod tests {
 
     #[test]
     fn close_after_keeps_queued_frames_and_appends_the_last_one() {
-        let outbox = Outbox::new(8);
+        let outbox = Rc::new(Outbox::new(8));
         outbox.push(frame());
         outbox.close_after(Some(OutFrame::close(1000, "")), CloseReason::ServerShutdown);
         assert_eq!(outbox.push(frame()), Pushed::Closed);
         let (all, _) = outbox.take_all();
         assert_eq!(all.len(), 2);
-        assert_eq!(all[1].wire()[0], 0x88);
+        assert_eq!(all.iter().nth(1).unwrap().wire()[0], 0x88);
     }
 }
