@@ -37,6 +37,7 @@ mod engine_http;
 mod http;
 mod limits;
 mod metrics;
+mod prefetch;
 mod protocol;
 mod server;
 mod shard;

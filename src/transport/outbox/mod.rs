@@ -178,6 +178,14 @@ impl Outbox {
         self.published_at.take()
     }
 
+    /// Asks for the cache lines a push and the flusher's write touch (see
+    /// [`crate::prefetch`]): `Rc`'s counts and the hot fields after them.
+    pub fn prefetch(this: &Rc<Outbox>) {
+        const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+        const HOT: usize = std::mem::offset_of!(Outbox, close_waker);
+        crate::prefetch::prefetch(Rc::as_ptr(this).cast::<u8>().wrapping_sub(RC_COUNTS), RC_COUNTS + HOT);
+    }
+
     /// Lets the shard's flusher write to `fd` while the writer task waits;
     /// the returned guard takes that back. `fd` must stay open while the
     /// guard lives.
