@@ -384,13 +384,26 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
         let published_at = outbox.take_published_at();
         outbox.set_writing(true);
         while !batch.is_empty() {
-            let written = {
-                // On the heap: an array here would live in every connection's
-                // future, idle or not (this is the slow path; the flusher
-                // does the common writes).
-                let mut slices = Box::new([IoSlice::new(&[]); MAX_IOVECS]);
-                let (count, _) = fill_slices(&batch, offset, &mut slices);
-                write_half.write_vectored(&slices[..count]).await?
+            // One frame (a close frame answering the client's, at the end of
+            // most connections) is first tried without a slice array.
+            let at_once = match batch.front() {
+                Some(only) if batch.len() == 1 => match write_half.try_write(&only.wire()[offset..]) {
+                    Ok(written) => Some(written),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(error) => return Err(error),
+                },
+                _ => None,
+            };
+            let written = match at_once {
+                Some(written) => written,
+                None => {
+                    // On the heap: an array here would live in every
+                    // connection's future, idle or not (this is the slow path;
+                    // the flusher does the common writes).
+                    let mut slices = Box::new([IoSlice::new(&[]); MAX_IOVECS]);
+                    let (count, _) = fill_slices(&batch, offset, &mut slices);
+                    write_half.write_vectored(&slices[..count]).await?
+                }
             };
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
