@@ -645,24 +645,14 @@ async fn serve_connection(
 fn recv_now(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
-    use tokio::io::{AsyncRead, ReadBuf};
-    let mut read_buf = ReadBuf::uninit(buf.spare_capacity_mut());
-    let mut read = std::pin::pin!(tokio::task::coop::unconstrained(std::future::poll_fn(|cx| {
-        Poll::Ready(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read_buf))
-    })));
-    // A no-op waker: whoever reads next (the session, or `serve_connection`)
-    // registers its own.
-    let Poll::Ready(polled) = read.as_mut().poll(&mut Context::from_waker(Waker::noop())) else {
-        unreachable!("poll_fn above is always ready")
-    };
-    let received = match polled {
-        Poll::Ready(Ok(())) => read_buf.filled().len(),
-        Poll::Ready(Err(error)) => return Err(error),
-        Poll::Pending => return Err(std::io::ErrorKind::WouldBlock.into()),
-    };
-    // SAFETY: the read initialised `received` bytes of the spare room.
-    unsafe { buf.set_len(buf.len() + received) };
-    Ok(received)
+    use tokio::io::AsyncReadExt;
+    // Polled once, with a no-op waker: whoever reads next (the session, or
+    // `serve_connection`) registers its own.
+    let read = std::pin::pin!(tokio::task::coop::unconstrained(stream.read_buf(buf)));
+    match read.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(received) => received,
+        Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+    }
 }
 
 async fn serve_http(
