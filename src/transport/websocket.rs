@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::OpCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::engine::{on_text_packet, supervise, EngineHandler, LastPong, Settings};
 use super::upgrade::{ProbeStep, UpgradeProbe};
 use super::Traffic;
-use super::outbox::{advance, fill_slices, send_vectored, Outbox, MAX_IOVECS};
+use super::outbox::{advance, send_frames, send_vectored, Outbox};
 use super::CloseReason;
 use crate::protocol::engineio;
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
@@ -384,26 +384,23 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
         let published_at = outbox.take_published_at();
         outbox.set_writing(true);
         while !batch.is_empty() {
-            // One frame (a close frame answering the client's, at the end of
-            // most connections) is first tried without a slice array.
-            let at_once = match batch.front() {
-                Some(only) if batch.len() == 1 => match write_half.try_write(&only.wire()[offset..]) {
-                    Ok(written) => Some(written),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
-                    Err(error) => return Err(error),
-                },
-                _ => None,
+            // The flusher's write (`send_frames`), through tokio's readiness:
+            // `try_io` takes EAGAIN as "not writable" and the wait below
+            // lasts until the socket is. Its slice array is on the stack of
+            // a plain call, not in this future (which every connection holds).
+            let sent = {
+                let socket = write_half.as_ref();
+                socket.try_io(Interest::WRITABLE, || send_frames(socket.as_raw_fd(), &batch, offset))
             };
-            let written = match at_once {
-                Some(written) => written,
-                None => {
-                    // On the heap: an array here would live in every
-                    // connection's future, idle or not (this is the slow path;
-                    // the flusher does the common writes).
-                    let mut slices = Box::new([IoSlice::new(&[]); MAX_IOVECS]);
-                    let (count, _) = fill_slices(&batch, offset, &mut slices);
-                    write_half.write_vectored(&slices[..count]).await?
-                }
+            let written = match sent {
+                Ok((written, _)) => Some(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+                Err(error) => return Err(error),
+            };
+            let Some(written) = written else {
+                // `poll_write_ready`, not `writable()`: see `read_loop`.
+                std::future::poll_fn(|cx| write_half.as_ref().poll_write_ready(cx)).await?;
+                continue;
             };
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());

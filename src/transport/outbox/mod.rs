@@ -226,18 +226,8 @@ impl Outbox {
         };
         let mut queue = self.queue.borrow_mut();
         let mut offset = self.front_written.get() as usize;
-        while let Some(front) = queue.front() {
-            // One frame (the usual case) goes straight from the queue's
-            // inline slot, without filling a 64-entry slice array.
-            let sent = if queue.len() == 1 {
-                let only = &front.wire()[offset..];
-                send_vectored(direct.fd, &[IoSlice::new(only)]).map(|written| (written, only.len()))
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let (count, len) = fill_slices(&queue, offset, &mut slices);
-                send_vectored(direct.fd, &slices[..count]).map(|written| (written, len))
-            };
-            let Ok((written, len)) = sent else { break };
+        while !queue.is_empty() {
+            let Ok((written, len)) = send_frames(direct.fd, &queue, offset) else { break };
             direct.traffic.sent(written);
             self.drops_without_progress.set(0);
             advance(&mut queue, &mut offset, written);
@@ -435,9 +425,28 @@ impl Outbox {
     }
 }
 
+/// One non-blocking write of the unwritten bytes of `frames` (`offset`:
+/// how far into the front one the socket has got), up to `MAX_IOVECS`
+/// frames; returns (bytes written, bytes offered). A single frame, the usual
+/// case, is written straight from the queue's inline slot, without filling
+/// a slice array.
+pub fn send_frames(fd: RawFd, frames: &FrameQueue, offset: usize) -> std::io::Result<(usize, usize)> {
+    match frames.front() {
+        Some(only) if frames.len() == 1 => {
+            let only = &only.wire()[offset..];
+            send_vectored(fd, &[IoSlice::new(only)]).map(|written| (written, only.len()))
+        }
+        _ => {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let (count, len) = fill_slices(frames, offset, &mut slices);
+            send_vectored(fd, &slices[..count]).map(|written| (written, len))
+        }
+    }
+}
+
 /// Points `slices` at the unwritten bytes of up to `MAX_IOVECS` frames;
 /// returns how many slices and how many bytes.
-pub fn fill_slices<'a>(frames: &'a FrameQueue, offset: usize, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
+fn fill_slices<'a>(frames: &'a FrameQueue, offset: usize, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
     let mut len = 0;
     let mut count = 0;
     for (slot, frame) in slices.iter_mut().zip(frames.iter()) {
