@@ -64,6 +64,8 @@ DOWN_STEPS = env_num("DOWN_STEPS", 1 if QUICK else 3, int)  # when the start rat
 FIXED_RATE_SMALL = env_num("FIXED_RATE_SMALL", 50)
 LOWLOAD_RATE = env_num("LOWLOAD_RATE", 2)
 LOWLOAD_DURATION = env_num("LOWLOAD_DURATION", 4 if QUICK else 10)
+# loopback_floor runs per floor figure (their median).
+FLOOR_RUNS = env_num("FLOOR_RUNS", 1 if QUICK else 3, int)
 # Passed to loadgen fanout as --read-interval-ms when set (batched reads make
 # the generator cheaper per delivery, at up to that much added latency).
 READ_INTERVAL_MS = env_str("READ_INTERVAL_MS", "")
@@ -571,7 +573,13 @@ def run_server(server, results):
     if "lowload" in scen:
         runs = []
         for i in range(RUNS):
+            # The floor drifts over a comparison's half hour as much as the
+            # servers do: each low-load run gets its own, measured just
+            # before it, and the row takes the median of the per-run ratios.
+            floor = measure_floor()
             r = fanout(server, SUBS_LARGE, LOWLOAD_RATE, LOWLOAD_DURATION)
+            if floor:
+                r["floor_us_per_send"] = floor["us_per_send"]
             log(f"  low load {SUBS_LARGE} subs @ {fmt_rate(LOWLOAD_RATE)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
             runs.append(r)
         res["lowload"] = runs
@@ -644,13 +652,20 @@ def fig_lowload(field):
     return f
 
 
+def broadcast_ms(r):
+    """One low-load run's server CPU per broadcast, ms of one core: the CPU
+    from the first publish until the last delivery, over the publishes."""
+    if r.get("server_cpu_seconds") is not None and r.get("publishes"):
+        return r["server_cpu_seconds"] / r["publishes"] * 1000
+    # Results from before server_cpu_seconds: CPU % over the publishing time.
+    if r.get("server_cpu_percent") is not None and r.get("publishes_per_sec"):
+        return r["server_cpu_percent"] / 100 / r["publishes_per_sec"] * 1000
+    return None
+
+
 def fig_broadcast_ms(res):
     """Server CPU per broadcast at low load (ms of one core per publish)."""
-    vals = []
-    for r in ok_runs(res.get("lowload")):
-        if r.get("server_cpu_percent") is not None and r.get("publishes_per_sec"):
-            vals.append(r["server_cpu_percent"] / 100 / r["publishes_per_sec"] * 1000)
-    return median(vals)
+    return median([broadcast_ms(r) for r in ok_runs(res.get("lowload"))])
 
 
 def fmt(v, digits=3):
@@ -664,12 +679,17 @@ def fmt(v, digits=3):
 
 
 def fig_floor_ratio(floor):
-    """Server CPU per broadcast to SUBS_LARGE / the kernel's floor for as many sends."""
+    """Server CPU per broadcast to SUBS_LARGE / the kernel's floor for as many
+    sends: the median of each run against the floor measured just before it
+    (against the run's opening floor for results from before that)."""
     def f(res):
-        ms = fig_broadcast_ms(res)
-        if ms is None or not floor or not floor.get("us_per_send"):
-            return None
-        return ms / (floor["us_per_send"] * SUBS_LARGE / 1000)
+        ratios = []
+        for r in ok_runs(res.get("lowload")):
+            ms = broadcast_ms(r)
+            us = r.get("floor_us_per_send") or (floor or {}).get("us_per_send")
+            if ms is not None and us:
+                ratios.append(ms / (us * SUBS_LARGE / 1000))
+        return median(ratios)
     return f
 
 
@@ -916,7 +936,8 @@ def describe():
         f"mode {'QUICK' if QUICK else 'full'}, median of {RUNS} run(s); server on core(s) {SERVER_CPUS}, "
         f"load generator on core {LOADGEN_CPUS}; "
         + (f"idle {IDLE_CONNECTIONS} connections; handshake "
-           f"{HANDSHAKE_DURATION:g} s; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s; "
+           f"{HANDSHAKE_DURATION:g} s; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s, "
+           f"each run against the kernel floor measured just before it (median of {FLOOR_RUNS}); "
            if main else "")
         + f"shardcast env: SHARDS=1 {SHARDCAST_ENV}"
         + (f"; loadgen --read-interval-ms {READ_INTERVAL_MS}" if READ_INTERVAL_MS else "")
@@ -946,12 +967,16 @@ def floor_sockets(wanted):
 
 
 def measure_floor():
-    """The kernel's CPU per small send to a loopback socket (examples/loopback_floor)."""
+    """The kernel's CPU per small send to a loopback socket (examples/loopback_floor):
+    the median of FLOOR_RUNS runs, each on fresh connections, since one run's
+    figure moves by ±15 % with where its sockets land."""
     if not os.access(FLOOR, os.X_OK):
         return None
     sockets = floor_sockets(SUBS_LARGE)
-    us = run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
-    return {"sockets": sockets, "us_per_send": us} if us is not None else None
+    runs = [run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
+            for _ in range(FLOOR_RUNS)]
+    us = median(runs)
+    return {"sockets": sockets, "us_per_send": us, "runs": runs} if us is not None else None
 
 
 def measure_capacity_floor():
@@ -960,7 +985,8 @@ def measure_capacity_floor():
     if not os.access(FLOOR, os.X_OK):
         return None
     sockets = floor_sockets(CAPACITY_CONNECTIONS)
-    send = run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
+    send = median([run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
+                   for _ in range(FLOOR_RUNS)])
     ping = run_floor(["--ping", sockets, CAPACITY_FLOOR_PING_ROUNDS, fmt_rate(CAPACITY_FLOOR_PING_RATE)],
                      r"= ([0-9.]+) µs of CPU per exchange",
                      f"{sockets} sockets, ping/pong at {fmt_rate(CAPACITY_FLOOR_PING_RATE)}/s")
@@ -995,7 +1021,9 @@ def render(results, floor=None, cfloor=None):
         md += (f"\n\nThe kernel's share, measured apart (`examples/loopback_floor`: one `send` of a 60-byte "
                f"frame to each of {floor['sockets']:,} loopback sockets, reader process on the other core): "
                f"{floor['us_per_send']:.2f} µs of CPU per send, so {floor['us_per_send'] * SUBS_LARGE / 1000:.0f} ms "
-               f"for one broadcast to {SUBS_LARGE:,} before any server does any work of its own.")
+               f"for one broadcast to {SUBS_LARGE:,} before any server does any work of its own "
+               f"(median of {len(floor.get('runs') or [1])} run(s) at the start; the low-load ratio divides each "
+               f"run by a floor measured just before it).")
     seen = {}
     for res in results.values():
         for runs in res.values():

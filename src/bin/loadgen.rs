@@ -366,6 +366,7 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
 fn add_cpu(out: &mut Value, pid: Option<u32>, before: Option<(f64, u64)>, elapsed: f64) {
     if let (Some((cpu0, _)), Some((cpu1, rss))) = (before, pid.and_then(process_usage)) {
         out["server_cpu_percent"] = json!((cpu1 - cpu0) / elapsed * 100.0);
+        out["server_cpu_seconds"] = json!(cpu1 - cpu0);
         out["server_rss_kib"] = json!(rss);
     }
 }
