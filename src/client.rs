@@ -23,6 +23,9 @@ pub struct Client {
     pub socket_id: String,
 }
 
+/// A client's close frame: masked (with a zero key), status 1000.
+const CLOSE_FRAME: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8];
+
 fn protocol(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
@@ -185,10 +188,31 @@ impl Client {
         }
     }
 
-    /// Sends a WebSocket close frame and shuts the connection down.
+    /// Sends a WebSocket close frame and shuts the connection down at once,
+    /// without waiting for the server's answer (which then meets a closed
+    /// socket, and the kernel answers it with a reset).
     pub async fn close(mut self) -> io::Result<()> {
-        self.stream.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]).await?;
+        self.stream.write_all(&CLOSE_FRAME).await?;
         self.stream.shutdown().await
+    }
+
+    /// Closes as socket.io-client (`ws`) and browsers do (RFC 6455 §7.1.1):
+    /// sends a close frame, then reads until the server has answered and
+    /// ended the TCP connection, and only then closes its own end.
+    pub async fn close_and_wait(mut self) -> io::Result<()> {
+        self.stream.write_all(&CLOSE_FRAME).await?;
+        let until_server_closes = async {
+            loop {
+                self.buf.clear();
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), until_server_closes).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the server did not end the connection")),
+        }
     }
 }
 

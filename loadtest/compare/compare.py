@@ -43,6 +43,10 @@ HANDSHAKE_CONCURRENCY = env_num("HANDSHAKE_CONCURRENCY", 64, int)
 # Handshakes/s every server carries (socket.io tops out near 2,300/s here),
 # for server CPU per handshake when the load generator limits the maximum.
 HANDSHAKE_FIXED_RATE = env_num("HANDSHAKE_FIXED_RATE", 2000)
+# HANDSHAKE_CLOSE_WAIT=1: each handshake's client closes as socket.io-client
+# does (waits for the server's close frame and end of connection) instead of
+# at once after its close frame.
+HANDSHAKE_CLOSE = ["--close-wait"] if env_str("HANDSHAKE_CLOSE_WAIT", "0") not in ("0", "", "false", "no") else []
 FANOUT_DURATION = env_num("FANOUT_DURATION", 3 if QUICK else 8)
 SUBS_SMALL = env_num("SUBS_SMALL", 1000, int)
 SUBS_LARGE = env_num("SUBS_LARGE", 3000 if QUICK else 10000, int)
@@ -528,7 +532,7 @@ def run_server(server, results):
         runs = []
         for i in range(RUNS):
             r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
-                                 "--concurrency", HANDSHAKE_CONCURRENCY], HANDSHAKE_DURATION + 60,
+                                 "--concurrency", HANDSHAKE_CONCURRENCY, *HANDSHAKE_CLOSE], HANDSHAKE_DURATION + 60,
                         window=HANDSHAKE_DURATION)
             log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
                 f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
@@ -538,7 +542,8 @@ def run_server(server, results):
         runs = []
         for i in range(RUNS):
             r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
-                                 "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE],
+                                 "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE,
+                                 *HANDSHAKE_CLOSE],
                         HANDSHAKE_DURATION + 60, window=HANDSHAKE_DURATION)
             log(f"  handshake @ {fmt_rate(HANDSHAKE_FIXED_RATE)}/s, run {i + 1}: "
                 f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_us_per_handshake', 'other_cpu_percent'])}")
@@ -936,7 +941,7 @@ def describe():
         f"mode {'QUICK' if QUICK else 'full'}, median of {RUNS} run(s); server on core(s) {SERVER_CPUS}, "
         f"load generator on core {LOADGEN_CPUS}; "
         + (f"idle {IDLE_CONNECTIONS} connections; handshake "
-           f"{HANDSHAKE_DURATION:g} s; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s, "
+           f"{HANDSHAKE_DURATION:g} s{' (clients wait for the close answer)' if HANDSHAKE_CLOSE else ''}; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s, "
            f"each run against the kernel floor measured just before it (median of {FLOOR_RUNS}); "
            if main else "")
         + f"shardcast env: SHARDS=1 {SHARDCAST_ENV}"

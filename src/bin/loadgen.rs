@@ -92,6 +92,11 @@ struct Args {
     /// Parallel handshake loops; also how many connections are opened at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Handshake: each client closes as socket.io-client does (its close
+    /// frame, then waits for the server's answer and end of connection)
+    /// rather than at once after its close frame.
+    #[arg(long)]
+    close_wait: bool,
     /// The server's process id, for its CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -320,6 +325,7 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
     // At a fixed rate, handshake n starts at n / rate seconds (if a loop is free).
     let rate: Option<f64> = args.rate.parse().ok();
     let issued = Rc::new(Cell::new(0u64));
+    let close_wait = args.close_wait;
     let loops: Vec<_> = (0..args.concurrency)
         .map(|l| {
             let (done, failed, issued) = (done.clone(), failed.clone(), issued.clone());
@@ -338,7 +344,7 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
                     match connect_user(addr, &format!("hs-{l}-{i}")).await {
                         Ok(client) => {
                             done.set(done.get() + 1);
-                            let _ = client.close().await;
+                            let _ = if close_wait { client.close_and_wait().await } else { client.close().await };
                         }
                         Err(_) => failed.set(failed.get() + 1),
                     }
@@ -352,6 +358,7 @@ async fn handshake(args: &Args, addr: SocketAddr) -> Value {
         "scenario": "handshake",
         "rate": args.rate,
         "concurrency": args.concurrency,
+        "close_wait": args.close_wait,
         "handshakes": done.get(),
         "failed": failed.get(),
         "handshakes_per_sec": done.get() as f64 / elapsed,

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::engine::{on_text_packet, supervise, EngineHandler, LastPong, Settings};
 use super::upgrade::{ProbeStep, UpgradeProbe};
 use super::Traffic;
-use super::outbox::{advance, send_frames, send_vectored, Outbox};
+use super::outbox::{advance, send_frames, send_vectored, Next, Outbox};
 use super::CloseReason;
 use crate::protocol::engineio;
 use crate::protocol::wsframe::{FrameDecoder, FrameError, Message, OutFrame};
@@ -108,7 +108,7 @@ pub fn run<'a, H: EngineHandler>(
 /// which would cost a round through the reactor per handshake.
 async fn write_first(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
     let total = first.len() + second.len();
-    let sent = match send_vectored(stream.as_raw_fd(), &[IoSlice::new(first), IoSlice::new(second)]) {
+    let sent = match send_vectored(stream.as_raw_fd(), &[IoSlice::new(first), IoSlice::new(second)], Next::Writes) {
         Ok(sent) => sent,
         Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
         Err(error) => return Err(error),
@@ -388,9 +388,12 @@ async fn flush(write_half: &mut OwnedWriteHalf, outbox: &Outbox, traffic: &Traff
             // `try_io` takes EAGAIN as "not writable" and the wait below
             // lasts until the socket is. Its slice array is on the stack of
             // a plain call, not in this future (which every connection holds).
+            // A closing outbox's writes are the session's last: the socket is
+            // closed as soon as they are done (`write_until_closed`).
+            let next = if outbox.is_closing() { Next::Close } else { Next::Writes };
             let sent = {
                 let socket = write_half.as_ref();
-                socket.try_io(Interest::WRITABLE, || send_frames(socket.as_raw_fd(), &batch, offset))
+                socket.try_io(Interest::WRITABLE, || send_frames(socket.as_raw_fd(), &batch, offset, next))
             };
             let written = match sent {
                 Ok((written, _)) => Some(written),
@@ -473,6 +476,51 @@ mod tests {
             assert_eq!(traffic.bytes_out.get(), expected.len() as u64);
             outbox.close_after(None, CloseReason::ServerShutdown);
             assert_eq!(writer.await.unwrap(), CloseReason::ServerShutdown);
+        });
+    }
+
+    /// Segments the kernel has received on `socket`.
+    fn segments_in(socket: &TcpStream) -> u32 {
+        // SAFETY: getsockopt fills at most `len` bytes of the zeroed struct.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let info_ptr = &mut info as *mut libc::tcp_info as *mut libc::c_void;
+            assert_eq!(libc::getsockopt(socket.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info_ptr, &mut len), 0);
+            info.tcpi_segs_in
+        }
+    }
+
+    /// A session's last write (here the answer to the client's close frame)
+    /// reaches the client whole, followed by the end of the connection, and
+    /// both in one segment: the FIN rides with the frame.
+    #[test]
+    fn the_last_frame_and_the_fin_leave_in_one_segment() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let (read_half, write_half) = server.into_split();
+            let outbox = Rc::new(Outbox::new(100_000));
+            let traffic = Rc::new(Traffic::default());
+            let writer = tokio::task::spawn_local({
+                let (outbox, traffic) = (outbox.clone(), traffic.clone());
+                async move { write_loop(write_half, &outbox, &traffic).await }
+            });
+            tokio::task::yield_now().await; // the writer registers its socket
+            let before = segments_in(&client);
+
+            outbox.close_for(CloseReason::ClientClose);
+            assert_eq!(writer.await.unwrap(), CloseReason::ClientClose);
+            drop(read_half); // the session's end closes the socket
+
+            let mut received = Vec::new();
+            let read_all = client.read_to_end(&mut received);
+            tokio::time::timeout(Duration::from_secs(10), read_all).await.unwrap().unwrap();
+            assert_eq!(received[..], OutFrame::close(1000, "").wire()[..], "the close answer, then the end");
+            assert_eq!(segments_in(&client) - before, 1, "the close answer and the FIN in one segment");
         });
     }
 }

@@ -227,7 +227,7 @@ impl Outbox {
         let mut queue = self.queue.borrow_mut();
         let mut offset = self.front_written.get() as usize;
         while !queue.is_empty() {
-            let Ok((written, len)) = send_frames(direct.fd, &queue, offset) else { break };
+            let Ok((written, len)) = send_frames(direct.fd, &queue, offset, Next::Writes) else { break };
             direct.traffic.sent(written);
             self.drops_without_progress.set(0);
             advance(&mut queue, &mut offset, written);
@@ -425,21 +425,36 @@ impl Outbox {
     }
 }
 
+/// What follows a write on its socket.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Next {
+    /// More writes, or nothing for a while: the bytes leave now.
+    Writes,
+    /// The socket's close, at once (the session's last write): the bytes
+    /// wait (`MSG_MORE`) for the FIN that the close or a shutdown sends, and
+    /// leave with it in one segment rather than two. Every connection ends
+    /// this way, so a handshake-and-go client costs one loopback segment
+    /// less: its transmission, and the wake-up and processing on the
+    /// receiving side, which loopback charges to the sender. Only for a
+    /// close that follows at once: nothing else pushes the held bytes out.
+    Close,
+}
+
 /// One non-blocking write of the unwritten bytes of `frames` (`offset`:
 /// how far into the front one the socket has got), up to `MAX_IOVECS`
 /// frames; returns (bytes written, bytes offered). A single frame, the usual
 /// case, is written straight from the queue's inline slot, without filling
 /// a slice array.
-pub fn send_frames(fd: RawFd, frames: &FrameQueue, offset: usize) -> std::io::Result<(usize, usize)> {
+pub fn send_frames(fd: RawFd, frames: &FrameQueue, offset: usize, next: Next) -> std::io::Result<(usize, usize)> {
     match frames.front() {
         Some(only) if frames.len() == 1 => {
             let only = &only.wire()[offset..];
-            send_vectored(fd, &[IoSlice::new(only)]).map(|written| (written, only.len()))
+            send_vectored(fd, &[IoSlice::new(only)], next).map(|written| (written, only.len()))
         }
         _ => {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let (count, len) = fill_slices(frames, offset, &mut slices);
-            send_vectored(fd, &slices[..count]).map(|written| (written, len))
+            send_vectored(fd, &slices[..count], next).map(|written| (written, len))
         }
     }
 }
@@ -484,8 +499,9 @@ pub fn advance(frames: &mut FrameQueue, offset: &mut usize, mut written: usize) 
 /// cancellation points, which wrap each call in two more function calls
 /// (`__pthread_enable/disable_asynccancel`, ~1 % of a broadcast's profile)
 /// for a feature this program never uses.
-pub(super) fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
-    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+pub(super) fn send_vectored(fd: RawFd, slices: &[IoSlice<'_>], next: Next) -> std::io::Result<usize> {
+    let more = if next == Next::Close { libc::MSG_MORE } else { 0 };
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | more;
     // SAFETY: IoSlice is ABI-compatible with iovec on Unix; the slices and
     // the header outlive the call; `fd` is open while the outbox holds it.
     // The arguments are those of sendto(2) and sendmsg(2).
