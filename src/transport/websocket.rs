@@ -424,6 +424,34 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// A session's writer task on the server end of a fresh loopback
+    /// connection, and the client end.
+    struct LoopbackWriter {
+        client: TcpStream,
+        /// The server's read half: dropping it (after the writer has ended)
+        /// closes the server's socket, as a session's end does.
+        read_half: OwnedReadHalf,
+        outbox: Rc<Outbox>,
+        traffic: Rc<Traffic>,
+        writer: tokio::task::JoinHandle<CloseReason>,
+    }
+
+    /// Must run inside a `LocalSet`.
+    async fn writer_on_loopback() -> LoopbackWriter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read_half, write_half) = server.into_split();
+        let outbox = Rc::new(Outbox::new(100_000));
+        let traffic = Rc::new(Traffic::default());
+        let writer = tokio::task::spawn_local({
+            let (outbox, traffic) = (outbox.clone(), traffic.clone());
+            async move { write_loop(write_half, &outbox, &traffic).await }
+        });
+        tokio::task::yield_now().await; // the writer registers its socket
+        LoopbackWriter { client, read_half, outbox, traffic, writer }
+    }
+
     /// Frames reach the socket whole and in order whichever way they go out:
     /// straight from the flusher, or through the writer task once the socket
     /// pushes back (partial writes included), and back again.
@@ -432,17 +460,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            let (_read_half, write_half) = server.into_split();
-            let outbox = Rc::new(Outbox::new(100_000));
-            let traffic = Rc::new(Traffic::default());
-            let writer = tokio::task::spawn_local({
-                let (outbox, traffic) = (outbox.clone(), traffic.clone());
-                async move { write_loop(write_half, &outbox, &traffic).await }
-            });
-            tokio::task::yield_now().await; // the writer registers its socket
+            let LoopbackWriter { mut client, read_half: _read_half, outbox, traffic, writer } = writer_on_loopback().await;
 
             let mut expected = Vec::new();
             let mut push = |i: usize, size: usize| {
@@ -499,17 +517,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            let (read_half, write_half) = server.into_split();
-            let outbox = Rc::new(Outbox::new(100_000));
-            let traffic = Rc::new(Traffic::default());
-            let writer = tokio::task::spawn_local({
-                let (outbox, traffic) = (outbox.clone(), traffic.clone());
-                async move { write_loop(write_half, &outbox, &traffic).await }
-            });
-            tokio::task::yield_now().await; // the writer registers its socket
+            let LoopbackWriter { mut client, read_half, outbox, writer, .. } = writer_on_loopback().await;
             let before = segments_in(&client);
 
             outbox.close_for(CloseReason::ClientClose);
