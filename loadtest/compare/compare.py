@@ -971,16 +971,21 @@ def floor_sockets(wanted):
     return wanted if soft == resource.RLIM_INFINITY else min(wanted, soft - 200)
 
 
+def floor_per_send(sockets):
+    """CPU per send to `sockets` loopback sockets: the median of FLOOR_RUNS
+    loopback_floor runs, each on fresh connections, since one run's figure
+    moves by ±15 % with where its sockets land. Returns (median, runs)."""
+    runs = [run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
+            for _ in range(FLOOR_RUNS)]
+    return median(runs), runs
+
+
 def measure_floor():
-    """The kernel's CPU per small send to a loopback socket (examples/loopback_floor):
-    the median of FLOOR_RUNS runs, each on fresh connections, since one run's
-    figure moves by ±15 % with where its sockets land."""
+    """The kernel's CPU per small send to a loopback socket (examples/loopback_floor)."""
     if not os.access(FLOOR, os.X_OK):
         return None
     sockets = floor_sockets(SUBS_LARGE)
-    runs = [run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
-            for _ in range(FLOOR_RUNS)]
-    us = median(runs)
+    us, runs = floor_per_send(sockets)
     return {"sockets": sockets, "us_per_send": us, "runs": runs} if us is not None else None
 
 
@@ -990,8 +995,7 @@ def measure_capacity_floor():
     if not os.access(FLOOR, os.X_OK):
         return None
     sockets = floor_sockets(CAPACITY_CONNECTIONS)
-    send = median([run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
-                   for _ in range(FLOOR_RUNS)])
+    send, _ = floor_per_send(sockets)
     ping = run_floor(["--ping", sockets, CAPACITY_FLOOR_PING_ROUNDS, fmt_rate(CAPACITY_FLOOR_PING_RATE)],
                      r"= ([0-9.]+) µs of CPU per exchange",
                      f"{sockets} sockets, ping/pong at {fmt_rate(CAPACITY_FLOOR_PING_RATE)}/s")

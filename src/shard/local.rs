@@ -100,12 +100,10 @@ impl Conn {
 /// `Conn`, arrived by then) half as many.
 fn for_each_prefetched<'a>(conns: impl Iterator<Item = &'a Rc<Conn>>, mut push: impl FnMut(&'a Rc<Conn>)) {
     const AHEAD: usize = 8;
-    const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
     let mut window: [Option<&'a Rc<Conn>>; AHEAD] = [None; AHEAD];
     let mut seen = 0;
     for conn in conns {
-        let conn_block = Rc::as_ptr(conn).cast::<u8>().wrapping_sub(RC_COUNTS);
-        crate::prefetch::prefetch(conn_block, RC_COUNTS + std::mem::size_of::<Conn>());
+        crate::prefetch::prefetch_rc(conn, std::mem::size_of::<Conn>());
         if let Some(halfway) = window[(seen + AHEAD / 2) % AHEAD] {
             Outbox::prefetch(&halfway.outbox);
         }

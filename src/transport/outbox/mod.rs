@@ -181,9 +181,7 @@ impl Outbox {
     /// Asks for the cache lines a push and the flusher's write touch (see
     /// [`crate::prefetch`]): `Rc`'s counts and the hot fields after them.
     pub fn prefetch(this: &Rc<Outbox>) {
-        const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
-        const HOT: usize = std::mem::offset_of!(Outbox, close_waker);
-        crate::prefetch::prefetch(Rc::as_ptr(this).cast::<u8>().wrapping_sub(RC_COUNTS), RC_COUNTS + HOT);
+        crate::prefetch::prefetch_rc(this, std::mem::offset_of!(Outbox, close_waker));
     }
 
     /// Lets the shard's flusher write to `fd` while the writer task waits;
