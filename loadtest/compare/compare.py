@@ -927,7 +927,7 @@ def capacity_table(results, cfloor):
 def describe_capacity():
     return (f"capacity: {CAPACITY_CONNECTIONS:,} connections at {fmt_rate(CAPACITY_RATE)}/s "
             f"({CAPACITY_CONCURRENCY} attempts in flight at most), each in 2 rooms (groups of 100 and 1,000); "
-            f"idle {CAPACITY_IDLE_SECONDS:g} s; {CAPACITY_BROADCASTS} broadcasts of each kind (medians); storm "
+            f"idle {CAPACITY_IDLE_SECONDS:g} s; {CAPACITY_BROADCASTS} broadcasts of each kind (latency: medians; server CPU: their mean); storm "
             f"{CAPACITY_STORM_FRACTION * 100:g} % dropped, backoff {CAPACITY_BACKOFF} ms/ms/jitter, relays at "
             f"{fmt_rate(CAPACITY_STORM_RATE)}/s; shardcast broadcasts via "
             + ("its HTTP API" if CAPACITY_SHARDCAST_VIA != "relay" else "relays to a room of all")
@@ -942,7 +942,7 @@ def describe():
         f"load generator on core {LOADGEN_CPUS}; "
         + (f"idle {IDLE_CONNECTIONS} connections; handshake "
            f"{HANDSHAKE_DURATION:g} s{' (clients wait for the close answer)' if HANDSHAKE_CLOSE else ''}; fan-out steps {FANOUT_DURATION:g} s each; low load {LOWLOAD_DURATION:g} s, "
-           f"each run against the kernel floor measured just before it (median of {FLOOR_RUNS}); "
+           f"each run against the kernel floor measured just before it (mean of {FLOOR_RUNS} runs); "
            if main else "")
         + f"shardcast env: SHARDS=1 {SHARDCAST_ENV}"
         + (f"; loadgen --read-interval-ms {READ_INTERVAL_MS}" if READ_INTERVAL_MS else "")
@@ -972,12 +972,15 @@ def floor_sockets(wanted):
 
 
 def floor_per_send(sockets):
-    """CPU per send to `sockets` loopback sockets: the median of FLOOR_RUNS
-    loopback_floor runs, each on fresh connections, since one run's figure
-    moves by ±15 % with where its sockets land. Returns (median, runs)."""
+    """CPU per send to `sockets` loopback sockets: the mean of FLOOR_RUNS
+    loopback_floor runs (each the mean of its rounds), each on fresh
+    connections, since one run's figure moves by ±15 % with where its
+    sockets land. A mean, like the server CPU it is compared with (CPU over
+    a window, over the broadcasts in it). Returns (mean, runs)."""
     runs = [run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
             for _ in range(FLOOR_RUNS)]
-    return median(runs), runs
+    measured = [r for r in runs if r is not None]
+    return (sum(measured) / len(measured) if measured else None), runs
 
 
 def measure_floor():
@@ -1014,7 +1017,7 @@ def render(results, floor=None, cfloor=None):
         md += ("\n\n" if md else "") + captable
         if cfloor:
             md += (f"\n\nThe kernel's floor at {cfloor['sockets']:,} sockets, same run (`examples/loopback_floor`, "
-                   f"reader process on the other core): {fmt(cfloor.get('us_per_send'))} µs of CPU per 60-byte send "
+                   f"reader process on the other core; means over the rounds): {fmt(cfloor.get('us_per_send'))} µs of CPU per 60-byte send "
                    f"(so {fmt((cfloor.get('us_per_send') or 0) * cfloor['sockets'] / 1000)} ms for one broadcast to all), "
                    f"{fmt(cfloor.get('us_per_exchange'))} µs per ping/pong exchange (`--ping`, one at a time at "
                    f"{fmt_rate(cfloor.get('ping_rate') or 0)}/s: timer wake-up, send, wake-up for the pong, read).")
@@ -1031,7 +1034,7 @@ def render(results, floor=None, cfloor=None):
                f"frame to each of {floor['sockets']:,} loopback sockets, reader process on the other core): "
                f"{floor['us_per_send']:.2f} µs of CPU per send, so {floor['us_per_send'] * SUBS_LARGE / 1000:.0f} ms "
                f"for one broadcast to {SUBS_LARGE:,} before any server does any work of its own "
-               f"(median of {len(floor.get('runs') or [1])} run(s) at the start; the low-load ratio divides each "
+               f"(mean over the rounds of {len(floor.get('runs') or [1])} run(s) at the start; the low-load ratio divides each "
                f"run by a floor measured just before it).")
     seen = {}
     for res in results.values():
