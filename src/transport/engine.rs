@@ -168,6 +168,15 @@ impl LastPong {
         }
     }
 
+    /// A heartbeat step is waiting: it asked to be woken by the next pong
+    /// ([`supervise`]), and none has been recorded since.
+    fn is_awaited(&self) -> bool {
+        let waker = self.heartbeat.take();
+        let awaited = waker.is_some();
+        self.heartbeat.set(waker);
+        awaited
+    }
+
     fn wake_on_record(&self, cx: &Context<'_>) {
         let waker = self.heartbeat.take();
         self.heartbeat.set(match waker {
@@ -211,25 +220,38 @@ pub async fn on_text_packet<H: EngineHandler>(text: &str, handler: &H, last_pong
 /// ping no sooner than that deadline: a ping every `PING_TIMEOUT_MS`, not
 /// every `PING_INTERVAL_MS`, when the timeout is the longer of the two.
 pub async fn supervise<H: EngineHandler>(settings: &Settings, handler: &H, last_pong: &LastPong) -> CloseReason {
-    let mut heartbeat = Heartbeat::new(std::time::Instant::now(), &settings.heartbeat_timing());
-    let sleep = tokio::time::sleep_until(Instant::now());
+    let opened = Instant::now();
+    let mut heartbeat = Heartbeat::new(opened.into_std(), &settings.heartbeat_timing());
+    let sleep = tokio::time::sleep_until(opened);
     tokio::pin!(sleep);
-    std::future::poll_fn(|cx| loop {
-        match heartbeat.step(&settings.heartbeat_timing(), Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
-            Step::SleepUntil(deadline) => {
-                last_pong.wake_on_record(cx);
-                let deadline = Instant::from_std(deadline);
-                if sleep.deadline() != deadline {
-                    sleep.as_mut().reset(deadline);
+    std::future::poll_fn(|cx| {
+        // A step that waits for the timer stands until the timer fires or a
+        // pong is recorded (which takes the waker the step left): the
+        // connection task's other wake-ups, which poll this future too
+        // (every read and every write), return here without reading the
+        // clock. The session becoming established can only move the
+        // deadline later (the connect deadline stops counting), so a timer
+        // set before that fires early at worst.
+        if last_pong.is_awaited() && sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        loop {
+            match heartbeat.step(&settings.heartbeat_timing(), Instant::now().into_std(), handler.is_established(), last_pong.get().into_std()) {
+                Step::SleepUntil(deadline) => {
+                    last_pong.wake_on_record(cx);
+                    let deadline = Instant::from_std(deadline);
+                    if sleep.deadline() != deadline {
+                        sleep.as_mut().reset(deadline);
+                    }
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                Step::SendPing => {
+                    handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
                 }
+                Step::Close(reason) => return Poll::Ready(reason),
             }
-            Step::SendPing => {
-                handler.outbox().push_or_close(engineio::control_frame(engineio::PING, ""));
-            }
-            Step::Close(reason) => return Poll::Ready(reason),
         }
     })
     .await
