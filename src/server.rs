@@ -402,7 +402,7 @@ fn release_freed_memory() {
 /// sleeps with a bounded exponential back-off (5 ms → 500 ms) before the
 /// next `accept`; the first one that succeeds ends the episode.
 async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpListener) {
-    let mut spare = limits::open_spare_descriptor();
+    hold_spare(&mut lock_spare());
     let mut backoff = Backoff::new();
     // Connections refused since the wall was hit, `None` while off it.
     let mut at_wall: Option<u64> = None;
@@ -412,9 +412,7 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
                 backoff.reset();
                 if let Some(refused) = at_wall.take() {
                     tracing::info!(shard = shard.index, refused, "file descriptors free again: accepting connections");
-                }
-                if spare.is_none() {
-                    spare = limits::open_spare_descriptor();
+                    hold_spare(&mut lock_spare());
                 }
                 // (TCP_NODELAY comes from the listener.)
                 start_connection(&shard, &services, stream, peer);
@@ -429,7 +427,7 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
                     );
                     0
                 });
-                let round = refuse_at_wall(&shard, &services, &listener, &mut spare);
+                let round = refuse_at_wall(&shard, &services, &listener);
                 *refused += round.refused;
                 if round.resumed {
                     backoff.reset();
@@ -507,9 +505,9 @@ fn refuse_at_wall(
     shard: &Rc<Shard>,
     services: &Arc<Services>,
     listener: &TcpListener,
-    spare: &mut Option<std::fs::File>,
 ) -> WallRound {
     let mut round = WallRound::default();
+    let mut spare = lock_spare();
     drop(spare.take());
     let listener_socket = socket2::SockRef::from(listener);
     for _ in 0..WALL_ROUND_MAX {
@@ -518,6 +516,7 @@ fn refuse_at_wall(
         let Ok((socket, peer)) = listener_socket.accept() else { break };
         if let Some(file) = limits::open_spare_descriptor() {
             *spare = Some(file);
+            drop(spare);
             let stream = socket
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(std::net::TcpStream::from(socket)));
@@ -531,10 +530,32 @@ fn refuse_at_wall(
             round.refused += 1;
         }
     }
+    hold_spare(&mut spare);
+    round
+}
+
+/// The process's spare descriptor ([`refuse_at_wall`]): one for the
+/// process, not one per shard. The shards share the descriptor table; with
+/// a spare each, one shard's round could reopen its spare in the descriptor
+/// another shard's round had just freed and take the wall for gone. With
+/// their back-offs in step, both then did so every round: they flapped
+/// between "out of descriptors" and "free again" in the log and served
+/// connections as usual at the wall. A round holds the lock throughout (at
+/// most `WALL_ROUND_MAX` non-blocking accepts and answers), so another
+/// shard at the wall waits for it rather than race it. Touched only at start
+/// and at the wall.
+static SPARE: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+fn lock_spare() -> std::sync::MutexGuard<'static, Option<std::fs::File>> {
+    // Nothing panics while holding it; were it poisoned, the file is still fine.
+    SPARE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes the spare descriptor back if it is not held (and one is free).
+fn hold_spare(spare: &mut Option<std::fs::File>) {
     if spare.is_none() {
         *spare = limits::open_spare_descriptor();
     }
-    round
 }
 
 /// Answers a connection accepted at the wall from what it has sent so far,
@@ -631,7 +652,7 @@ async fn serve_connection(
     // fixes this per connection, and Engine.IO clients keep one alive for
     // the handshake, their POSTs and their polls, so the first request
     // decides for all that follow (README "Behaviour notes").
-    let half_close = !http_upgrade::request_path(&head).is_none_or(|path| endpoint_for(&services, path).is_some());
+    let half_close = http_upgrade::request_path(&head).is_some_and(|path| endpoint_for(&services, path).is_none());
     serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot, half_close).await
 }
 
