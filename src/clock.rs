@@ -2,7 +2,8 @@
 //! ISO-8601 UTC with milliseconds (`2026-11-26T05:17:52.455Z`).
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::fmt::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `time` as ISO-8601 UTC with milliseconds.
 ///
@@ -20,18 +21,16 @@ pub fn iso8601(time: SystemTime) -> String {
     }
     LAST_SECOND.with_borrow_mut(|(cached, prefix)| {
         if *cached != second {
-            let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(second)).to_string();
             // `…:52Z` → `…:52.`
-            *prefix = whole.trim_end_matches('Z').to_string();
+            prefix.clear();
+            let _ = write!(prefix, "{}", humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(second)));
+            prefix.pop();
             prefix.push('.');
             *cached = second;
         }
         let mut text = String::with_capacity(prefix.len() + 4);
         text.push_str(prefix);
-        text.push(char::from(b'0' + (millis / 100) as u8));
-        text.push(char::from(b'0' + (millis / 10 % 10) as u8));
-        text.push(char::from(b'0' + (millis % 10) as u8));
-        text.push('Z');
+        let _ = write!(text, "{millis:03}Z");
         text
     })
 }
@@ -44,7 +43,6 @@ pub fn now_iso8601() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// The cached second must never leak into another: times across second,
     /// minute, day and year boundaries, in and out of order, read exactly as

@@ -514,8 +514,8 @@ fn refuse_at_wall(
         // Non-blocking listener: WouldBlock once the backlog is empty; EMFILE
         // if the freed descriptor went elsewhere.
         let Ok((socket, peer)) = listener_socket.accept() else { break };
-        if let Some(file) = limits::open_spare_descriptor() {
-            *spare = Some(file);
+        hold_spare(&mut spare);
+        if spare.is_some() {
             drop(spare);
             let stream = socket
                 .set_nonblocking(true)
