@@ -108,7 +108,11 @@ fn node_message(node: &Rc<Node>, payload: &[u8]) {
         Err(error) => return undecodable(node, &error),
     };
     if node.is_own(message.origin()) {
-        // This node delivered its own presence changes itself.
+        // This node delivered its own presence changes itself; a join's mark
+        // is the join's place in Redis's order.
+        if let NodeMessage::Mark { echo, .. } = message {
+            node.echo_arrived(echo);
+        }
         return;
     }
     match message {
@@ -137,5 +141,7 @@ fn node_message(node: &Rc<Node>, payload: &[u8]) {
         }
         NodeMessage::Answer { o, id, answer } => node.pending.answer_arrived(id, &o, answer),
         NodeMessage::Leaving { o } => node.node_left(&o),
+        // Only ever published on its origin's own channel.
+        NodeMessage::Mark { .. } => {}
     }
 }

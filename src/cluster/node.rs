@@ -193,7 +193,9 @@ struct Membership {
 }
 
 enum MembershipDone {
-    Join { room: Arc<str>, socket: SocketId, reply: oneshot::Sender<u32> },
+    /// `placed`: the socket is in its shard's local room already (the join
+    /// came back before its count: see [`Node::echo_arrived`]).
+    Join { room: Arc<str>, socket: SocketId, reply: oneshot::Sender<u32>, placed: bool },
     Leave(Option<oneshot::Sender<()>>),
     /// A room broadcast or a broadcast to all (`sent`: Redis took it;
     /// `count`: sockets reached on this node).
@@ -249,20 +251,32 @@ impl Node {
             delivery
         });
         let extension = Extension { ts: now_ms(), echo: Some(echo), ..Extension::default() };
-        let message = announce.as_ref().and_then(|delivery| {
-            let except = [socket.to_string()];
-            wire::encode_adapter(&self.name, &self.settings.namespace, &delivery.frame.payload(), &[room], &except, &extension).ok()
-        });
-        let channel = self.names.adapter_room(room);
-        let cmd = self.room_script(room, members_here, message.as_deref().map(|m| (channel.as_str(), m)));
-        let echo_due = message.is_some();
-        let size = message.as_ref().map_or(0, |m| m.len());
+        let published = match &announce {
+            Some(delivery) => {
+                let except = [socket.to_string()];
+                let message = wire::encode_adapter(&self.name, &self.settings.namespace, &delivery.frame.payload(), &[room], &except, &extension);
+                message.ok().map(|message| (self.names.adapter_room(room), message))
+            }
+            // A join must come back too, to find its place among the room's
+            // traffic: with nothing to announce, a mark on this node's channel
+            // (Redis sends one subscriber its messages in publishing order,
+            // whatever the channel).
+            None if matches!(done, MembershipDone::Join { .. }) => {
+                let mark = NodeMessage::Mark { o: self.name.clone(), echo };
+                Some((self.names.node_channel(&self.name), mark.encode()))
+            }
+            None => None,
+        };
+        let cmd = self.room_script(room, members_here, published.as_ref().map(|(channel, message)| (channel.as_str(), message.as_slice())));
+        let echo_due = published.is_some();
+        let size = published.as_ref().map_or(0, |(_, message)| message.len());
         self.memberships.borrow_mut().insert(echo, Membership { announce, echo_due, members: None, failed: false, done });
         (cmd, Finish::Membership { echo, fallback: members_here }, size)
     }
 
-    /// A join's or leave's announcement came back from Redis: this node's
-    /// members get it now, in its place among the room's traffic.
+    /// A join's or leave's announcement (or a join's mark) came back from
+    /// Redis: this node's members get it now, in its place among the room's
+    /// traffic, and a joining socket takes its place in the room.
     pub fn echo_arrived(self: &Rc<Self>, echo: u64) {
         let mut memberships = self.memberships.borrow_mut();
         let Some(waiting) = memberships.get_mut(&echo) else { return };
@@ -280,6 +294,12 @@ impl Node {
             let done = memberships.remove(&echo).expect("present");
             drop(memberships);
             self.complete_membership(done);
+        } else if let MembershipDone::Join { room, socket, placed, .. } = &mut waiting.done {
+            // Redis's count is still on its way on the other connection, and
+            // what Redis ordered after this join is arriving behind it: the
+            // socket must be in the room for that, so it joins now.
+            self.shared.router.place_join(room.clone(), *socket);
+            *placed = true;
         }
     }
 
@@ -306,7 +326,10 @@ impl Node {
         let members = waiting.members.unwrap_or(0);
         match waiting.done {
             MembershipDone::Publish { .. } => {}
-            MembershipDone::Join { room, socket, reply } => self.shared.router.confirm_join(room, socket, members, reply),
+            MembershipDone::Join { reply, placed: true, .. } => {
+                let _ = reply.send(members);
+            }
+            MembershipDone::Join { room, socket, reply, placed: false } => self.shared.router.confirm_join(room, socket, members, reply),
             MembershipDone::Leave(reply) => {
                 if let Some(reply) = reply {
                     let _ = reply.send(());
@@ -384,7 +407,7 @@ impl Node {
                 }
                 ClusterCmd::RoomJoined { room, members_here, socket, announce, reply } => {
                     self.registered.borrow_mut().rooms.insert(room.clone(), members_here);
-                    let done = MembershipDone::Join { room: room.clone(), socket, reply };
+                    let done = MembershipDone::Join { room: room.clone(), socket, reply, placed: false };
                     entries.push(self.membership_entry(&room, members_here, socket, announce, done));
                     touched.push(room);
                 }

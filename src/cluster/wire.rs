@@ -327,6 +327,9 @@ pub enum NodeMessage {
     Answer { o: String, id: u64, answer: WireAnswer },
     /// The origin stops cleanly: no answer will come from it.
     Leaving { o: String },
+    /// On the origin's own channel, for a join with no announcement: it
+    /// comes back at the join's place in Redis's order (see `Node::echo_arrived`).
+    Mark { o: String, echo: u64 },
 }
 
 impl NodeMessage {
@@ -346,7 +349,8 @@ impl NodeMessage {
             | NodeMessage::Count { o, .. }
             | NodeMessage::Query { o, .. }
             | NodeMessage::Answer { o, .. }
-            | NodeMessage::Leaving { o } => o,
+            | NodeMessage::Leaving { o }
+            | NodeMessage::Mark { o, .. } => o,
         }
     }
 }
@@ -441,6 +445,7 @@ mod tests {
             NodeMessage::Query { o: "a".into(), id: 1, query: WireQuery::Connections { user: None } },
             NodeMessage::Answer { o: "b".into(), id: 1, answer: WireAnswer::Stats { connections: 1, rooms: 2, online_users: 3 } },
             NodeMessage::Leaving { o: "b".into() },
+            NodeMessage::Mark { o: "a".into(), echo: 7 },
         ];
         for message in messages {
             assert_eq!(NodeMessage::decode(&message.encode()).unwrap(), message);

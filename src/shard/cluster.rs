@@ -70,11 +70,12 @@ pub enum ClusterCmd {
     },
     /// From a room's home: `socket` (of this node) joined; the room has
     /// `members_here` on this node now (1: subscribe to the room's channel
-    /// first). Redis counts the join and publishes `announce` in one step;
-    /// when the announcement comes back on the room's channel — the join's
-    /// place among every node's room traffic — it is delivered to this
-    /// node's members and the join is confirmed to the socket's shard
-    /// (`RoomJoinConfirmed` with the members across the cluster, answering `reply`).
+    /// first). Redis counts the join and publishes `announce` in one step
+    /// (no announcement: a mark on this node's channel). When it comes back —
+    /// the join's place among every node's room traffic — the announcement
+    /// is delivered to this node's members and the socket joins its shard's
+    /// local room; `reply` gets the members across the cluster once Redis's
+    /// count is in too (`RoomJoinConfirmed`, or `RoomJoinPlaced` then `reply`).
     RoomJoined { room: Arc<str>, members_here: u32, socket: SocketId, announce: Option<OutFrame>, reply: oneshot::Sender<u32> },
     /// From a room's home: `socket` left (0 left here: unsubscribe after);
     /// like a join, `announce` goes through Redis, then `reply`.

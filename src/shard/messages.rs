@@ -104,6 +104,11 @@ pub enum ShardMsg {
     /// room now. Arriving on the same channel as the home's announcements,
     /// it orders them: the joiner hears of every later join, of no earlier one.
     RoomJoinConfirmed { room: Arc<str>, socket: SocketId, members: u32, reply: oneshot::Sender<u32> },
+    /// From the cluster thread: the socket's join came back from Redis
+    /// before Redis's count did. The socket joins the local room now, at the
+    /// join's place among the room's traffic (a message Redis ordered after
+    /// the join arrives right behind it); the count answers the join later.
+    RoomJoinPlaced { room: Arc<str>, socket: SocketId },
     /// To a room's home: a socket left (or went away); `announce` goes to the
     /// remaining members, then `reply` (if any) says it has gone out.
     RoomLeft { room: Arc<str>, user: Arc<str>, socket: SocketId, announce: Option<OutFrame>, reply: Option<oneshot::Sender<()>> },

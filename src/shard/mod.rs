@@ -401,6 +401,9 @@ impl Shard {
                 self.local.borrow_mut().add_member(room, socket);
                 let _ = reply.send(members);
             }
+            ShardMsg::RoomJoinPlaced { room, socket } => {
+                self.local.borrow_mut().add_member(room, socket);
+            }
             ShardMsg::RoomLeft { room, user, socket, announce, reply } => {
                 let mut home = self.home.borrow_mut();
                 home.room_left(&room, &user, SystemTime::now());

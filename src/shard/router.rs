@@ -95,6 +95,12 @@ impl Router {
         self.send(socket.shard(), ShardMsg::RoomJoinConfirmed { room, socket, members, reply });
     }
 
+    /// Puts a socket in its shard's local room ahead of its join's count
+    /// (cluster mode: the join came back from Redis first).
+    pub fn place_join(&self, room: Arc<str>, socket: SocketId) {
+        self.send(socket.shard(), ShardMsg::RoomJoinPlaced { room, socket });
+    }
+
     /// Tells every shard to close its connections and stop.
     pub fn shutdown_all(&self) {
         for shard in 0..self.shard_count() {

@@ -157,13 +157,13 @@ export async function startRedis({ port, readyTimeoutMs = 10000 } = {}) {
  * Start `count` shardcast nodes on `redis` (REDIS_URL, NODE_ID, SHARDS=2,
  * CLUSTER_NODE_TTL=3s unless `env` says otherwise; each PORT=0) and wait
  * until every node's /health counts them all. Returns the servers, each with
- * .nodeId.
+ * .nodeId. `redisUrls[i]`, if given, is node i's REDIS_URL (a proxy).
  */
-export async function startCluster(redis, count = 3, env = {}, { waitMs = 15000 } = {}) {
+export async function startCluster(redis, count = 3, env = {}, { waitMs = 15000, redisUrls = [] } = {}) {
   const tag = randomBytes(2).toString('hex');
   const nodes = await Promise.all(Array.from({ length: count }, (_, i) => {
     const nodeId = `n${i}${tag}`;
-    return startServer({ SHARDS: 2, CLUSTER_NODE_TTL: '3s', NODE_ID: nodeId, ...env, REDIS_URL: redis.url })
+    return startServer({ SHARDS: 2, CLUSTER_NODE_TTL: '3s', NODE_ID: nodeId, ...env, REDIS_URL: redisUrls[i] ?? redis.url })
       .then((s) => Object.assign(s, { requestedNodeId: nodeId, nodeId, name: `node ${i} (port ${s.port})` }));
   }));
   try {
@@ -182,6 +182,42 @@ export async function startCluster(redis, count = 3, env = {}, { waitMs = 15000 
 }
 
 /** Wait until every node's /health says cluster.nodes === n, redis up, delivery ok. */
+/**
+ * A TCP proxy to `redis` that holds Redis's answers for `delayMs` on every
+ * connection that has sent an EVAL: a node's publisher (its scripts' and
+ * commands' replies come late), not its subscriber (pushes come at once).
+ * So what a node publishes comes back to it before Redis's reply does.
+ * Returns { url, stop() }.
+ */
+export async function startReplyDelayProxy(redis, delayMs) {
+  const pairs = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    const pair = { client, upstream };
+    pairs.add(pair);
+    let delayed = false;
+    client.on('data', (chunk) => {
+      if (chunk.includes('EVAL')) delayed = true;
+      upstream.write(chunk);
+    });
+    // Once delayed, every later chunk is too: a constant delay keeps their order.
+    upstream.on('data', (chunk) => {
+      if (delayed) setTimeout(() => { if (!client.destroyed) client.write(chunk); }, delayMs);
+      else client.write(chunk);
+    });
+    const close = () => { pairs.delete(pair); client.destroy(); upstream.destroy(); };
+    for (const s of [client, upstream]) { s.on('error', close); s.on('close', close); }
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `redis://127.0.0.1:${server.address().port}`,
+    stop: async () => {
+      for (const { client, upstream } of pairs) { client.destroy(); upstream.destroy(); }
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 export async function waitClusterSize(nodes, n, timeoutMs = 15000) {
   const last = {};
   const started = Date.now();

@@ -19,7 +19,7 @@ import {
   sleep, waitUntil, uid, broadcastBarrier,
 } from './helpers.mjs';
 import {
-  redisMissing, startRedis, startCluster, stopNodes, waitClusterSize, http, getJson, postJson, health, stats,
+  redisMissing, startRedis, startReplyDelayProxy, startCluster, stopNodes, waitClusterSize, http, getJson, postJson, health, stats,
   userInfo, roomInfo, metric, numsub, roomChannel, waitRoomSubscribers, join, userOn, anonOn, label,
   expectExactlyOnce, expectDeliveries, settleConnections,
 } from './cluster-helpers.mjs';
@@ -624,6 +624,72 @@ describe('cluster: three nodes on one Redis', { skip: redisMissing }, () => {
     assert.equal(await numsub(rc, roomChannel(room)), 0);
   });
 });
+
+// ===========================================================================
+// A join whose count comes back after its announcement
+// ===========================================================================
+
+// A node's subscriber and publisher are two connections: what a node
+// publishes (a join's announcement, or its mark) can come back before
+// Redis's reply to the script that published it. A proxy holds Redis's
+// replies to node C's publisher, so every join on C is in that window while
+// a member on A joins and relays: C's joiner must get what Redis ordered
+// after its own join (it was lost when the joiner entered the room only
+// with the count). Both with announcements and without (ROOM_EVENTS=off,
+// where the join publishes a mark on C's own channel).
+for (const roomEvents of ['on', 'off']) {
+  describe(`cluster: Redis's replies to one node held 600 ms (ROOM_EVENTS=${roomEvents})`, { skip: redisMissing }, () => {
+    const DELAY_MS = 600;
+    let redis;
+    let proxy;
+    let nodes;
+    let rc;
+
+    before(async () => {
+      redis = await startRedis();
+      proxy = await startReplyDelayProxy(redis, DELAY_MS);
+      nodes = await startCluster(redis, 2, { ROOM_EVENTS: roomEvents, CLUSTER_REQUEST_TIMEOUT: '4s' }, { redisUrls: [redis.url, proxy.url] });
+      rc = redis.client();
+    });
+    after(async () => {
+      rc?.disconnect();
+      await stopNodes(nodes);
+      await proxy?.stop();
+      await redis?.stop();
+    });
+
+    it('a member joining on that node gets the joins and relays Redis ordered after its join, even before its own ack; none from before (4 rooms)', async () => {
+      const [A, C] = nodes;
+      const a = await userOn(A, uid('held-a'));
+      const c = await userOn(C, uid('held-c'));
+      const early = await userOn(A, uid('held-early'));
+      for (let r = 0; r < 4; r++) {
+        const room = uid(`held${r}`);
+        await join(early, room);
+        await relay(early, room, 'before-c-joined', r);
+        let cAcked = false;
+        const cJoin = emitWithAck(c, 'join-room', { roomName: room }, 8000).then((ack) => { cAcked = true; return ack; });
+        // Redis has counted c's join; its reply to C is held by the proxy.
+        await waitUntil(async () => (await rc.hget(`shardcast:room:${room}`, C.nodeId)) === '1', 3000,
+          () => `room ${r}: Redis never counted the join on ${C.name}`);
+        const aAck = await join(a, room);
+        assert.equal(aAck.memberCount, 3, `room ${r}: a's join counts early, c and itself`);
+        await relay(a, room, 'after-c-joined', r);
+        assert.equal(cAcked, false, `room ${r}: the test must interleave: c's ack came before a's join and relay were through`);
+        const cAck = await cJoin;
+        assertSuccess(cAck, `room ${r}: c's join`);
+        assert.equal(cAck.memberCount, 2, `room ${r}: c's join counts early and itself`);
+        await broadcastBarrier(A, [a, c, early]);
+        const joined = received(c, 'user-joined', (d) => d.roomName === room).map((d) => d.userId);
+        assert.deepEqual(joined, roomEvents === 'on' ? [a.userId] : [], `room ${r}: user-joined heard by c`);
+        assert.deepEqual(received(c, 'after-c-joined', (d) => d === r), [r], `room ${r}: a's relay, sent after Redis counted c's join, reaches c once`);
+        assert.deepEqual(received(c, 'before-c-joined').filter((d) => d === r), [], `room ${r}: a relay from before c's join does not reach c`);
+        const heardByA = received(a, 'user-joined', (d) => d.roomName === room).map((d) => d.userId);
+        assert.deepEqual(heardByA, [], `room ${r}: a joined after c: it hears no user-joined for c`);
+      }
+    });
+  });
+}
 
 // ===========================================================================
 // A node killed with SIGKILL under traffic
