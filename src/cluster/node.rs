@@ -251,22 +251,21 @@ impl Node {
             delivery
         });
         let extension = Extension { ts: now_ms(), echo: Some(echo), ..Extension::default() };
-        let published = match &announce {
-            Some(delivery) => {
-                let except = [socket.to_string()];
-                let message = wire::encode_adapter(&self.name, &self.settings.namespace, &delivery.frame.payload(), &[room], &except, &extension);
-                message.ok().map(|message| (self.names.adapter_room(room), message))
-            }
-            // A join must come back too, to find its place among the room's
-            // traffic: with nothing to announce, a mark on this node's channel
-            // (Redis sends one subscriber its messages in publishing order,
-            // whatever the channel).
-            None if matches!(done, MembershipDone::Join { .. }) => {
-                let mark = NodeMessage::Mark { o: self.name.clone(), echo };
-                Some((self.names.node_channel(&self.name), mark.encode()))
-            }
-            None => None,
-        };
+        let announced = announce.as_ref().and_then(|delivery| {
+            let except = [socket.to_string()];
+            let message = wire::encode_adapter(&self.name, &self.settings.namespace, &delivery.frame.payload(), &[room], &except, &extension);
+            message.ok().map(|message| (self.names.adapter_room(room), message))
+        });
+        // A join must come back too, to find its place among the room's
+        // traffic: with nothing to announce, a mark on this node's channel
+        // (Redis sends one subscriber its messages in publishing order,
+        // whatever the channel).
+        let published = announced.or_else(|| {
+            matches!(done, MembershipDone::Join { .. }).then(|| {
+                let mark = NodeMessage::Mark { o: self.name.clone(), echo }.encode();
+                (self.names.node_channel(&self.name), mark)
+            })
+        });
         let cmd = self.room_script(room, members_here, published.as_ref().map(|(channel, message)| (channel.as_str(), message.as_slice())));
         let echo_due = published.is_some();
         let size = published.as_ref().map_or(0, |(_, message)| message.len());
