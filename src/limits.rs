@@ -16,7 +16,10 @@
 //!   anything else with 503) and closes it, so clients see an answer instead
 //!   of hanging in the backlog; then it sleeps ([`Backoff`], 5 ms doubling to
 //!   500 ms) before accepting again, and resumes by itself once descriptors
-//!   are free.
+//!   are free. Each such round also tells the connections still sending
+//!   their request head ([`ConnectionBudget::wall_notified`]): one that has
+//!   taken [`SLOW_HEAD_AT_WALL`] since its accept is closed, handing its
+//!   descriptor to the clients waiting in the backlog.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +37,15 @@ pub const RESERVE_PER_SHARD: u64 = 4;
 /// Plus 1/64 (about 1.6 %) of the limit, so the room for HTTP and
 /// connections in transit grows with the size of the deployment.
 pub const RESERVE_FRACTION: u64 = 64;
+
+/// How long a connection may take, from its accept, to send its request
+/// head once the process has run out of descriptors (instead of
+/// `REQUEST_TIMEOUT_MS`): at the wall a head this slow holds a descriptor
+/// that a client waiting in the backlog needs. Browsers and apps send the
+/// whole head in the first packet; what trickles it in (a slowloris) or
+/// never sends it would otherwise keep the backlog waiting for the full
+/// request timeout.
+pub const SLOW_HEAD_AT_WALL: Duration = Duration::from_secs(1);
 
 /// The `reason` labels of refused connections.
 pub const REFUSAL_REASONS: [&str; 2] = ["capacity", "descriptors"];
@@ -115,11 +127,31 @@ pub struct ConnectionBudget {
     open: AtomicUsize,
     /// Set while new sessions are being refused, for one log line per episode.
     refusing: AtomicBool,
+    /// Woken by each round of an accept loop at the wall (`EMFILE`).
+    wall: tokio::sync::Notify,
 }
 
 impl ConnectionBudget {
     pub fn new(capacity: Capacity, nofile: NofileLimit) -> ConnectionBudget {
-        ConnectionBudget { capacity, nofile, open: AtomicUsize::new(0), refusing: AtomicBool::new(false) }
+        ConnectionBudget {
+            capacity,
+            nofile,
+            open: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
+            wall: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// An accept loop found no descriptor free: wakes every connection
+    /// waiting in [`ConnectionBudget::wall_notified`], on any shard.
+    pub fn wall_hit(&self) {
+        self.wall.notify_waiters();
+    }
+
+    /// Completes at the next [`ConnectionBudget::wall_hit`] after this call
+    /// (even if first polled later).
+    pub fn wall_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wall.notified()
     }
 
     /// Counts an accepted connection until the slot is dropped.

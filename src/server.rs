@@ -418,6 +418,7 @@ async fn accept_loop(shard: Rc<Shard>, services: Arc<Services>, listener: TcpLis
                 start_connection(&shard, &services, stream, peer);
             }
             Err(error) if limits::is_out_of_descriptors(&error) => {
+                services.budget.wall_hit();
                 let refused = at_wall.get_or_insert_with(|| {
                     tracing::warn!(
                         shard = shard.index,
@@ -614,8 +615,10 @@ async fn serve_connection(
     mut received: std::io::Result<usize>,
 ) {
     // A head trickled in a byte at a time, or never sent, ends here
-    // (`REQUEST_TIMEOUT_MS`); hyper has the same bound for each request after.
-    let deadline = tokio::time::Instant::now() + services.config.request_timeout();
+    // (`REQUEST_TIMEOUT_MS`, or `SLOW_HEAD_AT_WALL` at the wall); hyper has
+    // the same bound for each request after.
+    let accepted = tokio::time::Instant::now();
+    let mut deadline = accepted + services.config.request_timeout();
     loop {
         match received {
             Ok(0) => return,
@@ -637,7 +640,7 @@ async fn serve_connection(
             },
             _ => break,
         }
-        if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+        if !head_readable(&stream, &services.budget, accepted, &mut deadline).await {
             return;
         }
         received = stream.try_read_buf(&mut head);
@@ -654,6 +657,25 @@ async fn serve_connection(
     // decides for all that follow (README "Behaviour notes").
     let half_close = http_upgrade::request_path(&head).is_some_and(|path| endpoint_for(&services, path).is_none());
     serve_http(shard, services, PrefixedStream::new(head.freeze(), stream), peer, slot, half_close).await
+}
+
+/// Waits until more of a request head can be read; `false` once `deadline`
+/// has passed. Out of descriptors meanwhile (an accept loop's round at the
+/// wall), the deadline comes forward to [`limits::SLOW_HEAD_AT_WALL`] after
+/// the accept: a head that slow is closed to free its descriptor.
+async fn head_readable(
+    stream: &TcpStream,
+    budget: &limits::ConnectionBudget,
+    accepted: tokio::time::Instant,
+    deadline: &mut tokio::time::Instant,
+) -> bool {
+    loop {
+        let wall = budget.wall_notified();
+        tokio::select! {
+            readable = tokio::time::timeout_at(*deadline, stream.readable()) => return readable.is_ok(),
+            () = wall => *deadline = (*deadline).min(accepted + limits::SLOW_HEAD_AT_WALL),
+        }
+    }
 }
 
 /// One non-blocking read into `buf`'s spare room (`WouldBlock` if nothing

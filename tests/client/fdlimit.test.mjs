@@ -308,23 +308,24 @@ describe('hard open-file limit 512: more clients than fit', { skip }, () => {
     const descriptorsBefore = await metric(server, 'shardcast_connections_refused_total', { reason: 'descriptors' });
     const logMark = server.logs.length;
     const newLogs = () => server.logs.slice(logMark).map((l) => l.line).join('\n');
-    // Use up the reserve: connections that send half a request head and wait
-    // (they hold a descriptor each until the 30 s head timeout), until one
-    // gets an answer at once — the wall's 503.
+    // Use up the reserve: keep-alive HTTP connections that make one request
+    // and stay open (each holds a descriptor until REQUEST_TIMEOUT_MS, 30 s),
+    // until one gets the wall's 503 instead of its 404. (Connections still
+    // sending their head would not do: at the wall they are closed after
+    // 1 s, see the next test.)
     const fillers = [];
     const answered = [];
     try {
       for (let batch = 0; batch < 20 && answered.length === 0; batch++) {
         for (let i = 0; i < 10; i++) {
-          const filler = net.connect(server.port, '127.0.0.1', () => filler.write('GET /filler HTTP/1.1\r\nHost: x\r\n'));
-          filler.on('data', (d) => answered.push(String(d)));
+          const filler = net.connect(server.port, '127.0.0.1', () => filler.write('GET /filler HTTP/1.1\r\nHost: x\r\n\r\n'));
+          filler.on('data', (d) => { if (String(d).startsWith('HTTP/1.1 503 ')) answered.push(String(d)); });
           filler.on('error', () => {});
           fillers.push(filler);
         }
         await sleep(700); // longer than the longest back-off (500 ms)
       }
       assert.ok(answered.length > 0, `no filler was refused after ${fillers.length} connections`);
-      assert.match(answered[0], /^HTTP\/1\.1 503 /);
       assert.match(answered[0], /"code":"UNAVAILABLE"/);
       assert.match(newLogs(), /WARN.*out of file descriptors/, 'the wall is logged');
 
@@ -384,6 +385,48 @@ describe('hard open-file limit 512: more clients than fit', { skip }, () => {
     const descriptors = await metric(server, 'shardcast_connections_refused_total', { reason: 'descriptors' });
     assert.ok(descriptors - descriptorsBefore >= 2, `refusals counted as descriptors: ${descriptors - descriptorsBefore}`);
     assert.deepEqual(poller.failures, [], `/health answered 200 throughout (${poller.checks} checks, slowest ${poller.slowest} ms)`);
+  });
+
+  it('at the wall, a connection still sending its request head 1 s after its accept is closed: clients waiting behind get answers', async (t) => {
+    const logMark = server.logs.length;
+    const newLogs = () => server.logs.slice(logMark).map((l) => l.line).join('\n');
+    // Slow heads (half a request, then nothing) until the process is out of
+    // descriptors; before, each held its descriptor for the 30 s head timeout.
+    const slow = [];
+    try {
+      for (let batch = 0; batch < 40 && !/out of file descriptors/.test(newLogs()); batch++) {
+        for (let i = 0; i < 10; i++) {
+          const conn = { socket: net.connect(server.port, '127.0.0.1'), opened: 0, closedAfter: null, answered: '' };
+          conn.socket.on('connect', () => { conn.opened = Date.now(); conn.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n'); });
+          conn.socket.on('data', (d) => { conn.answered += String(d); });
+          conn.socket.on('close', () => { conn.closedAfter = Date.now() - conn.opened; });
+          conn.socket.on('error', () => {});
+          slow.push(conn);
+        }
+        await sleep(100);
+      }
+      assert.match(newLogs(), /WARN.*out of file descriptors/, `the wall was not reached with ${slow.length} slow heads`);
+      // Those the server accepted and that were still sending their head got
+      // at most about a second (plus a back-off round): closed without an answer.
+      await waitUntil(() => slow.filter((c) => c.closedAfter !== null).length >= 10, 5000,
+        () => `${slow.filter((c) => c.closedAfter !== null).length} of ${slow.length} slow heads closed`);
+      const closed = slow.filter((c) => c.closedAfter !== null && c.answered === '');
+      const early = closed.filter((c) => c.closedAfter < 900);
+      t.diagnostic(`${slow.length} slow heads, ${closed.length} closed without an answer after ${Math.min(...closed.map((c) => c.closedAfter))}–${Math.max(...closed.map((c) => c.closedAfter))} ms`);
+      assert.deepEqual(early.map((c) => c.closedAfter), [], 'no slow head is closed before its second is up');
+      // The descriptors they held serve the clients that come next.
+      await waitUntil(async () => (await httpRequest(server, 'GET', '/api/stats', undefined, 2000)).status === 200, 3000,
+        () => 'GET /api/stats is not served again');
+      const k = await knock(server);
+      assert.equal(k.status, 503, JSON.stringify(k));
+      assert.deepEqual(JSON.parse(k.body), { code: 3, message: 'Server at connection capacity' });
+      assert.ok(k.ms < 1500, `a new session is answered in ${k.ms} ms`);
+      assert.deepEqual(poller.failures, [], `/health answered 200 throughout (${poller.checks} checks)`);
+    } finally {
+      for (const c of slow) c.socket.destroy();
+    }
+    await waitUntil(async () => (await metric(server, 'shardcast_tcp_connections')) <= connected.length + 3, 5000,
+      () => 'the slow heads\' sockets are not all closed');
   });
 
   it('after 100 clients leave, new clients connect again without a restart', async () => {
