@@ -514,6 +514,11 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def mean(values):
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def run_server(server, results):
     res = results.setdefault(server, {})
     scen = SCENARIOS_WANTED
@@ -979,8 +984,7 @@ def floor_per_send(sockets):
     a window, over the broadcasts in it). Returns (mean, runs)."""
     runs = [run_floor([sockets, 10], r"= ([0-9.]+) µs of CPU per send", f"{sockets} sockets")
             for _ in range(FLOOR_RUNS)]
-    measured = [r for r in runs if r is not None]
-    return (sum(measured) / len(measured) if measured else None), runs
+    return mean(runs), runs
 
 
 def measure_floor():
