@@ -7,6 +7,8 @@ use serde::Deserialize;
 use super::errors::RequestError;
 use super::validate;
 
+// One per broker, never moved on a hot path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Authenticator {
     /// No secret: the `userId` a client gives is believed.
     Development,

@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn payload_frames_carry_binary_attachments() {
         let placeholder = serde_json::json!({"_placeholder": true, "num": 0});
-        let frames = payload_frames("/", Reply::Event("back"), &[placeholder.clone()], &[bytes::Bytes::from_static(&[1, 2])]);
+        let frames = payload_frames("/", Reply::Event("back"), std::slice::from_ref(&placeholder), &[bytes::Bytes::from_static(&[1, 2])]);
         assert_eq!(text(&frames[0]), "451-[\"back\",{\"_placeholder\":true,\"num\":0}]");
         assert_eq!(frames[1].wire()[0], 0x82);
         assert_eq!(&frames[1].payload()[..], &[1, 2]);

@@ -131,10 +131,13 @@ pub enum ShardMsg {
     /// Work to run on the receiving shard's thread (polling requests and
     /// upgrades for sessions that live there). It must only start tasks, not
     /// wait: it runs inside [`Shard::catch_up`] too.
-    Run(Box<dyn FnOnce(&Rc<Shard>) + Send>),
+    Run(ShardWork),
     /// Close every connection and stop.
     Shutdown,
 }
+
+/// A closure sent to run on one shard's thread (see [`ShardMsg::Run`]).
+pub type ShardWork = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
 /// Questions the server-side API asks every shard (or a name's home).
 #[derive(Debug, Clone)]
@@ -151,7 +154,10 @@ pub enum Query {
     Metrics,
 }
 
+/// One per shard per question (rare: API calls and scrapes), so the
+/// `Metrics` variant's size costs nothing worth a box.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     Connections(Vec<ConnectionInfo>),
     Rooms(Vec<RoomInfo>),

@@ -81,6 +81,7 @@ impl Shard {
     ///
     /// Not an `async fn`, for the reason `websocket::run` gives: this future
     /// is what an idle WebSocket connection is.
+    #[allow(clippy::manual_async_fn)]
     pub fn serve_websocket<H: EngineHandler, C>(
         self: Rc<Self>,
         handler: H,

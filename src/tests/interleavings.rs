@@ -251,7 +251,7 @@ struct Chain {
     /// the chain, with the members that stay to the end (they must hear it once).
     disconnects: Vec<(usize, Vec<usize>)>,
     next: usize,
-    task: Option<(Task, Option<(usize, u64)>, Option<Rc<std::cell::Cell<usize>>>)>,
+    task: Option<Started>,
 }
 
 impl Chain {
@@ -429,8 +429,12 @@ fn run_random_schedule(seed: u64) {
     }
 }
 
+/// A started request: its task, the (client, ack id) its answer comes as,
+/// and the count a publish fills in when it is done.
+type Started = (Task, Option<(usize, u64)>, Option<Rc<std::cell::Cell<usize>>>);
+
 /// Starts one request of a chain: its packet is read now.
-fn start(world: &mut World, room: &str, op: &Op) -> (Task, Option<(usize, u64)>, Option<Rc<std::cell::Cell<usize>>>) {
+fn start(world: &mut World, room: &str, op: &Op) -> Started {
     let (client, event, payload) = match op {
         Op::Join(c) => (*c, "join-room", json!({ "roomName": room })),
         Op::Leave(c) => (*c, "leave-room", json!({ "roomName": room })),

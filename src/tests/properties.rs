@@ -654,7 +654,8 @@ fn api_bodies_stop_at_the_size_limit() {
 /// when found) passes its target's checks now.
 #[test]
 fn fuzzer_crashers_stay_fixed() {
-    let targets: [(&str, fn(&[u8])); 8] = [
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 8] = [
         ("websocket_frames", fuzzing::websocket_frames),
         ("upgrade_head", fuzzing::upgrade_head),
         ("polling_body", fuzzing::polling_body),

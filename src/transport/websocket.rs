@@ -55,6 +55,7 @@ pub struct Opening {
 /// Not an `async fn`: one would keep a second copy of every argument in the
 /// future (its parameters, then the locals they are moved into), and this
 /// future is most of what an idle connection costs.
+#[allow(clippy::manual_async_fn, clippy::blocks_in_conditions)]
 pub fn run<'a, H: EngineHandler>(
     opening: Box<Opening>,
     sid: impl std::fmt::Display + 'a,
@@ -345,6 +346,7 @@ async fn on_frame<H: EngineHandler>(message: Message, handler: &H, last_pong: &L
 
 /// Drains the outbox to the socket until the session closes. While it waits,
 /// the shard's flusher may write to the socket directly.
+#[allow(clippy::manual_async_fn)]
 fn write_loop<'a>(mut write_half: OwnedWriteHalf, outbox: &'a Rc<Outbox>, traffic: &'a Rc<Traffic>) -> impl Future<Output = CloseReason> + 'a {
     // A plain fn for the reason `run` gives.
     async move {

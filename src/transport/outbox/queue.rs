@@ -123,7 +123,8 @@ mod tests {
         assert_eq!((payloads(&front), payloads(&queue)), (b"12".to_vec(), b"345".to_vec()));
         let all: Vec<u8> = queue.split_front(10).into_iter().map(|f| *f.wire().last().unwrap()).collect();
         assert_eq!(all, b"345");
-        assert!(queue.is_empty() && queue.len() == 0);
+        assert!(queue.is_empty());
+        assert_eq!(queue.len(), 0);
     }
 
     #[test]
