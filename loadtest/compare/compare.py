@@ -519,80 +519,77 @@ def mean(values):
     return statistics.fmean(values) if values else None
 
 
-def run_server(server, results):
+# A fan-out search's answer in one run starts the next run's search on the
+# same server; a server that kept up with no rate in its first run is not
+# searched again. Keyed by (server, scenario).
+SEARCH_HINTS = {}
+SEARCH_GAVE_UP = set()
+
+
+def run_server(server, results, i):
+    """Run `i` of every wanted scenario on `server`, appended to its results.
+
+    `main` lets the servers take turns run by run (A, B, A, B, ...) rather
+    than giving each its runs in one block: the machine's speed drifts over
+    minutes (the same binary's CPU per handshake has moved by a third within
+    an hour here), and in blocks that drift lands between the servers and
+    reads as a difference between them."""
     res = results.setdefault(server, {})
     scen = SCENARIOS_WANTED
-    log(f"== {SERVERS[server]['label']}")
-    if "idle" in scen:
-        runs = []
-        for i in range(RUNS):
-            r = measure(server, ["--scenario", "idle", "--connections", IDLE_CONNECTIONS,
-                                 "--rooms-per-conn", ROOMS_PER_CONN, "--concurrency", 64],
-                        60 + IDLE_CONNECTIONS / 100)
-            log(f"  idle {IDLE_CONNECTIONS} conns x {ROOMS_PER_CONN} rooms, run {i + 1}: "
-                f"{short(r, ['rss_per_connection_kib', 'server_rss_kib', 'other_cpu_percent'])}")
-            runs.append(r)
-        res["idle"] = runs
-    if "handshake" in scen:
-        runs = []
-        for i in range(RUNS):
-            r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
-                                 "--concurrency", HANDSHAKE_CONCURRENCY, *HANDSHAKE_CLOSE], HANDSHAKE_DURATION + 60,
-                        window=HANDSHAKE_DURATION)
-            log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
-                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
-            runs.append(r)
-        res["handshake"] = runs
-    if "handshake-fixed" in scen:
-        runs = []
-        for i in range(RUNS):
-            r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
-                                 "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE,
-                                 *HANDSHAKE_CLOSE],
-                        HANDSHAKE_DURATION + 60, window=HANDSHAKE_DURATION)
-            log(f"  handshake @ {fmt_rate(HANDSHAKE_FIXED_RATE)}/s, run {i + 1}: "
-                f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_us_per_handshake', 'other_cpu_percent'])}")
-            runs.append(r)
-        res["handshake-fixed"] = runs
-    if "fixed" in scen:
-        runs = []
-        for i in range(RUNS):
-            r = fanout(server, SUBS_SMALL, FIXED_RATE_SMALL, FANOUT_DURATION)
-            log(f"  fixed fanout {SUBS_SMALL} subs @ {fmt_rate(FIXED_RATE_SMALL)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
-            runs.append(r)
-        res["fixed"] = runs
+    log(f"== {SERVERS[server]['label']}, run {i + 1}")
+    if "idle" in scen and i < RUNS:
+        r = measure(server, ["--scenario", "idle", "--connections", IDLE_CONNECTIONS,
+                             "--rooms-per-conn", ROOMS_PER_CONN, "--concurrency", 64],
+                    60 + IDLE_CONNECTIONS / 100)
+        log(f"  idle {IDLE_CONNECTIONS} conns x {ROOMS_PER_CONN} rooms, run {i + 1}: "
+            f"{short(r, ['rss_per_connection_kib', 'server_rss_kib', 'other_cpu_percent'])}")
+        res.setdefault("idle", []).append(r)
+    if "handshake" in scen and i < RUNS:
+        r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
+                             "--concurrency", HANDSHAKE_CONCURRENCY, *HANDSHAKE_CLOSE], HANDSHAKE_DURATION + 60,
+                    window=HANDSHAKE_DURATION)
+        log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
+            f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
+        res.setdefault("handshake", []).append(r)
+    if "handshake-fixed" in scen and i < RUNS:
+        r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
+                             "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE,
+                             *HANDSHAKE_CLOSE],
+                    HANDSHAKE_DURATION + 60, window=HANDSHAKE_DURATION)
+        log(f"  handshake @ {fmt_rate(HANDSHAKE_FIXED_RATE)}/s, run {i + 1}: "
+            f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_us_per_handshake', 'other_cpu_percent'])}")
+        res.setdefault("handshake-fixed", []).append(r)
+    if "fixed" in scen and i < RUNS:
+        r = fanout(server, SUBS_SMALL, FIXED_RATE_SMALL, FANOUT_DURATION)
+        log(f"  fixed fanout {SUBS_SMALL} subs @ {fmt_rate(FIXED_RATE_SMALL)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
+        res.setdefault("fixed", []).append(r)
     for key, subs, bound, start in (("fanout-small", SUBS_SMALL, P99_BOUND_SMALL_MS, START_RATE_SMALL),
                                     ("fanout-large", SUBS_LARGE, P99_BOUND_LARGE_MS, START_RATE_LARGE)):
-        if key not in scen:
+        if key not in scen or i >= RUNS or (server, key) in SEARCH_GAVE_UP:
             continue
-        bests, hint = [], None
-        for i in range(RUNS):
-            log(f"  sustained fanout to {subs} (p99 <= {bound:g} ms, nothing lost), run {i + 1}")
-            best, trials = search(server, subs, bound, start, hint)
-            bests.append(best)
-            res.setdefault(key + "-trials", []).append(trials)
-            if best is not None and hint is None:
-                hint = best["rate_asked"]
-            log(f"  -> run {i + 1}: " + (short(best, FANOUT_KEYS) if best else "no rate kept up with"))
-            if best is None and hint is None:
-                log("  (no rate kept up with in the first run: the other runs are skipped)")
-                break
-        res[key] = bests
-    if "capacity" in scen:
-        res["capacity"] = [capacity(server, i) for i in range(CAPACITY_RUNS)]
-    if "lowload" in scen:
-        runs = []
-        for i in range(RUNS):
-            # The floor drifts over a comparison's half hour as much as the
-            # servers do: each low-load run gets its own, measured just
-            # before it, and the row takes the median of the per-run ratios.
-            floor = measure_floor()
-            r = fanout(server, SUBS_LARGE, LOWLOAD_RATE, LOWLOAD_DURATION)
-            if floor:
-                r["floor_us_per_send"] = floor["us_per_send"]
-            log(f"  low load {SUBS_LARGE} subs @ {fmt_rate(LOWLOAD_RATE)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
-            runs.append(r)
-        res["lowload"] = runs
+        hint = SEARCH_HINTS.get((server, key))
+        log(f"  sustained fanout to {subs} (p99 <= {bound:g} ms, nothing lost), run {i + 1}")
+        best, trials = search(server, subs, bound, start, hint)
+        res.setdefault(key, []).append(best)
+        res.setdefault(key + "-trials", []).append(trials)
+        if best is not None and hint is None:
+            SEARCH_HINTS[(server, key)] = best["rate_asked"]
+        log(f"  -> run {i + 1}: " + (short(best, FANOUT_KEYS) if best else "no rate kept up with"))
+        if best is None and hint is None:
+            log("  (no rate kept up with in the first run: the other runs are skipped)")
+            SEARCH_GAVE_UP.add((server, key))
+    if "capacity" in scen and i < CAPACITY_RUNS:
+        res.setdefault("capacity", []).append(capacity(server, i))
+    if "lowload" in scen and i < RUNS:
+        # The floor drifts over a comparison's half hour as much as the
+        # servers do: each low-load run gets its own, measured just
+        # before it, and the row takes the median of the per-run ratios.
+        floor = measure_floor()
+        r = fanout(server, SUBS_LARGE, LOWLOAD_RATE, LOWLOAD_DURATION)
+        if floor:
+            r["floor_us_per_send"] = floor["us_per_send"]
+        log(f"  low load {SUBS_LARGE} subs @ {fmt_rate(LOWLOAD_RATE)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
+        res.setdefault("lowload", []).append(r)
 
 
 # ---- figures and table --------------------------------------------------------------
@@ -607,6 +604,10 @@ def fig_idle(res):
 
 def fig_handshake(res):
     return median([r.get("handshakes_per_sec") for r in ok_runs(res.get("handshake"))])
+
+
+def fig_handshake_cpu_max(res):
+    return median([r.get("server_cpu_us_per_handshake") for r in ok_runs(res.get("handshake"))])
 
 
 def fig_handshake_cpu(res):
@@ -713,6 +714,7 @@ def table(results, floor=None):
          fig_handshake, True, None, 1.5),
         ("  server CPU % / load generator CPU %", fig_pair("handshake", "server_cpu_percent", "loadgen_cpu_percent"),
          None, None, None),
+        ("  server CPU µs per handshake at that rate", fig_handshake_cpu_max, False, None, 0.5),
         (f"server CPU µs per handshake at {fmt_rate(HANDSHAKE_FIXED_RATE)} handshakes/s",
          fig_handshake_cpu, False, None, 1 / 1.5),
         (f"fan-out to {small:,}: sustained deliveries/s (p99 <= {P99_BOUND_SMALL_MS:g} ms, none lost)",
@@ -1093,10 +1095,13 @@ def main():
     for server in SERVERS_WANTED:
         if server not in SERVERS:
             sys.exit(f"unknown server {server!r}; known: {', '.join(SERVERS)}")
-        run_server(server, results)
-        with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
-            json.dump({"settings": describe(), "results": results, "floor": floor, "capacity_floor": cfloor},
-                      f, indent=1)
+    # The servers take turns, run by run (see `run_server`).
+    for i in range(max(RUNS, CAPACITY_RUNS if "capacity" in SCENARIOS_WANTED else 0)):
+        for server in SERVERS_WANTED:
+            run_server(server, results, i)
+            with open(os.path.join(OUT_DIR, f"results-{stamp}.json"), "w") as f:
+                json.dump({"settings": describe(), "results": results, "floor": floor, "capacity_floor": cfloor},
+                          f, indent=1)
     md = render(results, floor, cfloor)
     elapsed = time.time() - started
     text = (f"{describe()}; took {elapsed / 60:.1f} min; "
