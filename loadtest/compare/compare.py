@@ -537,21 +537,23 @@ def run_server(server, results, i):
     res = results.setdefault(server, {})
     scen = SCENARIOS_WANTED
     log(f"== {SERVERS[server]['label']}, run {i + 1}")
-    if "idle" in scen and i < RUNS:
+    # Capacity may have more runs than the rest (`CAPACITY_RUNS`).
+    main_run = i < RUNS
+    if "idle" in scen and main_run:
         r = measure(server, ["--scenario", "idle", "--connections", IDLE_CONNECTIONS,
                              "--rooms-per-conn", ROOMS_PER_CONN, "--concurrency", 64],
                     60 + IDLE_CONNECTIONS / 100)
         log(f"  idle {IDLE_CONNECTIONS} conns x {ROOMS_PER_CONN} rooms, run {i + 1}: "
             f"{short(r, ['rss_per_connection_kib', 'server_rss_kib', 'other_cpu_percent'])}")
         res.setdefault("idle", []).append(r)
-    if "handshake" in scen and i < RUNS:
+    if "handshake" in scen and main_run:
         r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
                              "--concurrency", HANDSHAKE_CONCURRENCY, *HANDSHAKE_CLOSE], HANDSHAKE_DURATION + 60,
                     window=HANDSHAKE_DURATION)
         log(f"  handshake c={HANDSHAKE_CONCURRENCY}, run {i + 1}: "
             f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_percent', 'loadgen_cpu_percent', 'other_cpu_percent'])}")
         res.setdefault("handshake", []).append(r)
-    if "handshake-fixed" in scen and i < RUNS:
+    if "handshake-fixed" in scen and main_run:
         r = measure(server, ["--scenario", "handshake", "--duration", HANDSHAKE_DURATION,
                              "--concurrency", HANDSHAKE_CONCURRENCY, "--rate", HANDSHAKE_FIXED_RATE,
                              *HANDSHAKE_CLOSE],
@@ -559,13 +561,13 @@ def run_server(server, results, i):
         log(f"  handshake @ {fmt_rate(HANDSHAKE_FIXED_RATE)}/s, run {i + 1}: "
             f"{short(r, ['handshakes_per_sec', 'failed', 'server_cpu_us_per_handshake', 'other_cpu_percent'])}")
         res.setdefault("handshake-fixed", []).append(r)
-    if "fixed" in scen and i < RUNS:
+    if "fixed" in scen and main_run:
         r = fanout(server, SUBS_SMALL, FIXED_RATE_SMALL, FANOUT_DURATION)
         log(f"  fixed fanout {SUBS_SMALL} subs @ {fmt_rate(FIXED_RATE_SMALL)}/s, run {i + 1}: {short(r, FANOUT_KEYS)}")
         res.setdefault("fixed", []).append(r)
     for key, subs, bound, start in (("fanout-small", SUBS_SMALL, P99_BOUND_SMALL_MS, START_RATE_SMALL),
                                     ("fanout-large", SUBS_LARGE, P99_BOUND_LARGE_MS, START_RATE_LARGE)):
-        if key not in scen or i >= RUNS or (server, key) in SEARCH_GAVE_UP:
+        if key not in scen or not main_run or (server, key) in SEARCH_GAVE_UP:
             continue
         hint = SEARCH_HINTS.get((server, key))
         log(f"  sustained fanout to {subs} (p99 <= {bound:g} ms, nothing lost), run {i + 1}")
@@ -580,7 +582,7 @@ def run_server(server, results, i):
             SEARCH_GAVE_UP.add((server, key))
     if "capacity" in scen and i < CAPACITY_RUNS:
         res.setdefault("capacity", []).append(capacity(server, i))
-    if "lowload" in scen and i < RUNS:
+    if "lowload" in scen and main_run:
         # The floor drifts over a comparison's half hour as much as the
         # servers do: each low-load run gets its own, measured just
         # before it, and the row takes the median of the per-run ratios.
@@ -602,12 +604,8 @@ def fig_idle(res):
     return median([r.get("rss_per_connection_kib") for r in ok_runs(res.get("idle"))])
 
 
-def fig_handshake(res):
-    return median([r.get("handshakes_per_sec") for r in ok_runs(res.get("handshake"))])
 
 
-def fig_handshake_cpu_max(res):
-    return median([r.get("server_cpu_us_per_handshake") for r in ok_runs(res.get("handshake"))])
 
 
 def fig_handshake_cpu(res):
@@ -627,8 +625,6 @@ def fig_fixed_cpu(res):
     return median([us_per_delivery(r) for r in ok_runs(res.get("fixed"))])
 
 
-def fig_fixed_p99(res):
-    return median([r.get("p99_ms") for r in ok_runs(res.get("fixed"))])
 
 
 def fig_sustained(key):
@@ -641,7 +637,8 @@ def fig_sustained(key):
     return f
 
 
-def fig_sustained_field(key, field):
+def fig_median(key, field):
+    """The median over a scenario's kept runs of one of their fields."""
     def f(res):
         return median([r.get(field) for r in ok_runs(res.get(key))])
     return f
@@ -657,10 +654,6 @@ def fig_pair(key, a, b):
     return f
 
 
-def fig_lowload(field):
-    def f(res):
-        return median([r.get(field) for r in ok_runs(res.get("lowload"))])
-    return f
 
 
 def broadcast_ms(r):
@@ -711,32 +704,32 @@ def table(results, floor=None):
         (f"idle memory per connection in {ROOMS_PER_CONN} rooms, KiB ({IDLE_CONNECTIONS:,} conns)",
          fig_idle, False, 0.5, 0.25),
         (f"handshakes/s (connect + CONNECT + authenticate ack, {HANDSHAKE_CONCURRENCY} in flight)",
-         fig_handshake, True, None, 1.5),
+         fig_median("handshake", "handshakes_per_sec"), True, None, 1.5),
         ("  server CPU % / load generator CPU %", fig_pair("handshake", "server_cpu_percent", "loadgen_cpu_percent"),
          None, None, None),
-        ("  server CPU µs per handshake at that rate", fig_handshake_cpu_max, False, None, 0.5),
+        ("  server CPU µs per handshake at that rate", fig_median("handshake", "server_cpu_us_per_handshake"), False, None, 0.5),
         (f"server CPU µs per handshake at {fmt_rate(HANDSHAKE_FIXED_RATE)} handshakes/s",
          fig_handshake_cpu, False, None, 1 / 1.5),
         (f"fan-out to {small:,}: sustained deliveries/s (p99 <= {P99_BOUND_SMALL_MS:g} ms, none lost)",
          fig_sustained("fanout-small"), True, None, 1.5),
-        ("  p99 ms at that rate", fig_sustained_field("fanout-small", "p99_ms"), False, None, None),
-        ("  server CPU % at that rate", fig_sustained_field("fanout-small", "server_cpu_percent"), False, None, None),
-        ("  load generator CPU % at that rate", fig_sustained_field("fanout-small", "loadgen_cpu_percent"),
+        ("  p99 ms at that rate", fig_median("fanout-small", "p99_ms"), False, None, None),
+        ("  server CPU % at that rate", fig_median("fanout-small", "server_cpu_percent"), False, None, None),
+        ("  load generator CPU % at that rate", fig_median("fanout-small", "loadgen_cpu_percent"),
          None, None, None),
         (f"fan-out to {large:,}: sustained deliveries/s (p99 <= {P99_BOUND_LARGE_MS:g} ms, none lost)",
          fig_sustained("fanout-large"), True, None, 1.5),
-        ("  p99 ms at that rate", fig_sustained_field("fanout-large", "p99_ms"), False, None, None),
-        ("  server CPU % at that rate", fig_sustained_field("fanout-large", "server_cpu_percent"), False, None, None),
-        ("  load generator CPU % at that rate", fig_sustained_field("fanout-large", "loadgen_cpu_percent"),
+        ("  p99 ms at that rate", fig_median("fanout-large", "p99_ms"), False, None, None),
+        ("  server CPU % at that rate", fig_median("fanout-large", "server_cpu_percent"), False, None, None),
+        ("  load generator CPU % at that rate", fig_median("fanout-large", "loadgen_cpu_percent"),
          None, None, None),
         (f"server CPU µs per delivery, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s",
          fig_fixed_cpu, False, None, None),
-        (f"  p99 ms, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s", fig_fixed_p99, False, None, None),
+        (f"  p99 ms, {small:,} subs at {fmt_rate(FIXED_RATE_SMALL)} publishes/s", fig_median("fixed", "p99_ms"), False, None, None),
         # (The old target here, p99 <= 0.25x socketioxide's, is retired (issue 11): on loopback the
         # kernel's per-send cost sets the floor; the floor row below is the target now.)
         (f"low load: p99 ms, {large:,} subs at {fmt_rate(LOWLOAD_RATE)} publishes/s",
-         fig_lowload("p99_ms"), False, None, None),
-        ("  p50 ms", fig_lowload("p50_ms"), False, None, None),
+         fig_median("lowload", "p99_ms"), False, None, None),
+        ("  p50 ms", fig_median("lowload", "p50_ms"), False, None, None),
         (f"  server CPU ms per broadcast to {large:,}", fig_broadcast_ms, False, None, None),
         ("  server CPU per broadcast / kernel floor, same run", fig_floor_ratio(floor), None, None, None, 1.1),
     ]
