@@ -181,7 +181,6 @@ export async function startCluster(redis, count = 3, env = {}, { waitMs = 15000,
   return nodes;
 }
 
-/** Wait until every node's /health says cluster.nodes === n, redis up, delivery ok. */
 /**
  * A TCP proxy to `redis` that holds Redis's answers for `delayMs` on every
  * connection that has sent an EVAL: a node's publisher (its scripts' and
@@ -218,6 +217,7 @@ export async function startReplyDelayProxy(redis, delayMs) {
   };
 }
 
+/** Wait until every node's /health says cluster.nodes === n, redis up, delivery ok. */
 export async function waitClusterSize(nodes, n, timeoutMs = 15000) {
   const last = {};
   const started = Date.now();
