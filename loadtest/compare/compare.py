@@ -604,10 +604,6 @@ def fig_idle(res):
     return median([r.get("rss_per_connection_kib") for r in ok_runs(res.get("idle"))])
 
 
-
-
-
-
 def fig_handshake_cpu(res):
     # Only runs that kept the rate: a server that fell behind did less work.
     kept = [r for r in ok_runs(res.get("handshake-fixed"))
@@ -623,8 +619,6 @@ def us_per_delivery(r):
 
 def fig_fixed_cpu(res):
     return median([us_per_delivery(r) for r in ok_runs(res.get("fixed"))])
-
-
 
 
 def fig_sustained(key):
@@ -652,8 +646,6 @@ def fig_pair(key, a, b):
             return None
         return f"{fmt(va)} / {fmt(vb)}"
     return f
-
-
 
 
 def broadcast_ms(r):
